@@ -1,0 +1,5 @@
+import sys
+
+from nstage.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Anatomy backends: TotalSegmentator and the classical CT-only default."""
+
+from nstage.anatomy.base import GROUPS, Anatomy
+
+__all__ = ["GROUPS", "Anatomy"]

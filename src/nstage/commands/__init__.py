@@ -1,0 +1,1 @@
+"""One module per ``nstage`` subcommand (see :mod:`nstage.cli`)."""
