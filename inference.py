@@ -1,0 +1,60 @@
+"""Grand Challenge entrypoint: stage the study in /input and write /output.
+
+Reads ``INPUT/images/ct/*.mha`` and ``INPUT/images/pet/*.mha`` (PET in SUV, as in
+autoPET) and writes ``OUTPUT/n-stage.json`` and
+``OUTPUT/images/n-staging-segmentation/output.mha``. Real backends are used when
+their weights are present (``/opt/ml/model/lesions``, TotalSegmentator weights in the
+image or under ``/opt/ml/model/totalsegmentator``), the embedded defaults otherwise;
+the JSON says which ran. A thin wrapper over :func:`nstage.pipeline.run_case`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=Path("/input"))
+    parser.add_argument("--output", type=Path, default=Path("/output"))
+    parser.add_argument("--anatomy", default=os.environ.get("NSTAGE_ANATOMY", "auto"),
+                        choices=["auto", "classical", "totalsegmentator"])
+    parser.add_argument("--lesions", default=os.environ.get("NSTAGE_LESIONS", "auto"),
+                        choices=["auto", "suv", "nnunet"])
+    parser.add_argument("--lesion-model", type=Path, default=None)
+    parser.add_argument("--fast", action="store_true",
+                        default=os.environ.get("NSTAGE_FAST", "") not in ("", "0"))
+    parser.add_argument("--no-report", dest="report", action="store_false", default=True)
+    args = parser.parse_args(argv)
+
+    try:
+        from nstage.errors import EXIT_USER_ERROR, NStageError
+        from nstage.pipeline import RunOptions, run_case
+    except ImportError as exc:  # pragma: no cover - broken installation
+        print(f"inference.py: nstage is not installed: {exc}", file=sys.stderr)
+        return 1
+
+    options = RunOptions(anatomy=args.anatomy, lesions=args.lesions,
+                         lesion_model=args.lesion_model, fast=args.fast, report=args.report)
+    try:
+        result = run_case(args.input, None, args.output, options)
+    except NStageError as exc:
+        print(f"inference.py: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # noqa: BLE001 - one line on stderr is what Grand Challenge shows
+        if os.environ.get("NSTAGE_DEBUG"):
+            traceback.print_exc()
+        print(f"inference.py: internal error: {type(exc).__name__}: {' '.join(str(exc).split())}",
+              file=sys.stderr)
+        return 1
+    print(f"N stage {result['n_stage']} / {result['n_stage_9th']} "
+          f"(anatomy: {result['backends']['anatomy']}, lesions: {result['backends']['lesions']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Options shared by the commands that run the pipeline (run, demo, batch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--anatomy", choices=["auto", "classical", "totalsegmentator"],
+                        default="auto",
+                        help="anatomy backend (auto: TotalSegmentator when its weights are "
+                             "present, else the classical CT-only default)")
+    parser.add_argument("--lesions", choices=["auto", "suv", "nnunet"], default="auto",
+                        help="lesion backend (auto: nnU-Net when a model is present, else the "
+                             "SUV-threshold default)")
+    parser.add_argument("--lesion-model", type=Path, default=None, metavar="DIR",
+                        help="nnU-Net v2 trained-model folder (default /opt/ml/model/lesions)")
+    parser.add_argument("--folds", default=None, metavar="0,1,...",
+                        help="nnU-Net folds to use (default: all present)")
+    parser.add_argument("--fast", action="store_true",
+                        help="TotalSegmentator's 3 mm model (faster, coarser)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the models run (default: GPU when available)")
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--report", dest="report", action="store_true", default=True,
+                       help="write the visual report (PNG + PDF) next to the JSON (default)")
+    group.add_argument("--no-report", dest="report", action="store_false",
+                       help="do not write the visual report")
+
+
+def options_from_args(args: argparse.Namespace):
+    from nstage.errors import UsageError
+    from nstage.pipeline import RunOptions
+
+    folds = None
+    if getattr(args, "folds", None):
+        try:
+            folds = tuple(int(f) for f in str(args.folds).split(",") if f.strip())
+        except ValueError:
+            raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}")
+    return RunOptions(
+        anatomy=args.anatomy,
+        lesions=args.lesions,
+        lesion_model=args.lesion_model,
+        folds=folds,
+        fast=args.fast,
+        device=args.device,
+        report=getattr(args, "report", True),
+    )
+
+
+def summary_lines(result: dict, out_dir: Path) -> list[str]:
+    """A short human summary of a result for the terminal."""
+    lines = [f"N stage: {result['n_stage']} (8th edition), {result['n_stage_9th']} (9th edition)"]
+    primary = result.get("primary_tumor")
+    if primary:
+        lines.append(
+            f"primary tumour: {primary['side']} lung"
+            + (f", {primary['lobe']} lobe" if primary.get("lobe") else "")
+            + f", SUVmax {primary['suv_max']}"
+        )
+    for node in result.get("nodes", []):
+        lines.append(
+            f"  node {node['station']} ({node['side']}): {node['n_category']}, "
+            f"SUVmax {node['suv_max']}, short axis {node['short_axis_mm']} mm"
+        )
+    if not result.get("nodes"):
+        lines.append("  no positive regional node")
+    for reason in result.get("reasons", []):
+        lines.append(f"  note: {reason}")
+    lines.append(f"outputs in {out_dir}")
+    return lines

@@ -1,0 +1,437 @@
+"""The only place that knows the order of the steps.
+
+load -> thorax crop -> anatomy -> landmarks -> lesions -> findings -> positivity
+-> stations -> staging -> report. Every step is a function of its inputs; this
+module wires them, times them, and turns "cannot assess" situations into NX
+with reasons instead of errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nstage import __version__, staging
+from nstage.findings import Findings, Lesion
+from nstage.stations import StationAssignment
+from nstage.study import Study
+
+# Below this the lungs are not really in view (a slab, a neck or abdomen scan).
+MIN_LUNG_VOLUME_ML = 300.0
+# Fraction of the thoracic work region the PET must cover to assess nodes.
+MIN_PET_COVERAGE = 0.6
+
+OUTPUT_JSON = "n-stage.json"
+OUTPUT_OVERLAY = Path("images") / "n-staging-segmentation" / "output.mha"
+
+# Overlay values (DESIGN.md, "Output contract").
+LABEL_PRIMARY = 1
+LABEL_BY_CATEGORY = {"N1": 2, "N2": 3, "N3": 4}
+LABEL_OTHER = 5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to run and how.
+
+    Attributes
+    ----------
+    anatomy : {"auto", "classical", "totalsegmentator"}
+    lesions : {"auto", "suv", "nnunet"}
+    lesion_model : Path or None
+        nnU-Net v2 trained-model folder (default: ``/opt/ml/model/lesions`` when present).
+    folds : tuple of int or None
+        nnU-Net folds to use (None: all present).
+    fast : bool
+        TotalSegmentator 3 mm model.
+    device : {"auto", "cpu", "cuda"}
+    report : bool
+        Write the visual report (PNG + PDF) next to the JSON.
+    rules : staging.StagingRules
+    thresholds : dict or None
+        Overrides of ``resources/thresholds.json``.
+    """
+
+    anatomy: str = "auto"
+    lesions: str = "auto"
+    lesion_model: Path | None = None
+    folds: tuple[int, ...] | None = None
+    fast: bool = False
+    device: str = "auto"
+    report: bool = True
+    rules: staging.StagingRules = staging.DEFAULT_RULES
+    thresholds: dict | None = None
+
+
+@dataclass
+class NodeResult:
+    """A regional node candidate with its station and category."""
+
+    lesion: Lesion
+    station: StationAssignment
+    category: str | None  # N1/N2/N3 for positive nodes, None otherwise
+
+
+@dataclass
+class StageResult:
+    """Everything a run produced, for writers and the visual report.
+
+    ``overlay`` is on the canonical full CT grid (``study.ct``).
+    """
+
+    result: dict
+    overlay: np.ndarray
+    study: Study
+    work_ct: sitk.Image | None = None
+    work_pet: sitk.Image | None = None
+    box: tuple[slice, slice, slice] | None = None
+    findings: Findings | None = None
+    nodes: list[NodeResult] = field(default_factory=list)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def _pet_coverage(work_pet: sitk.Image, study: Study, work_ct: sitk.Image) -> float:
+    """Fraction of the work region that lies inside the PET field of view."""
+    ones = sitk.Image(study.pet.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(study.pet)
+    inside = sitk.Resample(ones, work_ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                           sitk.sitkUInt8)
+    return float(sitk.GetArrayViewFromImage(inside).mean())
+
+
+def stage_study(study: Study, options: RunOptions = RunOptions()) -> StageResult:
+    """Run the whole analysis on a loaded study; never writes files.
+
+    Returns NX with reasons (not an exception) when the study is readable but
+    cannot be staged: thorax not in view, PET not covering the thorax, no primary.
+    """
+    from nstage import anatomy as anatomy_mod
+    from nstage import findings as findings_mod
+    from nstage import landmarks as landmarks_mod
+    from nstage import lesions as lesions_mod
+    from nstage import positivity, stations
+    from nstage.anatomy.crop import thorax_box
+    from nstage.geometry import crop, paste
+
+    timer = _Timer()
+    reasons: list[str] = []
+    full_shape = study.ct.GetSize()[::-1]
+
+    with timer.step("crop"):
+        box = thorax_box(study.ct)
+        work_ct = crop(study.ct, box)
+        work_pet = study.pet_on(work_ct)
+        coverage = _pet_coverage(work_pet, study, work_ct)
+    if coverage < MIN_PET_COVERAGE:
+        reasons.append(
+            f"the PET covers only {coverage:.0%} of the thoracic region of the CT; "
+            "nodes outside the PET field of view cannot be assessed"
+        )
+
+    with timer.step("anatomy"):
+        anatomy = anatomy_mod.segment(work_ct, backend=options.anatomy, fast=options.fast,
+                                      device=options.device)
+    lung_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
+    thorax_in_view = min(lung_ml.values()) >= MIN_LUNG_VOLUME_ML
+    if not thorax_in_view:
+        reasons.append(
+            "thorax not in view: lungs of {left:.0f} ml (left) and {right:.0f} ml (right) found, "
+            "both lungs are needed to stage the mediastinum".format(**lung_ml)
+        )
+
+    with timer.step("landmarks"):
+        lms = landmarks_mod.find(anatomy)
+
+    with timer.step("lesions"):
+        lesion_mask = lesions_mod.segment(
+            work_ct, work_pet, anatomy, backend=options.lesions, model_dir=options.lesion_model,
+            folds=options.folds, device=options.device,
+        )
+
+    with timer.step("findings"):
+        component_labels, lesions = findings_mod.measure(
+            lesion_mask, work_ct, work_pet, anatomy, return_labels=True)
+        found = findings_mod.classify(lesions, anatomy, lms)
+
+    thresholds = positivity.load_thresholds(options.thresholds)
+    node_results: list[NodeResult] = []
+    others: list[Lesion] = list(found.others)
+    with timer.step("stations"):
+        for lesion in found.nodes:
+            assignment = stations.assign(lesion, lms)
+            if assignment.station is None:
+                lesion.kind = "other"
+                lesion.kind_reason = assignment.reason
+                others.append(lesion)
+                continue
+            positive, probability, why = positivity.assess(
+                lesion, lesion_mask.reference_suv, thresholds)
+            lesion.positive, lesion.probability, lesion.positivity_reason = positive, probability, why
+            node_results.append(NodeResult(lesion, assignment, None))
+
+    primary = found.primary
+    if primary is None:
+        primary_side = "unknown"
+        reasons.append("no primary tumour found in or next to the lungs")
+    elif found.second_primary is not None and found.second_primary.side != primary.side:
+        primary_side = "unknown"
+        reasons.append("tumours in both lungs: the side of the primary is ambiguous")
+    else:
+        primary_side = primary.side if primary.side in ("left", "right") else "unknown"
+
+    with timer.step("staging"):
+        positive_nodes = [n for n in node_results if n.lesion.positive]
+        nstage = staging.n_category(primary_side, [n.station.station for n in positive_nodes],
+                                    options.rules)
+        for n in positive_nodes:
+            n.category = _category_of(n.station.station, primary_side, options.rules)
+        probabilities = staging.category_probabilities(
+            primary_side,
+            [(n.station.station, n.lesion.probability) for n in node_results],
+            options.rules,
+        )
+
+    n8, n9 = nstage.n_stage, nstage.n_stage_9th
+    all_reasons = list(reasons) + list(nstage.reasons)
+    if not thorax_in_view or coverage < MIN_PET_COVERAGE:
+        n8, n9 = "NX", "NX"
+    elif primary is None and not positive_nodes:
+        n8, n9 = "NX", "NX"
+        all_reasons.append("N cannot be assessed without a primary tumour or a positive node")
+    if n8 == "NX":
+        probabilities = {k: None for k in ("N0", "N1", "N2", "N3")}
+
+    with timer.step("overlay"):
+        overlay_crop = _overlay(component_labels, primary, found.second_primary, node_results,
+                                others)
+        overlay = paste(study.ct, overlay_crop, box)
+
+    result = _result_dict(
+        study=study, options=options, n8=n8, n9=n9, nstage=nstage, primary=primary,
+        second_primary=found.second_primary, node_results=node_results, others=others,
+        probabilities=probabilities, reasons=all_reasons, anatomy=anatomy, landmarks=lms,
+        lesion_mask=lesion_mask, work_ct=work_ct, box=box, full_shape=full_shape,
+        timings=timer.timings, notes=list(found.notes),
+    )
+    return StageResult(result=result, overlay=overlay, study=study, work_ct=work_ct,
+                       work_pet=work_pet, box=box, findings=found, nodes=node_results)
+
+
+def _category_of(station: str, primary_side: str, rules: staging.StagingRules) -> str | None:
+    if primary_side == "unknown":
+        left, _ = staging.node_category(station, "left", rules)
+        right, _ = staging.node_category(station, "right", rules)
+        return left if left == right else None
+    category, _ = staging.node_category(station, primary_side, rules)
+    return category
+
+
+def _overlay(component_labels: np.ndarray, primary: Lesion | None, second: Lesion | None,
+             node_results: list[NodeResult], others: list[Lesion]) -> np.ndarray:
+    """uint8 overlay on the work grid: 1 primary, 2/3/4 N1/N2/N3 node, 5 other lesion."""
+    lut = np.zeros(int(component_labels.max()) + 1, dtype=np.uint8)
+    for lesion in others:
+        lut[lesion.id] = LABEL_OTHER
+    for n in node_results:
+        if n.lesion.positive and n.category in LABEL_BY_CATEGORY:
+            lut[n.lesion.id] = LABEL_BY_CATEGORY[n.category]
+        else:
+            # Positive nodes whose category depends on the unknown primary side, and
+            # node candidates below the criteria, are shown but not counted.
+            lut[n.lesion.id] = LABEL_OTHER
+    for p in (primary, second):
+        if p is not None:
+            lut[p.id] = LABEL_PRIMARY
+    return lut[component_labels]
+
+
+def _r(x: float | None, nd: int = 2) -> float | None:
+    if x is None or not np.isfinite(x):
+        return None
+    return round(float(x), nd)
+
+
+def _pt(p) -> list[float]:
+    return [round(float(v), 1) for v in p]
+
+
+def _node_entry(n: NodeResult) -> dict:
+    les = n.lesion
+    label = LABEL_BY_CATEGORY.get(n.category, LABEL_OTHER) if les.positive else LABEL_OTHER
+    if les.positive and n.category:
+        reason = (f"{n.station.station} ({n.station.side}): {n.category}; "
+                  f"{les.positivity_reason}; {n.station.reason}")
+    else:
+        reason = f"{n.station.station} ({n.station.side}): not counted; {les.positivity_reason}"
+    return {
+        "id": les.id,
+        "station": n.station.station,
+        "side": n.station.side,
+        "n_category": n.category if les.positive else None,
+        "suv_max": _r(les.suv_max),
+        "suv_peak": _r(les.suv_peak),
+        "suv_mean": _r(les.suv_mean),
+        "volume_ml": _r(les.volume_ml),
+        "tlg": _r(les.tlg),
+        "short_axis_mm": _r(les.short_axis_mm, 1),
+        "centroid_mm": _pt(les.centroid_mm),
+        "label_value": label,
+        "probability": _r(les.probability, 3),
+        "station_confidence": _r(n.station.confidence, 2),
+        "station_approximated": n.station.approximated,
+        "direct_extension": bool(les.direct_extension),
+        "reason": " ".join(reason.split()),
+    }
+
+
+def _lesion_brief(les: Lesion, label: int) -> dict:
+    return {
+        "id": les.id,
+        "suv_max": _r(les.suv_max),
+        "suv_peak": _r(les.suv_peak),
+        "volume_ml": _r(les.volume_ml),
+        "short_axis_mm": _r(les.short_axis_mm, 1),
+        "centroid_mm": _pt(les.centroid_mm),
+        "label_value": label,
+        "reason": " ".join((les.kind_reason or "").split()),
+    }
+
+
+def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, node_results,
+                 others, probabilities, reasons, anatomy, landmarks, lesion_mask, work_ct, box,
+                 full_shape, timings, notes) -> dict:
+    primary_entry = None
+    if primary is not None:
+        primary_entry = {
+            "side": primary.side,
+            "lobe": _lobe_of(primary),
+            "suv_max": _r(primary.suv_max),
+            "suv_peak": _r(primary.suv_peak),
+            "volume_ml": _r(primary.volume_ml),
+            "short_axis_mm": _r(primary.short_axis_mm, 1),
+            "centroid_mm": _pt(primary.centroid_mm),
+            "label_value": LABEL_PRIMARY,
+            "second_primary": None if second_primary is None else {
+                "side": second_primary.side,
+                "suv_max": _r(second_primary.suv_max),
+                "volume_ml": _r(second_primary.volume_ml),
+                "centroid_mm": _pt(second_primary.centroid_mm),
+            },
+        }
+    positive = [n for n in node_results if n.lesion.positive]
+    negative = [n for n in node_results if not n.lesion.positive]
+    carina = landmarks.get("carina")
+    return {
+        "n_stage": n8,
+        "n_stage_9th": n9,
+        "primary_tumor": primary_entry,
+        "nodes": [_node_entry(n) for n in sorted(positive, key=lambda n: n.lesion.id)],
+        "negative_node_candidates": [_node_entry(n) for n in negative],
+        "other_lesions": [_lesion_brief(o, LABEL_OTHER) for o in others],
+        "probabilities": {k: _r(v, 4) for k, v in probabilities.items()},
+        "trace": [
+            {"station": t.station, "side": t.station_side, "category": t.category,
+             "rule": t.rule} for t in nstage.trace
+        ],
+        "reasons": reasons,
+        "primary_side_used": nstage.primary_side,
+        "backends": {"anatomy": anatomy.backend, "lesions": lesion_mask.backend},
+        "version": __version__,
+        "edition_rules": {
+            "8th": "AJCC/UICC 8th edition (2017) N0-N3",
+            "9th": "IASLC 9th edition proposals (Huang et al., J Thorac Oncol 2024): N2a/N2b",
+            "settings": options.rules.to_dict(),
+        },
+        "reference_suv": {k: _r(v, 3) for k, v in lesion_mask.reference_suv.items()},
+        "landmarks": {
+            "carina_mm": None if carina is None or carina.point_mm is None
+            else _pt(carina.point_mm),
+            "approximated": sorted(k for k, v in landmarks.points.items() if v.approximated),
+        },
+        "inputs": {
+            "ct": study.meta.ct_source,
+            "pet": study.meta.pet_source,
+            "suv_source": study.meta.suv_source,
+            "ct_size": list(study.ct_geometry.size),
+            "thorax_crop_size": list(work_ct.GetSize()),
+        },
+        "notes": list(study.meta.notes) + list(anatomy.notes) + list(landmarks.notes)
+        + list(lesion_mask.notes) + notes,
+        "timings_s": timings,
+    }
+
+
+def _lobe_of(lesion: Lesion) -> str | None:
+    best, frac = None, 0.0
+    for name, f in lesion.inside.items():
+        if name.startswith("lung_") and "lobe" in name and f > frac:
+            best, frac = name, f
+    if best is None:
+        return None
+    return best.split("_")[1]  # lung_upper_lobe_left -> upper
+
+
+def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions) -> dict:
+    """Write n-stage.json and the overlay (and the visual report) atomically."""
+    from nstage.io import write_json_atomic, write_label_image
+    from nstage.schema import validate_result
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    write_label_image(staged.overlay, staged.study.ct, staged.study.ct_geometry,
+                      out_dir / OUTPUT_OVERLAY)
+    if options.report:
+        from nstage.figure import write_report
+
+        write_report(staged, out_dir)
+    staged.result["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
+    validate_result(staged.result)
+    # The JSON goes last: its presence means the case finished (batch resumes on it).
+    write_json_atomic(staged.result, out_dir / OUTPUT_JSON)
+    return staged.result
+
+
+def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
+             options: RunOptions = RunOptions(), *, override=None) -> dict:
+    """Load, stage and write one case. Raises :class:`nstage.errors.NStageError` on bad input.
+
+    Parameters
+    ----------
+    ct, pet : path
+        CT and PET (files or DICOM folders), or a Grand Challenge input folder / DICOM
+        study folder as ``ct`` with ``pet=None``.
+    out_dir : path
+        Receives ``n-stage.json`` and ``images/n-staging-segmentation/output.mha``.
+    """
+    from nstage.io import load_study
+
+    t0 = time.perf_counter()
+    study = load_study(ct, pet, override=override)
+    t_load = round(time.perf_counter() - t0, 3)
+    staged = stage_study(study, options)
+    staged.result["timings_s"] = {"load": t_load, **staged.result["timings_s"]}
+    result = write_outputs(staged, Path(out_dir), options)
+    result["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def options_with(options: RunOptions, **changes) -> RunOptions:
+    return replace(options, **changes)
