@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except NStageError as exc:
         print(f"inference.py: error: {exc.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception as exc:  # noqa: BLE001 - one line on stderr is what Grand Challenge shows
+    except Exception as exc:  # one line on stderr is what Grand Challenge shows
         if os.environ.get("NSTAGE_DEBUG"):
             traceback.print_exc()
         print(f"inference.py: internal error: {type(exc).__name__}: {' '.join(str(exc).split())}",

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nstage {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, never a traceback
+    except Exception as exc:  # last line of defence: one line, never a traceback
         if os.environ.get("NSTAGE_DEBUG"):
             traceback.print_exc()
         msg = " ".join(str(exc).split())

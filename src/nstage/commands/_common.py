@@ -41,7 +41,8 @@ def options_from_args(args: argparse.Namespace):
         try:
             folds = tuple(int(f) for f in str(args.folds).split(",") if f.strip())
         except ValueError:
-            raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}")
+            raise UsageError(
+                f"--folds must be comma-separated integers, got {args.folds!r}") from None
     return RunOptions(
         anatomy=args.anatomy,
         lesions=args.lesions,
