@@ -236,12 +236,9 @@ def stage_study(study: Study, options: RunOptions = RunOptions()) -> StageResult
 
 
 def _category_of(station: str, primary_side: str, rules: staging.StagingRules) -> str | None:
-    if primary_side == "unknown":
-        left, _ = staging.node_category(station, "left", rules)
-        right, _ = staging.node_category(station, "right", rules)
-        return left if left == right else None
+    """8th edition category a positive node implies; None when it depends on an unknown side."""
     category, _ = staging.node_category(station, primary_side, rules)
-    return category
+    return category if category in LABEL_BY_CATEGORY else None
 
 
 def _overlay(component_labels: np.ndarray, primary: Lesion | None, second: Lesion | None,
@@ -355,11 +352,7 @@ def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, nod
         "primary_side_used": nstage.primary_side,
         "backends": {"anatomy": anatomy.backend, "lesions": lesion_mask.backend},
         "version": __version__,
-        "edition_rules": {
-            "8th": "AJCC/UICC 8th edition (2017) N0-N3",
-            "9th": "IASLC 9th edition proposals (Huang et al., J Thorac Oncol 2024): N2a/N2b",
-            "settings": options.rules.to_dict(),
-        },
+        "edition_rules": staging.edition_rules(options.rules),
         "reference_suv": {k: _r(v, 3) for k, v in lesion_mask.reference_suv.items()},
         "landmarks": {
             "carina_mm": None if carina is None or carina.point_mm is None

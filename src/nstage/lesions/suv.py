@@ -1,0 +1,386 @@
+"""The embedded lesion backend: SUV thresholds referenced to the patient's own blood pool and liver.
+
+Method (every number from ``resources/thresholds.json``, section ``detection``)
+-------------------------------------------------------------------------------
+1. Reference regions (PERCIST 1.0, Wahl 2009): blood pool = mean SUV in a 1 cm x 2 cm cylinder
+   in the descending thoracic aorta (the most posterior aorta component in mid-thoracic slices);
+   without an aorta, the median SUV of central mediastinal soft tissue (0-100 HU between the
+   lungs, heart excluded). Liver = mean and SD in a 3 cm sphere in the right lobe (the deepest
+   point of the liver's right half).
+2. Seed threshold ``T = max(floor, blood_pool_factor x blood pool + blood_pool_sd_factor x SD)``
+   (never below the floor, default 2.5); inside liver and spleen the PERCIST liver level
+   ``max(T, 1.5 x liver mean + 2 SD)`` applies so their physiological background does not seed.
+3. Seeds are local maxima of a mildly smoothed SUV (window ~ one PET FWHM) above the threshold.
+   Physiological organs (heart/myocardium, brain, kidneys, bladder, thyroid) cannot seed.
+4. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
+   the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
+   from the heart and belongs to the organ, while a node next to the heart (station 7/8) has its
+   own maximum and basin. A seed within ``spill_margin_mm`` of the organ must also stand out from
+   the saddle towards the organ by ``spill_prominence`` of its SUV (else it is a noise bump on
+   the spill-out slope).
+5. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
+   inside its own region, where ``bg`` is the blood pool (lung background for seeds in lung,
+   liver for seeds in liver/spleen); with ``grow_background_corrected = 0`` the level is the
+   plain ``grow_fraction x SUVmax``.
+6. Components whose core (SUV >= 80% of their max) is fat on CT are brown fat and dropped;
+   components under ``min_volume_ml`` are dropped as noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from nstage.anatomy.base import Anatomy
+from nstage.errors import GeometryError
+from nstage.geometry import spacing_zyx, voxel_volume_ml
+from nstage.lesions.base import LesionMask
+from nstage.thresholds import resolve
+
+# Organs whose FDG uptake is physiological and never a lesion seed.
+PHYSIOLOGICAL = ("heart", "myocardium", "brain", "kidney_left", "kidney_right",
+                 "urinary_bladder", "thyroid_gland")
+# Organs with a raised (PERCIST liver) threshold instead of suppression: metastases occur there.
+HIGH_BACKGROUND = ("liver", "spleen")
+
+_FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
+                thresholds: dict | None = None) -> LesionMask:
+    """FDG-avid lesion mask from SUV thresholds (backend ``"suv"``).
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        Working (cropped, canonical) CT in HU.
+    pet_suv : SimpleITK.Image
+        PET in SUVbw (g/ml), already resampled onto ``ct``'s grid.
+    anatomy : Anatomy
+        Label map on the same grid (TotalSegmentator names).
+    thresholds : dict, optional
+        ``{section: {key: value}}`` overrides of ``resources/thresholds.json``.
+
+    Returns
+    -------
+    LesionMask
+        ``mask`` in array order ``[z, y, x]`` on the CT grid; ``reference_suv`` holds
+        ``blood_pool``, ``blood_pool_sd``, ``liver``, ``liver_sd`` (when found), ``threshold``
+        and ``liver_threshold`` (SUVbw).
+
+    Raises
+    ------
+    GeometryError
+        The PET or anatomy is not on the CT grid.
+    """
+    th = resolve(thresholds)["detection"]
+    _check_grid(ct, pet_suv, anatomy)
+    suv = sitk.GetArrayFromImage(pet_suv).astype(np.float32, copy=False)
+    suv = np.where(np.isfinite(suv), suv, 0.0).astype(np.float32, copy=False)
+    hu = sitk.GetArrayFromImage(ct)
+    spacing = spacing_zyx(ct)
+    notes: list[str] = []
+
+    ref = reference_regions(suv, hu, anatomy, spacing, th, notes)
+    bp = ref["blood_pool"]
+    threshold = max(float(th["suv_floor"]),
+                    th["blood_pool_factor"] * bp + th["blood_pool_sd_factor"] * ref["blood_pool_sd"])
+    liver_threshold = threshold
+    if "liver" in ref:
+        liver_threshold = max(threshold,
+                              th["liver_factor"] * ref["liver"] + th["liver_sd_factor"] * ref["liver_sd"])
+    ref["threshold"] = float(threshold)
+    ref["liver_threshold"] = float(liver_threshold)
+
+    organ = anatomy.mask(*PHYSIOLOGICAL)
+    high_bg = anatomy.mask(*HIGH_BACKGROUND)
+    lung = anatomy.mask("lung")
+    mask = _grow_lesions(suv, spacing, organ, high_bg, lung, threshold, liver_threshold, ref, th)
+    mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes)
+    return LesionMask(mask=mask, backend="suv", reference_suv={k: float(v) for k, v in ref.items()
+                                                               if isinstance(v, float | int)},
+                      notes=notes)
+
+
+def _check_grid(ct: sitk.Image, pet: sitk.Image, anatomy: Anatomy) -> None:
+    if pet.GetSize() != ct.GetSize() or not np.allclose(pet.GetSpacing(), ct.GetSpacing(), atol=1e-4) \
+            or not np.allclose(pet.GetOrigin(), ct.GetOrigin(), atol=1e-3):
+        raise GeometryError("PET is not on the working CT grid",
+                            hint="resample it first with Study.pet_on(work_ct)")
+    if anatomy.labels.shape != tuple(reversed(ct.GetSize())):
+        raise GeometryError("anatomy label map is not on the working CT grid",
+                            hint="run the anatomy backend on the same working CT")
+
+
+# --------------------------------------------------------------------------- reference regions
+
+def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
+                      spacing: tuple[float, float, float], th: dict,
+                      notes: list[str]) -> dict[str, float]:
+    """Blood-pool and liver reference SUVs (PERCIST regions), in SUVbw.
+
+    Returns ``blood_pool``, ``blood_pool_sd`` and, when a liver is in view, ``liver`` and
+    ``liver_sd``; ``blood_pool_source`` is encoded in ``notes``.
+    """
+    out: dict[str, float] = {}
+    region = None
+    if anatomy.has("aorta"):
+        region = descending_aorta_cylinder(anatomy.mask("aorta"), spacing,
+                                           th["blood_pool_radius_mm"], th["blood_pool_length_mm"])
+        if region is not None:
+            vals = suv[region]
+            out["blood_pool"] = float(vals.mean())
+            out["blood_pool_sd"] = float(vals.std())
+            notes.append(f"blood pool: 1x2 cm cylinder in the descending aorta ({vals.size} voxels)")
+    if "blood_pool" not in out:
+        vals = _mediastinal_soft_tissue(suv, hu, anatomy)
+        if vals is not None and vals.size >= 50:
+            med = float(np.median(vals))
+            out["blood_pool"] = med
+            out["blood_pool_sd"] = float(1.4826 * np.median(np.abs(vals - med)))
+            notes.append("blood pool: median of central mediastinal soft tissue (no aorta found)")
+        else:
+            out["blood_pool"] = float(th["default_blood_pool"])
+            out["blood_pool_sd"] = 0.0
+            notes.append(f"blood pool: no reference region found, typical value "
+                         f"{th['default_blood_pool']} used")
+    if anatomy.has("liver"):
+        sphere = right_liver_sphere(anatomy.mask("liver"), spacing, th["liver_radius_mm"])
+        if sphere is not None:
+            vals = suv[sphere]
+            out["liver"] = float(vals.mean())
+            out["liver_sd"] = float(vals.std())
+        else:
+            notes.append("liver: too little liver in view for a reference sphere")
+    else:
+        notes.append("liver: not in view, no liver reference")
+    lung = anatomy.mask("lung")
+    if lung.any():
+        out["lung_background"] = float(np.median(suv[lung]))
+    return out
+
+
+def descending_aorta_cylinder(aorta: np.ndarray, spacing: tuple[float, float, float],
+                              radius_mm: float, length_mm: float) -> np.ndarray | None:
+    """PERCIST blood-pool cylinder (array-order mask) in the descending thoracic aorta.
+
+    In each axial slice the most posterior aorta component is the descending aorta (the
+    ascending aorta and arch lie anterior). The cylinder is centred on that component's
+    centroid, in ``length_mm`` of slices around the median level of the aorta in view, and
+    kept inside the aorta.
+    """
+    ks = np.flatnonzero(aorta.any(axis=(1, 2)))
+    if ks.size == 0:
+        return None
+    sz, sy, sx = spacing
+    half = max(1, int(round(length_mm / 2 / sz)))
+    mid = int(np.median(ks))
+    centres = {}
+    for k in range(max(ks[0], mid - half), min(ks[-1], mid + half) + 1):
+        lab, n = ndi.label(aorta[k])
+        if n == 0:
+            continue
+        com = ndi.center_of_mass(aorta[k], lab, range(1, n + 1))
+        sizes = ndi.sum_labels(aorta[k], lab, range(1, n + 1))
+        # Ignore slivers (partial volume at the arch) when picking the posterior component.
+        cand = [(c[0], c) for c, s in zip(com, sizes, strict=True) if s * sy * sx >= 20.0]
+        if cand:
+            centres[k] = max(cand)[1]
+    if not centres:
+        return None
+    out = np.zeros(aorta.shape, dtype=bool)
+    jj, ii = np.ogrid[:aorta.shape[1], :aorta.shape[2]]
+    for k, (cj, ci) in centres.items():
+        disk = ((jj - cj) * sy) ** 2 + ((ii - ci) * sx) ** 2 <= radius_mm ** 2
+        out[k] = disk & aorta[k]
+    return out if out.sum() >= 5 else None
+
+
+def right_liver_sphere(liver: np.ndarray, spacing: tuple[float, float, float],
+                       radius_mm: float) -> np.ndarray | None:
+    """PERCIST liver sphere (array-order mask): at the deepest point of the liver's right half.
+
+    The right lobe is on the patient's right, i.e. the smaller x (array column) half. The
+    radius shrinks to the available depth (at least 5 mm) when little liver is in view.
+    """
+    box = ndi.find_objects(liver.astype(np.uint8))[0]
+    sub = liver[box]
+    cols = np.flatnonzero(sub.any(axis=(0, 1)))
+    right = sub.copy()
+    right[:, :, cols[len(cols) // 2] + 1:] = False
+    if not right.any():
+        right = sub
+    depth = ndi.distance_transform_edt(np.pad(sub, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    depth = np.where(right, depth, 0.0)
+    best = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    r = min(radius_mm, float(depth[best]))
+    if r < 5.0:
+        return None
+    zz, yy, xx = np.ogrid[:sub.shape[0], :sub.shape[1], :sub.shape[2]]
+    ball = (((zz - best[0]) * spacing[0]) ** 2 + ((yy - best[1]) * spacing[1]) ** 2
+            + ((xx - best[2]) * spacing[2]) ** 2) <= r ** 2
+    out = np.zeros(liver.shape, dtype=bool)
+    out[box] = ball & sub
+    return out
+
+
+def _mediastinal_soft_tissue(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy) -> np.ndarray | None:
+    """SUVs of soft tissue (0-100 HU) between the two lungs in the middle half of the lungs' levels."""
+    if anatomy.has("mediastinum"):
+        region = anatomy.mask("mediastinum")
+    else:
+        left, right = anatomy.mask("lung_left"), anatomy.mask("lung_right")
+        if not left.any() or not right.any():
+            return None
+        nx = left.shape[2]
+        idx = np.arange(nx)
+        # Per (slice, row): right lung's medial border = its largest column, left lung's = smallest.
+        r_med = np.where(right.any(axis=2), np.max(np.where(right, idx, -1), axis=2), -1)
+        l_med = np.where(left.any(axis=2), np.min(np.where(left, idx, nx), axis=2), nx)
+        both = (r_med >= 0) & (l_med < nx)
+        region = (idx > r_med[..., None]) & (idx < l_med[..., None]) & both[..., None]
+        ks = np.flatnonzero(region.any(axis=(1, 2)))
+        if ks.size == 0:
+            return None
+        lo, hi = np.percentile(ks, [25, 75]).astype(int)
+        region[:lo] = False
+        region[hi + 1:] = False
+    region = region & (hu >= 0) & (hu <= 100) & ~anatomy.mask(*PHYSIOLOGICAL)
+    return suv[region] if region.any() else None
+
+
+# --------------------------------------------------------------------------- seeds and growing
+
+def _window(spacing: tuple[float, float, float], half_mm: float) -> tuple[int, int, int]:
+    return tuple(2 * max(1, int(round(half_mm / s))) + 1 for s in spacing)
+
+
+def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: np.ndarray,
+                  high_bg: np.ndarray, lung: np.ndarray, threshold: float,
+                  liver_threshold: float, ref: dict[str, float], th: dict) -> np.ndarray:
+    """Union of all accepted seeds' grown outlines (array-order bool mask)."""
+    out = np.zeros(suv.shape, dtype=bool)
+    hot = suv > min(threshold, liver_threshold)
+    if not hot.any():
+        return out
+    # Seeds are searched only in the bounding box of supra-threshold voxels (small in practice).
+    win = _window(spacing, th["peak_window_mm"])
+    box = _pad(ndi.find_objects(hot.astype(np.uint8))[0], [w for w in win], suv.shape)
+    sigma = [th["seed_smoothing_mm"] / s for s in spacing]
+    smooth = np.zeros(suv.shape, dtype=np.float32)
+    smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
+    seed_thr = np.where(high_bg[box], liver_threshold, threshold)
+    sb = smooth[box]
+    is_peak = (sb == ndi.maximum_filter(sb, size=win)) & (sb > seed_thr) & ~organ[box]
+    seeds = np.argwhere(is_peak) + np.array([s.start for s in box])
+    order = np.argsort(-smooth[tuple(seeds.T)], kind="stable")
+    for seed in seeds[order]:
+        p = tuple(int(v) for v in seed)
+        if out[p]:
+            continue
+        region_box = _grow_one(p, suv, smooth, spacing, organ, high_bg, lung, threshold, ref, th, win)
+        if region_box is not None:
+            region, sl = region_box
+            out[sl] |= region
+    return out
+
+
+def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
+              spacing: tuple[float, float, float], organ: np.ndarray, high_bg: np.ndarray,
+              lung: np.ndarray, threshold: float, ref: dict[str, float], th: dict,
+              win: tuple[int, int, int]):
+    """Outline of the lesion around seed ``p``: ``(mask, box)`` or None when rejected.
+
+    Works in a box around the seed that doubles until the outline no longer touches its edge.
+    """
+    frac = float(th["grow_fraction"])
+    corrected = bool(th["grow_background_corrected"])
+    half_mm = 30.0
+    wsl = tuple(slice(max(0, c - w // 2), c + w // 2 + 1) for c, w in zip(p, win, strict=True))
+    peak = float(suv[wsl].max())
+    while True:
+        half = [max(2, int(np.ceil(half_mm / s))) for s in spacing]
+        sl = tuple(slice(max(0, c - h), min(n, c + h + 1))
+                   for c, h, n in zip(p, half, suv.shape, strict=True))
+        q = tuple(c - s.start for c, s in zip(p, sl, strict=True))
+        s_raw, s_sm, org = suv[sl], smooth[sl], organ[sl]
+        own = ~org
+        if (org & (s_sm > threshold)).any():
+            # A hot organ in reach: split by watershed so its spill-out stays its own.
+            markers = np.zeros(s_sm.shape, dtype=np.int32)
+            markers[org] = 2
+            markers[q] = 1
+            basins = watershed(-s_sm, markers=markers, mask=s_sm > min(threshold, peak) * 0.5)
+            own = (basins == 1) & ~org
+            near = ndi.distance_transform_edt(~org, sampling=spacing)[q] <= th["spill_margin_mm"]
+            if near:
+                organ_side = ndi.binary_dilation(basins == 2, structure=_FULL) & (basins == 1)
+                if organ_side.any():
+                    saddle = float(s_sm[organ_side].max())
+                    if s_sm[q] - saddle < th["spill_prominence"] * s_sm[q]:
+                        return None
+        if corrected:
+            bg = _local_background(q, s_raw, own, org, peak, spacing, threshold)
+            level = bg + frac * (peak - bg)
+        else:
+            level = frac * peak
+        lab, _ = ndi.label(own & (s_raw >= level), structure=_FULL)
+        if lab[q] == 0:
+            return None
+        region = lab == lab[q]
+        at_edge = any(
+            (region.take(0, axis=a).any() and sl[a].start > 0)
+            or (region.take(-1, axis=a).any() and sl[a].stop < suv.shape[a])
+            for a in range(3))
+        if not at_edge or half_mm >= 160.0:
+            return region, sl
+        half_mm *= 2
+
+
+def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarray,
+                      org: np.ndarray, peak: float, spacing: tuple[float, float, float],
+                      threshold: float) -> float:
+    """Median SUV in a shell 5-12 mm around the lesion's half-maximum core.
+
+    Local (not blood-pool) background makes the background-corrected 41% outline match the
+    true size of spheres of 10-30 mm within about 1-2 mm at clinical PET resolution.
+    """
+    lab, _ = ndi.label(own & (s_raw >= 0.5 * peak), structure=_FULL)
+    core = lab == lab[q] if lab[q] else np.zeros(s_raw.shape, dtype=bool)
+    core[q] = True
+    dist = ndi.distance_transform_edt(~core, sampling=spacing)
+    shell = (dist > 5.0) & (dist <= 12.0) & ~org & (s_raw < threshold)
+    if shell.sum() < 10:
+        return 0.0
+    return float(np.clip(np.median(s_raw[shell]), 0.0, 0.6 * peak))
+
+
+def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray,
+                               lung: np.ndarray, spacing: tuple[float, float, float],
+                               voxel_ml: float, th: dict, notes: list[str]) -> np.ndarray:
+    lab, n = ndi.label(mask, structure=_FULL)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = np.zeros(n + 1, dtype=bool)
+    n_small = n_fat = 0
+    for cid, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sizes[cid] * voxel_ml < th["min_volume_ml"]:
+            n_small += 1
+            continue
+        comp = lab[sl] == cid
+        s = suv[sl]
+        core = comp & (s >= th["brown_fat_core_fraction"] * s[comp].max())
+        h = hu[sl][core & ~lung[sl]]
+        h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
+        if h.size >= 3 and float(np.median(h)) < th["brown_fat_hu_max"]:
+            n_fat += 1
+            continue
+        keep[cid] = True
+    if n_small:
+        notes.append(f"{n_small} component(s) under {th['min_volume_ml']} ml dropped as noise")
+    if n_fat:
+        notes.append(f"{n_fat} component(s) with fat-density cores dropped as brown fat")
+    return keep[lab]
