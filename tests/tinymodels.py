@@ -129,7 +129,7 @@ def write_model_folder(trainer_dir: Path, *, dataset_json: dict, plans: dict, tr
         bias_keys = [k for k in state if k.startswith("decoder.seg_layers.") and k.endswith(".bias")]
         last = max(bias_keys, key=lambda k: int(k.split(".")[2]))
         state[last] = torch.zeros_like(state[last])
-        state[last][int(favour_label)] = 20.0
+        state[last][int(favour_label)] = 1000.0
     checkpoint = {
         "network_weights": state,
         "trainer_name": trainer,
@@ -171,8 +171,11 @@ def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = True) -> 
     """Dataset id, folder name, trainer, spacing and label map of each TotalSegmentator model the
     ``total`` task loads, read from the installed TotalSegmentator (class_map, task configs)."""
     from totalsegmentator.map_tasks_config import TASK_CONFIGS, TASK_ID_WEIGHTS_CONFIGS
-    from totalsegmentator.map_to_binary import class_map, class_map_5_parts
-    from totalsegmentator.map_to_binary import map_taskid_to_partname_ct
+    from totalsegmentator.map_to_binary import (
+        class_map,
+        class_map_5_parts,
+        map_taskid_to_partname_ct,
+    )
 
     mode = TASK_CONFIGS["total"]["sub_modes"]["fast" if fast else "default"]
     ids = mode["task_id"] if isinstance(mode["task_id"], list) else [mode["task_id"]]

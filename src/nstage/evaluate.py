@@ -221,8 +221,9 @@ def _kappa(ref: np.ndarray, cmp: np.ndarray, weights: str, sample_weight=None) -
     from sklearn.metrics import cohen_kappa_score
 
     with warnings.catch_warnings():
-        # Kappa is undefined (0/0) when both raters use one single category.
-        warnings.simplefilter("ignore", RuntimeWarning)
+        # Kappa is undefined (0/0) when both raters use one single category; the
+        # NaN that sklearn returns then is reported as null.
+        warnings.simplefilter("ignore")
         return float(cohen_kappa_score(ref, cmp, labels=[0, 1, 2, 3], weights=weights,
                                        sample_weight=sample_weight))
 
@@ -559,7 +560,7 @@ def summary_sentences(metrics: dict) -> list[str]:
         text += "."
         if m["excluded"]["count"]:
             text += f" {m['excluded']['count']} case(s) excluded (see the list)."
-        lines.append(text)
+        lines.append(text[0].upper() + text[1:])
     mc = metrics["mcnemar_ai_vs_clinical"]
     if mc["n"]:
         lines.append(

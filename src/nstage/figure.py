@@ -1,15 +1,28 @@
 """Per-case visual report a clinician can read at a glance (PNG + one-page PDF).
 
-Layout: a header (N 8th/9th edition, P(N0..N3), backends, research-use line, NX
-reasons), a coronal PET maximum-intensity projection with the primary and each node
-marked, coloured by N category and labelled with its station, and one axial CT/PET
-fusion crop per node (and the primary) with station, SUVmax, short axis and the
-rule that made it count.
+Layout (A4 landscape)
+---------------------
+- Header: N category (8th and 9th edition) in large type, coloured by category;
+  P(N0..N3) as bars; the primary tumour; backends, version, CT window and PET scale;
+  a research-use line; for NX the reasons, in red.
+- Left: coronal PET maximum-intensity projection (inverted grey, SUVbw colour bar) with
+  the primary ("T") and every counted node marked by a ring coloured by N category and
+  numbered; labels (number, station, category) sit in gutters beside the image with
+  leader lines, so they never cover the MIP. Node candidates that did not count are
+  small squares. Below it a table of all regional node candidates.
+- Right: one axial CT/PET fusion crop per mark (primary first, then nodes by category
+  and SUVmax), centred on the centroid with a fixed 90 mm field (padded beyond the image
+  edge), with station, category, SUVmax, short axis, probability and the rules that
+  made it count; then the staging trace and the reasons.
 
-Display conventions: radiological (the patient's RIGHT on the image LEFT, labelled
-"R"/"L"); the canonical arrays (see :mod:`nstage.geometry`) already have column index
-growing to the patient's left, so images are drawn without a flip. CT window
-W 400 / L 40 HU (mediastinal), PET in SUVbw with a colour bar.
+Display conventions
+-------------------
+Radiological: the patient's RIGHT on the image LEFT (labelled "R"/"L"), anterior up in
+axial crops, superior up in the MIP. The canonical arrays (see :mod:`nstage.geometry`)
+have column index growing to the patient's left, so images are drawn unflipped, placed
+by physical extent in mm (LPS), so anisotropic voxels keep their true aspect. CT window
+W 400 / L 40 HU (mediastinal). PET in SUVbw on fixed scales (MIP 0-8, fusion 0-8 with
+opacity rising from SUV 1 to 4) so cases can be compared.
 """
 
 from __future__ import annotations
@@ -21,13 +34,22 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nstage.geometry import mm_to_index
+from nstage.geometry import canonical, mm_to_index, resample_to
 
-CT_WINDOW = (40.0, 400.0)  # level, width (HU)
-CROP_MM = 90.0
+CT_WINDOW = (40.0, 400.0)  # level, width (HU): mediastinal window
+MIP_SUV_MAX = 8.0  # SUVbw at which the inverted-grey MIP is black
+FUSION_SUV_MAX = 8.0  # SUVbw at the top of the fusion colour scale
+FUSION_ALPHA = (1.0, 4.0, 0.8)  # PET opacity: 0 at SUV 1, rising to 0.8 at SUV 4 and above
+CROP_MM = 90.0  # field of view of each axial crop (square, mm)
 MAX_PANELS = 6
-COLOURS = {"primary": "#d62fd6", "N1": "#f2d600", "N2": "#ff8c00", "N3": "#e8001c",
-           "other": "#00c8e8"}
+DPI = 120
+FIGSIZE = (11.69, 8.27)  # A4 landscape, inches
+COLOURS = {"primary": "#c21fc2", "N1": "#f2d600", "N2": "#ff8c00", "N3": "#e8001c",
+           "N?": "#8c8c8c", "N0": "#3a7bd5", "NX": "#b00000", "uncounted": "#1f77b4"}
+# Text colour on top of each category colour (black on light, white on dark).
+TEXT_ON = {"primary": "white", "N1": "black", "N2": "black", "N3": "white", "N?": "white",
+           "N0": "white", "NX": "white"}
+RANK = {"primary": 0, "N3": 1, "N2": 2, "N1": 3, "N?": 4}
 RESEARCH_LINE = "Research tool, not a medical device: not for clinical decisions."
 PNG_NAME = "n-stage-report.png"
 PDF_NAME = "n-stage-report.pdf"
@@ -35,193 +57,611 @@ PDF_NAME = "n-stage-report.pdf"
 
 @dataclass
 class Marker:
-    """A mark on the coronal MIP: what, where (mm LPS) and where it was drawn (PNG pixels)."""
+    """One mark of the report: what, where in the patient, and where it was drawn.
+
+    Attributes
+    ----------
+    label : str
+        Station code (``"4R"``) or ``"primary"``.
+    kind : str
+        ``"primary"``, ``"N1"``, ``"N2"``, ``"N3"`` or ``"N?"`` (positive, category
+        depends on an unknown primary side).
+    centroid_mm : tuple of float
+        (x, y, z) mm LPS.
+    number : str
+        Tag shared by the MIP label and the crop title (``"T"`` for the primary, 1, 2, ...).
+    png_xy : tuple of float or None
+        (column, row) pixel of the centroid on the MIP in the PNG, row 0 at the top.
+    crop_xy : tuple of float or None
+        (column, row) PNG pixel of the centre of this mark's axial crop (None: no crop).
+    mip_box_px : tuple of float or None
+        (left, top, right, bottom) PNG pixels of the MIP axes (for orientation checks).
+    """
 
     label: str
     kind: str
     centroid_mm: tuple[float, float, float]
-    png_xy: tuple[float, float] | None = None  # pixel (column, row) in the PNG, row 0 at top
+    number: str = ""
+    png_xy: tuple[float, float] | None = None
+    crop_xy: tuple[float, float] | None = None
+    mip_box_px: tuple[float, float, float, float] | None = None
 
 
-def _marks(result: dict) -> list[tuple[str, str, dict]]:
-    marks = []
-    if result.get("primary_tumor"):
-        marks.append(("primary", "primary", result["primary_tumor"]))
-    for node in result.get("nodes", []):
-        marks.append((node["station"], node["n_category"] or "other", node))
+@dataclass
+class _Mark:
+    marker: Marker
+    entry: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def _fmt(value, nd: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.{nd}f}{unit}"
+
+
+def _marks(result: dict) -> list[_Mark]:
+    """Primary first, then positive nodes by severity (N3, N2, N1, N?) and SUVmax."""
+    marks: list[_Mark] = []
+    primary = result.get("primary_tumor")
+    if primary and primary.get("centroid_mm") is not None:
+        marks.append(_Mark(Marker("primary", "primary", tuple(primary["centroid_mm"]), "T"),
+                           primary))
+    nodes = [n for n in result.get("nodes") or [] if n.get("centroid_mm") is not None]
+
+    def key(n: dict) -> tuple[int, float]:
+        suv = n.get("suv_max")
+        return RANK.get(n.get("n_category") or "N?", 9), -(suv if suv is not None else 0.0)
+
+    for number, node in enumerate(sorted(nodes, key=key), start=1):
+        kind = node.get("n_category") or "N?"
+        marks.append(_Mark(Marker(str(node.get("station") or "?"), kind,
+                                  tuple(node["centroid_mm"]), str(number)), node))
     return marks
 
 
+def spread(positions: list[float], gap: float, lo: float, hi: float) -> list[float]:
+    """Move 1-D label positions apart to at least ``gap``, staying within [lo, hi].
+
+    Order is kept; positions move as little as a forward and a backward pass allow.
+    When they cannot all fit, the gap shrinks to fill [lo, hi] evenly.
+    """
+    n = len(positions)
+    if n == 0:
+        return []
+    order = np.argsort(positions, kind="stable")
+    y = np.asarray(positions, dtype=float)[order]
+    if n > 1 and (hi - lo) / (n - 1) < gap:
+        gap = (hi - lo) / (n - 1)
+    y[0] = max(y[0], lo)
+    for i in range(1, n):
+        y[i] = max(y[i], y[i - 1] + gap)
+    y[-1] = min(y[-1], hi)
+    for i in range(n - 2, -1, -1):
+        y[i] = min(y[i], y[i + 1] - gap)
+    out = np.empty(n)
+    out[order] = y
+    return [float(v) for v in out]
+
+
+def _fusion_rgba(pet: np.ndarray) -> np.ndarray:
+    """PET SUV slice to an RGBA overlay: 'hot' colours, opacity ramping with SUV."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["hot"](np.clip(pet / FUSION_SUV_MAX, 0.0, 1.0))
+    lo, hi, top = FUSION_ALPHA
+    rgba[..., 3] = np.clip((pet - lo) / (hi - lo), 0.0, 1.0) * top
+    return rgba
+
+
+def _axial_crop(arr: np.ndarray, k: int, j: int, i: int, hy: int, hx: int,
+                fill: float) -> np.ndarray:
+    """Slice ``arr[k]`` over rows j-hy..j+hy and columns i-hx..i+hx, padded with ``fill``."""
+    nz, ny, nx = arr.shape
+    out = np.full((2 * hy + 1, 2 * hx + 1), fill, dtype=np.float32)
+    if not 0 <= k < nz:
+        return out
+    j0, j1 = max(0, j - hy), min(ny, j + hy + 1)
+    i0, i1 = max(0, i - hx), min(nx, i + hx + 1)
+    if j0 < j1 and i0 < i1:
+        out[j0 - (j - hy):j1 - (j - hy), i0 - (i - hx):i1 - (i - hx)] = arr[k, j0:j1, i0:i1]
+    return out
+
+
+def _on_grid(pet: sitk.Image, ct: sitk.Image) -> sitk.Image:
+    """``pet`` on ``ct``'s grid (resampled only when the grids differ)."""
+    same = (pet.GetSize() == ct.GetSize()
+            and np.allclose(pet.GetSpacing(), ct.GetSpacing(), atol=1e-4)
+            and np.allclose(pet.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+            and np.allclose(pet.GetDirection(), ct.GetDirection(), atol=1e-6))
+    return pet if same else resample_to(pet, ct, pixel_type=sitk.sitkFloat32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the figure
+
+
 def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
-           pdf_path: Path | None = None, *, dpi: int = 100) -> list[Marker]:
+           pdf_path: Path | None = None, *, dpi: int = DPI) -> list[Marker]:
     """Draw the report for one case.
 
     Parameters
     ----------
     result : dict
-        The ``n-stage.json`` content.
+        The ``n-stage.json`` content (``primary_tumor`` may be null, ``probabilities``
+        values null for NX, ``nodes`` empty).
     ct : SimpleITK.Image
-        CT in HU, canonical orientation (the thoracic work crop is enough).
+        CT in HU (the thoracic work crop is enough). Re-oriented to canonical LPS if needed.
     pet : SimpleITK.Image
-        PET in SUVbw on ``ct``'s grid, canonical orientation.
+        PET in SUVbw; resampled onto ``ct``'s grid when it is not already on it.
     png_path, pdf_path : Path
-        Outputs (written atomically: temporary name, then rename).
+        Outputs, each written atomically (temporary name, then rename). ``pdf_path`` None:
+        PNG only.
+    dpi : int
+        PNG resolution (A4 landscape: 120 dpi gives 1403 x 992 pixels).
 
     Returns
     -------
     list of Marker
-        The marks drawn on the MIP with their PNG pixel positions (for checks).
+        The primary and positive nodes as drawn, with PNG pixel positions on the MIP and of
+        their crop centres.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import gridspec
 
+    ct = canonical(ct)
+    pet = _on_grid(canonical(pet), ct)
     ct_arr = sitk.GetArrayViewFromImage(ct)
     pet_arr = sitk.GetArrayViewFromImage(pet)
-    sx, _, sz = pet.GetSpacing()
     marks = _marks(result)
-    panels = marks[:MAX_PANELS]
 
-    fig = plt.figure(figsize=(11.69, 8.27), dpi=dpi)  # A4 landscape
-    outer = gridspec.GridSpec(2, 2, figure=fig, height_ratios=[0.16, 0.84],
-                              width_ratios=[0.36, 0.64], left=0.03, right=0.98, top=0.98,
-                              bottom=0.03, hspace=0.08, wspace=0.06)
-    _header(fig.add_subplot(outer[0, :]), result)
+    fig = plt.figure(figsize=FIGSIZE, dpi=dpi)
+    try:
+        body_top = _header(fig, result)
+        ax_mip = fig.add_axes((0.015, 0.30, 0.41, body_top - 0.33))
+        _mip(fig, ax_mip, pet, pet_arr, result, marks)
+        _node_table(fig, ax_mip, result, marks)
+        panels = marks[:MAX_PANELS]
+        crop_axes = _crops(fig, ct, ct_arr, pet_arr, result, panels, body_top)
+        _trace_text(fig, result, marks)
 
-    # Coronal MIP: max over y (anterior-posterior); rows z (superior up), columns x.
-    mip = pet_arr.max(axis=1)
-    ax = fig.add_subplot(outer[1, 0])
-    vmax = max(5.0, float(np.percentile(mip, 99.9)))
-    nz, nx = mip.shape
-    im = ax.imshow(mip, cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
-                   extent=(-0.5, nx - 0.5, -0.5, nz - 0.5), aspect=sz / sx,
-                   interpolation="bilinear")
-    ax.set_title("PET MIP (coronal), SUVbw", fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    _side_labels(ax)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    cbar.set_label("SUVbw", fontsize=8)
-    cbar.ax.tick_params(labelsize=7)
-    markers: list[Marker] = []
-    for label, kind, entry in marks:
-        k, _, i = mm_to_index(pet, entry["centroid_mm"])
-        colour = COLOURS.get(kind, COLOURS["other"])
-        ax.plot([i], [k], marker="o", markersize=14, markerfacecolor="none",
-                markeredgecolor=colour, markeredgewidth=2)
-        ax.annotate(label, (i, k), xytext=(9, 6), textcoords="offset points", color=colour,
-                    fontsize=8, fontweight="bold")
-        markers.append(Marker(label, kind, tuple(entry["centroid_mm"]), (float(i), float(k))))
-
-    # Axial fusion crops.
-    if panels:
-        ncols = 3
-        nrows = int(np.ceil(len(panels) / ncols))
-        inner = gridspec.GridSpecFromSubplotSpec(nrows, ncols, subplot_spec=outer[1, 1],
-                                                 hspace=0.35, wspace=0.08)
-        for n, (label, kind, entry) in enumerate(panels):
-            _fusion_panel(fig.add_subplot(inner[n // ncols, n % ncols]), ct, ct_arr, pet_arr,
-                          label, kind, entry, vmax)
-        if len(marks) > MAX_PANELS:
-            fig.text(0.98, 0.01, f"+{len(marks) - MAX_PANELS} more in n-stage.json",
-                     ha="right", fontsize=8)
-    else:
-        ax2 = fig.add_subplot(outer[1, 1])
-        ax2.axis("off")
-        ax2.text(0.02, 0.95, "No primary tumour and no positive node to show.",
-                 va="top", fontsize=11)
-
-    # PNG pixel positions of the markers (row 0 at the top of the PNG).
-    fig.canvas.draw()
-    height = fig.get_size_inches()[1] * dpi
-    for m in markers:
-        x, y = ax.transData.transform(m.png_xy)
-        m.png_xy = (float(x), float(height - y))
-
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(fig, png_path, dpi)
-    if pdf_path is not None:
-        _save_atomic(fig, Path(pdf_path), dpi)
-    plt.close(fig)
-    return markers
+        png_path = Path(png_path)
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic(fig, png_path, dpi)
+        # Pixel positions from the transforms of the figure just drawn at ``dpi``.
+        height = fig.get_size_inches()[1] * dpi
+        bbox = ax_mip.get_window_extent()
+        box_px = (float(bbox.x0), float(height - bbox.y1), float(bbox.x1),
+                  float(height - bbox.y0))
+        for m in marks:
+            x, y = ax_mip.transData.transform((m.marker.centroid_mm[0], m.marker.centroid_mm[2]))
+            m.marker.png_xy = (float(x), float(height - y))
+            m.marker.mip_box_px = box_px
+        for m, ax in zip(panels, crop_axes, strict=True):
+            x, y = ax.transData.transform((0.0, 0.0))
+            m.marker.crop_xy = (float(x), float(height - y))
+        if pdf_path is not None:
+            pdf_path = Path(pdf_path)
+            pdf_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic(fig, pdf_path, dpi)
+    finally:
+        plt.close(fig)
+    return [m.marker for m in marks]
 
 
 def _save_atomic(fig, path: Path, dpi: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _header(ax, result: dict) -> None:
+def _badge(ax, x, y, text, kind, fontsize, **kw):
+    colour = COLOURS.get(kind, COLOURS["N?"])
+    return ax.text(x, y, text, fontsize=fontsize, fontweight="bold",
+                   color=TEXT_ON.get(kind, "white"),
+                   bbox={"boxstyle": "round,pad=0.25", "facecolor": colour,
+                         "edgecolor": "black", "linewidth": 0.6}, **kw)
+
+
+def _header(fig, result: dict) -> float:
+    """Header band; for NX a red banner with the reasons under it. Returns the body top."""
+    n8 = result.get("n_stage") or "NX"
+    n9 = result.get("n_stage_9th") or n8
+    is_nx = n8 == "NX"
+    ax = fig.add_axes((0.01, 0.855, 0.2, 0.14))
     ax.axis("off")
-    n8, n9 = result["n_stage"], result["n_stage_9th"]
+    kind8 = n8 if n8 in COLOURS else "N?"
+    kind9 = "N2" if n9.startswith("N2") else (n9 if n9 in COLOURS else "N?")
+    ax.text(0.0, 0.97, "N stage", fontsize=11, va="top", color="#333333")
+    _badge(ax, 0.02, 0.45, n8, kind8, 26, va="center")
+    ax.text(0.02, 0.02, "8th edition", fontsize=8, va="bottom", color="#333333")
+    _badge(ax, 0.47, 0.45, n9, kind9, 26, va="center")
+    ax.text(0.47, 0.02, "9th edition", fontsize=8, va="bottom", color="#333333")
+
+    # P(N0..N3) bars (or why there are none).
+    pax = fig.add_axes((0.255, 0.865, 0.15, 0.105))
     probs = result.get("probabilities") or {}
-    ptxt = "  ".join(f"P({k})={v:.2f}" for k, v in probs.items() if v is not None) or "n/a"
-    backends = result.get("backends", {})
-    ax.text(0.0, 1.0, f"N stage {n8} (8th ed.)  /  {n9} (9th ed.)", fontsize=18,
-            fontweight="bold", va="top",
-            color="#b00000" if n8 == "NX" else "black")
+    cats = ["N0", "N1", "N2", "N3"]
+    values = [probs.get(c) for c in cats]
+    pax.set_title("P(N category)", fontsize=8, loc="left", pad=2)
+    if all(v is None for v in values):
+        pax.axis("off")
+        pax.text(0.0, 0.5, "not available" + (" (NX)" if is_nx else ""), fontsize=9,
+                 va="center", color="#555555")
+    else:
+        vals = [float(v) if v is not None else 0.0 for v in values]
+        pax.barh(range(4), vals, color=[COLOURS[c] for c in cats], edgecolor="black",
+                 linewidth=0.5, height=0.7)
+        for i, v in enumerate(values):
+            pax.text(min(float(v or 0.0), 1.0) + 0.02, i, _fmt(v, 2), va="center", fontsize=7)
+        pax.set_yticks(range(4), cats, fontsize=7)
+        pax.invert_yaxis()
+        pax.set_xlim(0, 1.25)
+        pax.set_xticks([])
+        for side in ("top", "right", "bottom"):
+            pax.spines[side].set_visible(False)
+        pax.tick_params(length=0, pad=2)
+
+    x, y = 0.445, 0.985
+    fig.text(x, y, RESEARCH_LINE, fontsize=9, va="top", style="italic", fontweight="bold",
+             color="#b00000")
+    for text, size, colour, weight, step in _header_lines(result):
+        y -= step
+        fig.text(x, y, textwrap.shorten(text, {10: 72, 9: 88}.get(size, 100)), fontsize=size,
+                 va="top", color=colour, fontweight=weight)
+    if not is_nx:
+        return 0.84
+    reasons = result.get("reasons") or ["no reason recorded"]
+    lines = textwrap.wrap("NX, cannot be assessed: " + "; ".join(reasons), 150)
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), 140,
+                                            placeholder=" ... (all reasons below)")]
+    fig.text(0.015, 0.848, "\n".join(lines), fontsize=10, va="top", color="#b00000",
+             fontweight="bold", linespacing=1.2,
+             bbox={"facecolor": "#fde8e8", "edgecolor": "#b00000", "boxstyle": "round,pad=0.3"})
+    return 0.79
+
+
+def _header_lines(result: dict) -> list[tuple[str, float, str, str, float]]:
+    """Header text lines after the research line: (text, size pt, colour, weight, step)."""
     primary = result.get("primary_tumor")
-    ptext = "no primary tumour found" if not primary else (
-        f"primary: {primary['side']} lung"
-        + (f", {primary['lobe']} lobe" if primary.get("lobe") else "")
-        + f", SUVmax {primary['suv_max']}")
-    ax.text(0.0, 0.58, f"{ptext}   |   {ptxt}", fontsize=9, va="top")
-    ax.text(0.0, 0.36,
-            f"anatomy: {backends.get('anatomy')}   lesions: {backends.get('lesions')}   "
-            f"nstage {result.get('version')}   CT window W{CT_WINDOW[1]:.0f}/L{CT_WINDOW[0]:.0f} HU",
-            fontsize=8, va="top", color="#333333")
-    reasons = result.get("reasons") or []
-    if n8 == "NX" and reasons:
-        ax.text(0.0, 0.17, textwrap.shorten("NX because: " + "; ".join(reasons), 230),
-                fontsize=8.5, va="top", color="#b00000")
-    ax.text(1.0, 1.0, RESEARCH_LINE, fontsize=8, va="top", ha="right", style="italic",
-            color="#b00000")
+    if primary:
+        where = " ".join(w for w in (primary.get("side"), primary.get("lobe"),
+                                     "lobe" if primary.get("lobe") else "lung") if w)
+        ptext = (f"Primary tumour: {where}, SUVmax {_fmt(primary.get('suv_max'))}, "
+                 f"{_fmt(primary.get('volume_ml'))} ml")
+        second = primary.get("second_primary")
+        if second:
+            ptext += (f"; second tumour {second.get('side')} lung "
+                      f"(SUVmax {_fmt(second.get('suv_max'))})")
+    else:
+        ptext = "Primary tumour: none found"
+    backends = result.get("backends") or {}
+    ref = result.get("reference_suv") or {}
+    # Stations in IASLC map order, as the staging trace lists them.
+    stations = [str(t.get("station")) for t in result.get("trace") or []]
+    if not stations:
+        stations = sorted({str(n.get("station")) for n in result.get("nodes") or []})
+    ntext = f"Counted nodes: {len(result.get('nodes') or [])}"
+    if stations:
+        ntext += f" in {len(stations)} station(s): " + ", ".join(stations)
+    side_used = result.get("primary_side_used")
+    if side_used:
+        ntext += f"  |  primary side used: {side_used}"
+    return [
+        (ptext, 10, "black", "bold", 0.026),
+        (ntext, 9, "black", "normal", 0.025),
+        (f"Backends: anatomy {backends.get('anatomy', '?')}, lesions "
+         f"{backends.get('lesions', '?')}  |  nstage {result.get('version', '?')}", 8,
+         "#333333", "normal", 0.022),
+        (f"Reference SUVbw: blood pool {_fmt(ref.get('blood_pool'))}, liver "
+         f"{_fmt(ref.get('liver'))}; node threshold {_fmt(ref.get('threshold'))}", 8,
+         "#333333", "normal", 0.019),
+        (f"CT window W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU  |  PET SUVbw  |  "
+         "radiological view: patient's RIGHT on image LEFT", 8, "#1f4e9e", "bold", 0.019),
+    ]
 
 
-def _side_labels(ax) -> None:
-    for x, text in ((0.02, "R"), (0.98, "L")):
-        ax.text(x, 0.98, text, transform=ax.transAxes, ha="center", va="top", fontsize=10,
-                fontweight="bold", color="#1f4e9e",
-                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+def _mip(fig, ax, pet: sitk.Image, pet_arr: np.ndarray, result: dict,
+         marks: list[_Mark]) -> None:
+    """Coronal MIP placed by physical extent (x mm across, z mm up), labels in gutters."""
+    from matplotlib import patheffects
 
-
-def _fusion_panel(ax, ct, ct_arr, pet_arr, label, kind, entry, vmax) -> None:
-    k, j, i = np.round(mm_to_index(ct, entry["centroid_mm"])).astype(int)
-    nz, ny, nx = ct_arr.shape
-    k = int(np.clip(k, 0, nz - 1))
-    sx, sy, _ = ct.GetSpacing()
-    hx, hy = int(CROP_MM / 2 / sx), int(CROP_MM / 2 / sy)
-    j0, j1 = max(0, j - hy), min(ny, j + hy)
-    i0, i1 = max(0, i - hx), min(nx, i + hx)
-    level, width = CT_WINDOW
-    ct_crop = np.asarray(ct_arr[k, j0:j1, i0:i1], dtype=float)
-    pet_crop = np.asarray(pet_arr[k, j0:j1, i0:i1], dtype=float)
-    extent = (i0 - 0.5, i1 - 0.5, j1 - 0.5, j0 - 0.5)
-    ax.imshow(ct_crop, cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
-              extent=extent, aspect=sy / sx, interpolation="bilinear")
-    ax.imshow(np.ma.masked_less(pet_crop, 1.0), cmap="hot", vmin=0, vmax=vmax, alpha=0.55,
-              extent=extent, aspect=sy / sx, interpolation="bilinear")
-    colour = COLOURS.get(kind, COLOURS["other"])
-    ax.plot([i], [j], marker="+", markersize=16, color=colour, markeredgewidth=1.5)
+    mip = np.asarray(pet_arr, dtype=np.float32).max(axis=1)  # over y: anterior-posterior
+    nz, nx = mip.shape
+    sx, _, sz = pet.GetSpacing()
+    ox, _, oz = pet.GetOrigin()
+    x0, x1 = ox - sx / 2, ox + (nx - 0.5) * sx
+    z0, z1 = oz - sz / 2, oz + (nz - 0.5) * sz
+    width = x1 - x0
+    gutter = 0.24 * width
+    im = ax.imshow(mip, cmap="gray_r", vmin=0.0, vmax=MIP_SUV_MAX, origin="lower",
+                   extent=(x0, x1, z0, z1), aspect="equal", interpolation="antialiased")
+    ax.set_xlim(x0 - gutter, x1 + gutter)
+    ax.set_ylim(z0, z1)
+    ax.set_anchor("N")
+    for side in ax.spines.values():
+        side.set_visible(False)
     ax.set_xticks([])
     ax.set_yticks([])
-    _side_labels(ax)
-    short = entry.get("short_axis_mm")
-    title = (f"{label}  {kind if kind != 'primary' else ''}  SUVmax {entry.get('suv_max')}"
-             + (f"  SA {short} mm" if short is not None else ""))
-    ax.set_title(" ".join(title.split()), fontsize=8.5, color=colour, fontweight="bold")
-    rule = entry.get("reason") or ""
-    if kind == "primary":
-        rule = f"primary tumour, {entry.get('side')} lung, {entry.get('volume_ml')} ml"
-    ax.set_xlabel(textwrap.fill(textwrap.shorten(rule, 150), 48), fontsize=6.5)
+    ax.plot([x0, x1, x1, x0, x0], [z0, z0, z1, z1, z0], color="#999999", linewidth=0.6)
+    ax.set_title("Coronal PET MIP (SUVbw)", fontsize=10, fontweight="bold", pad=4)
+    for x, text, ha in ((x0 - 0.03 * width, "R", "right"), (x1 + 0.03 * width, "L", "left")):
+        ax.text(x, z1, text, ha=ha, va="top", fontsize=13, fontweight="bold", color="#1f4e9e")
+    # 50 mm scale bar, bottom right inside the image.
+    bar = 50.0 if width > 120 else 20.0
+    ax.plot([x1 - 0.04 * width - bar, x1 - 0.04 * width], [z0 + 0.03 * (z1 - z0)] * 2,
+            color="black", linewidth=2)
+    ax.text(x1 - 0.04 * width - bar / 2, z0 + 0.045 * (z1 - z0), f"{bar:.0f} mm",
+            ha="center", va="bottom", fontsize=7)
+
+    stroke = [patheffects.withStroke(linewidth=3.5, foreground="black")]
+    # Node candidates that did not count (and other lesions): small hollow squares.
+    uncounted = [n for n in (result.get("negative_node_candidates") or [])
+                 + (result.get("other_lesions") or []) if n.get("centroid_mm") is not None]
+    if uncounted:
+        pts = np.array([n["centroid_mm"] for n in uncounted], dtype=float)
+        ax.plot(pts[:, 0], pts[:, 2], linestyle="none", marker="s", markersize=6,
+                markerfacecolor="none", markeredgecolor=COLOURS["uncounted"], markeredgewidth=1.2,
+                label="not counted")
+    # Counted marks: rings with a dark outline so yellow shows on white and on grey.
+    for kind in ("primary", "N1", "N2", "N3", "N?"):
+        pts = [m.marker.centroid_mm for m in marks if m.marker.kind == kind]
+        if not pts:
+            continue
+        arr = np.array(pts, dtype=float)
+        name = {"primary": "primary tumour", "N?": "positive, side unknown"}.get(kind, kind)
+        (line,) = ax.plot(arr[:, 0], arr[:, 2], linestyle="none", marker="o",
+                          markersize=16 if kind == "primary" else 13,
+                          markerfacecolor="none", markeredgecolor=COLOURS[kind],
+                          markeredgewidth=2.2, label=name)
+        line.set_path_effects(stroke)
+
+    # Labels: in the gutter on the side of the image the mark is on, spread vertically.
+    fig_h_in = fig.get_size_inches()[1]
+    ax.apply_aspect()
+    pos = ax.get_position()
+    zspan = z1 - z0
+    axes_h_pt = max(pos.height * fig_h_in * 72.0, 1.0)
+    gap = 13.0 * zspan / axes_h_pt  # 13 pt between label centres
+    centre = 0.5 * (x0 + x1)
+    for on_left in (True, False):
+        group = [m for m in marks if (m.marker.centroid_mm[0] < centre) == on_left]
+        if not group:
+            continue
+        ys = spread([m.marker.centroid_mm[2] for m in group], gap, z0 + gap / 2, z1 - gap * 1.6)
+        lx = x0 - 0.03 * width if on_left else x1 + 0.03 * width
+        for m, ly in zip(group, ys, strict=True):
+            text = "T primary" if m.marker.kind == "primary" else (
+                f"{m.marker.number} {m.marker.label} {m.marker.kind}")
+            _badge(ax, lx, ly, text, m.marker.kind, 7.5, ha="right" if on_left else "left",
+                   va="center", zorder=5)
+            ax.annotate("", xy=(m.marker.centroid_mm[0], m.marker.centroid_mm[2]),
+                        xytext=(lx, ly), zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "black", "linewidth": 0.7,
+                                    "shrinkA": 0, "shrinkB": 9})
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.005), ncol=6, fontsize=7,
+              frameon=False, handletextpad=0.2, columnspacing=0.9, markerscale=0.7)
+    # Colour bar directly under the image, at the image's width.
+    ax.apply_aspect()
+    pos = ax.get_position()
+    frac0 = gutter / (width + 2 * gutter)
+    cax = fig.add_axes((pos.x0 + frac0 * pos.width, pos.y0 - 0.055,
+                        pos.width * (1 - 2 * frac0), 0.012))
+    cbar = fig.colorbar(im, cax=cax, orientation="horizontal", extend="max")
+    cbar.set_label("MIP SUVbw (inverted grey)", fontsize=7, labelpad=1)
+    cbar.ax.tick_params(labelsize=7, length=2, pad=1)
+
+
+def _node_table(fig, ax_mip, result: dict, marks: list[_Mark]) -> None:
+    """All regional node candidates, counted first, as a compact text table under the MIP."""
+    counted = [(m.marker.number, m.entry, m.marker.kind) for m in marks
+               if m.marker.kind != "primary"]
+    negatives = sorted(result.get("negative_node_candidates") or [],
+                       key=lambda n: -(n.get("suv_max") or 0.0))
+    rows = [f"{'#':>2} {'stn':<4} {'N':<3} {'SUVmax':>6} {'SA mm':>6} {'P':>5}  counted"]
+    for number, entry, kind in counted:
+        rows.append(f"{number:>2} {entry.get('station', '?'):<4} {kind:<3} "
+                    f"{_fmt(entry.get('suv_max')):>6} {_fmt(entry.get('short_axis_mm')):>6} "
+                    f"{_fmt(entry.get('probability'), 2):>5}  yes")
+    for entry in negatives:
+        rows.append(f"{'-':>2} {entry.get('station') or '?':<4} {'-':<3} "
+                    f"{_fmt(entry.get('suv_max')):>6} {_fmt(entry.get('short_axis_mm')):>6} "
+                    f"{_fmt(entry.get('probability'), 2):>5}  no")
+    others = result.get("other_lesions") or []
+    limit = 11
+    extra = len(rows) - 1 - limit
+    rows = rows[:limit + 1]
+    if extra > 0:
+        rows.append(f"   ... {extra} more in n-stage.json")
+    if len(rows) == 1:
+        rows.append("   no regional node candidate found")
+    if others:
+        rows.append(f"   {len(others)} other FDG-avid lesion(s), not regional nodes")
+    ax_mip.apply_aspect()
+    top = ax_mip.get_position().y0 - 0.095
+    fig.text(0.03, top, "Regional node candidates", fontsize=8.5, fontweight="bold", va="top")
+    fig.text(0.03, top - 0.022, "\n".join(rows), fontsize=7, family="monospace", va="top",
+             linespacing=1.15)
+
+
+def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mark],
+           body_top: float) -> list:
+    """Axial CT/PET fusion crops in a 2 x 3 grid on the right; returns their axes."""
+    from matplotlib import cm, colors, patches, patheffects
+
+    left, right, bottom = 0.45, 0.99, 0.245
+    top = body_top - 0.025  # room for the first row's titles
+    ncols, nrows = 3, 2
+    cell_w, cell_h = (right - left) / ncols, (top - bottom) / nrows
+    text_h = 0.075  # figure fraction under each image for the numbers and rules
+    fig_w, fig_h = fig.get_size_inches()
+    img_h = cell_h - text_h - 0.03
+    img_w = img_h * fig_h / fig_w  # square in inches
+    axes = []
+    sx, sy, _ = ct.GetSpacing()
+    hx, hy = round(CROP_MM / 2 / sx), round(CROP_MM / 2 / sy)
+    level, width = CT_WINDOW
+    trace = {t.get("station"): t.get("rule", "") for t in result.get("trace") or []}
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for n, m in enumerate(panels):
+        r, c = divmod(n, ncols)
+        x0 = left + c * cell_w
+        y0 = top - r * cell_h - img_h
+        ax = fig.add_axes((x0, y0, img_w, img_h))
+        axes.append(ax)
+        kf, jf, if_ = mm_to_index(ct, m.marker.centroid_mm)
+        k, j, i = round(kf), round(jf), round(if_)
+        ct_crop = _axial_crop(ct_arr, k, j, i, hy, hx, -1024.0)
+        pet_crop = _axial_crop(pet_arr, k, j, i, hy, hx, 0.0)
+        # Extent in mm relative to the centroid: x to the patient's left, y posterior down.
+        dx, dy = (i - if_) * sx, (j - jf) * sy
+        extent = (dx - (hx + 0.5) * sx, dx + (hx + 0.5) * sx,
+                  dy + (hy + 0.5) * sy, dy - (hy + 0.5) * sy)
+        ax.imshow(ct_crop, cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
+                  extent=extent, interpolation="bilinear")
+        ax.imshow(_fusion_rgba(pet_crop), extent=extent, interpolation="bilinear")
+        half = CROP_MM / 2
+        ax.set_xlim(-half, half)
+        ax.set_ylim(half, -half)  # anterior (smaller y) at the top
+        ax.set_xticks([])
+        ax.set_yticks([])
+        colour = COLOURS.get(m.marker.kind, COLOURS["N?"])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(2.5)
+        entry = m.entry
+        radius = 0.5 * float(entry.get("short_axis_mm") or 0.0)
+        if entry.get("volume_ml"):
+            radius = max(radius, (3 * 1000.0 * float(entry["volume_ml"]) / (4 * np.pi)) ** (1 / 3))
+        ring = patches.Circle((0.0, 0.0), min(max(radius, 3.0) + 4.0, 0.4 * half), fill=False,
+                              edgecolor=colour, linewidth=1.4, linestyle=(0, (4, 2)))
+        ring.set_path_effects([patheffects.withStroke(linewidth=3, foreground="black")])
+        ax.add_patch(ring)
+        for xt, t, ha in ((-half + 2, "R", "left"), (half - 2, "L", "right")):
+            ax.text(xt, 0, t, ha=ha, va="center", fontsize=9, fontweight="bold", color="white",
+                    path_effects=outline)
+        ax.text(0, -half + 2, "A", ha="center", va="top", fontsize=8, color="white",
+                path_effects=outline)
+        ax.plot([half - 24, half - 4], [half - 5, half - 5], color="white", linewidth=2)
+        ax.text(half - 14, half - 7, "20 mm", color="white", fontsize=6, ha="center",
+                va="bottom", path_effects=outline)
+        title, lines = _panel_text(m, trace)
+        ax.set_title(title, fontsize=9.5, fontweight="bold", color="black", loc="left", pad=3,
+                     bbox={"facecolor": colour, "alpha": 0.35, "edgecolor": "none",
+                           "pad": 1.5})
+        fig.text(x0, y0 - 0.006, "\n".join(lines), fontsize=6.5, va="top", linespacing=1.15)
+    if not panels:
+        fig.text(left + 0.01, top - 0.01, "No primary tumour and no counted node to show.",
+                 fontsize=12, va="top", color="#555555")
+        return axes
+    cax = fig.add_axes((left + 0.005, 0.222, 0.2, 0.011))
+    sm = cm.ScalarMappable(norm=colors.Normalize(0, FUSION_SUV_MAX), cmap="hot")
+    cbar = fig.colorbar(sm, cax=cax, orientation="horizontal", extend="max")
+    lo, hi, _ = FUSION_ALPHA
+    cbar.set_label("Fusion PET SUVbw", fontsize=7, labelpad=1)
+    cbar.ax.tick_params(labelsize=7, length=2, pad=1)
+    fig.text(left + 0.235, 0.236,
+             f"Axial CT/PET fusion, {CROP_MM:.0f} mm field centred on each lesion (dashed "
+             f"ring).\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET transparent below "
+             f"SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior.",
+             fontsize=7, va="top", linespacing=1.2)
+    return axes
+
+
+def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
+    """Title and text lines (wrapped to the panel width) of one crop."""
+    entry = m.entry
+    width = 44
+    if m.marker.kind == "primary":
+        where = " ".join(w for w in (entry.get("side"), entry.get("lobe"),
+                                     "lobe" if entry.get("lobe") else "lung") if w)
+        title = "T  primary tumour"
+        lines = [f"SUVmax {_fmt(entry.get('suv_max'))} | {_fmt(entry.get('volume_ml'))} ml | "
+                 f"SA {_fmt(entry.get('short_axis_mm'), 1, ' mm')}", where]
+        return title, lines
+    station = str(entry.get("station") or "?")
+    title = f"{m.marker.number}  {station}  {m.marker.kind}"
+    lines = [f"SUVmax {_fmt(entry.get('suv_max'))} | SA "
+             f"{_fmt(entry.get('short_axis_mm'), 1, ' mm')} | P {_fmt(entry.get('probability'), 2)}"]
+    rules: list[str] = []
+    for part in _node_rule(entry, trace.get(station, "")):
+        rules.extend(textwrap.wrap(part, width))
+    if len(rules) > 5:
+        rules = rules[:5]
+        rules[-1] = textwrap.shorten(rules[-1] + " ...", width - 4) + " ..."
+    return title, lines + rules
+
+
+def _node_rule(entry: dict, trace_rule: str) -> list[str]:
+    """Why a node counted: the category rule, then the positivity and station reasons."""
+    reason = " ".join(str(entry.get("reason") or "").split())
+    station = str(entry.get("station") or "")
+    parts = [p.strip() for p in reason.split("; ") if p.strip()]
+    # The pipeline starts with "4R (right): N2", which the panel title already says.
+    if parts and parts[0].startswith(f"{station} ("):
+        parts = parts[1:]
+    if trace_rule:
+        # Trace rules can carry the 9th edition note after "; ": keep it with the rule.
+        parts.insert(0, trace_rule)
+    return parts
+
+
+def _trace_text(fig, result: dict, marks: list[_Mark]) -> None:
+    """Staging trace, what limited the assessment, and marks without a crop."""
+    lines: list[tuple[str, str, str]] = []  # text, colour, weight
+    trace = result.get("trace") or []
+    if trace:
+        lines.append(("Staging trace (the rule each positive station triggered):", "black",
+                      "bold"))
+        for t in trace:
+            lines.append((f"  {t.get('station')} -> {t.get('category')}: {t.get('rule')}",
+                          "black", "normal"))
+    elif result.get("n_stage") == "N0":
+        lines.append(("No positive regional node: N0.", "black", "bold"))
+    if len(marks) > MAX_PANELS:
+        rest = ", ".join(f"{m.marker.number} {m.marker.label} {m.marker.kind}"
+                         for m in marks[MAX_PANELS:])
+        lines.append((f"Not shown as crops (see the MIP and the table): {rest}", "#333333",
+                      "normal"))
+    reasons = result.get("reasons") or []
+    if reasons:
+        head = "NX because:" if result.get("n_stage") == "NX" else "Limitations:"
+        lines.append((head, "#b00000", "bold"))
+        for r in reasons:
+            lines.append((f"  - {r}", "#b00000", "normal"))
+    wrapped: list[tuple[str, str, str]] = []
+    for text, colour, weight in lines:
+        for i, part in enumerate(textwrap.wrap(text, 112) or [""]):
+            wrapped.append((part if i == 0 else "      " + part, colour, weight))
+    y, step, limit = 0.178, 0.0175, 9
+    for text, colour, weight in wrapped[:limit]:
+        fig.text(0.455, y, text, fontsize=7, color=colour, fontweight=weight, va="top")
+        y -= step
+    if len(wrapped) > limit:
+        fig.text(0.455, y, "  ... (see n-stage.json)", fontsize=7, va="top")
 
 
 def write_report(staged, out_dir: Path) -> dict[str, Path]:
-    """Write ``n-stage-report.png`` and ``.pdf`` for a :class:`nstage.pipeline.StageResult`."""
+    """Write ``n-stage-report.png`` and ``.pdf`` for a :class:`nstage.pipeline.StageResult`.
+
+    Uses the thoracic work crop (CT and PET on its grid) when the pipeline made one, else
+    the whole study.
+    """
     out_dir = Path(out_dir)
     if staged.work_ct is not None and staged.work_pet is not None:
         ct, pet = staged.work_ct, staged.work_pet

@@ -25,9 +25,11 @@ prediction. Every environment variable TotalSegmentator sets (it re-points nnU-N
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -35,12 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from nstage.anatomy.base import Anatomy
 from nstage.errors import InputError, ModelError
+from nstage.geometry import canonical, direction_matrix, resample_to, spacing_zyx
 from nstage.geometry import crop as crop_image
-from nstage.geometry import direction_matrix, spacing_zyx
 
 BACKEND = "totalsegmentator"
 OPT_ML_WEIGHTS = Path("/opt/ml/model/totalsegmentator")
@@ -168,18 +169,27 @@ def _missing_model(fast: bool, roi_subset: Sequence[str] | None) -> Path | None:
     return None
 
 
+def totalseg_installed() -> bool:
+    """True when torch, nnunetv2 and TotalSegmentator (the ``models`` extra) can be imported;
+    checked without importing them."""
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("torch", "nnunetv2", "totalsegmentator"))
+
+
 def totalseg_weights_available(fast: bool = False,
                                roi_subset: Sequence[str] | None = STAGING_CLASSES) -> bool:
-    """True when every model folder (with its fold_0 checkpoint) the run needs is present.
+    """True when every model folder (with its fold_0 checkpoint) the run needs is present and
+    the ``models`` extra is installed.
 
     Cheap: only looks at the file system and imports nothing heavy.
     """
-    return _missing_model(fast, roi_subset) is None
+    return _missing_model(fast, roi_subset) is None and totalseg_installed()
 
 
 def check_totalseg_weights(fast: bool = False,
                            roi_subset: Sequence[str] | None = STAGING_CLASSES) -> Path:
-    """Return the weights folder, or raise :class:`ModelError` naming the missing model folder."""
+    """Return the weights folder, or raise :class:`ModelError` naming the missing model folder
+    (or saying the ``models`` extra is not installed)."""
     missing = _missing_model(fast, roi_subset)
     if missing is not None:
         mode = "total --fast (3 mm)" if fast else "total (1.5 mm)"
@@ -188,74 +198,28 @@ def check_totalseg_weights(fast: bool = False,
             path=missing,
             hint="put the TotalSegmentator weights there, or set TOTALSEG_WEIGHTS_PATH to the "
                  "folder holding the DatasetNNN_* folders, or use --backend classical")
+    if not totalseg_installed():
+        raise ModelError("TotalSegmentator, nnunetv2 or torch is not installed",
+                         hint="install nstage[models], or use --backend classical")
     weights = totalseg_weights_dir()
     assert weights is not None
     return weights
 
 
 # --------------------------------------------------------------------------------------------
-# Cheap thorax crop
+# Body mask on the full grid
 
 
-def _fallback_thorax_box(ct: sitk.Image, *, margin_up_mm: float = 80.0,
-                         margin_down_mm: float = 30.0,
-                         margin_xy_mm: float = 10.0) -> tuple[slice, slice, slice]:
-    """Array-order box of the body in x/y and of the lungs (+ margins) in z, on a coarse copy.
+def body_mask_on_grid(ct: sitk.Image) -> np.ndarray:
+    """Body mask (bool, ``[z, y, x]``) of ``ct`` from the shared low-resolution body mask
+    (:func:`nstage.anatomy.crop.body_and_outside` at 4 mm), mapped back by nearest neighbour."""
+    from nstage.anatomy.crop import body_and_outside, resample_spacing
 
-    Body = largest component above -500 HU; lungs = air (< -400 HU) enclosed by the body in each
-    axial slice. The upper margin keeps the thoracic inlet and low neck (station 1); when no lung
-    is found the whole z range is kept.
-    """
-    shape = ct.GetSize()[::-1]
-    sz, sy, sx = spacing_zyx(ct)
-    step = (max(1, int(round(4.0 / sz))), max(1, int(round(4.0 / sy))),
-            max(1, int(round(4.0 / sx))))
-    arr = sitk.GetArrayViewFromImage(ct)[::step[0], ::step[1], ::step[2]]
-    body = arr > -500
-    labels, n = ndimage.label(body)
-    if n == 0:
-        return (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
-    sizes = ndimage.sum_labels(body, labels, index=np.arange(1, n + 1))
-    body = labels == (1 + int(np.argmax(sizes)))
-    filled = np.stack([ndimage.binary_fill_holes(s) for s in body])
-    lungs = filled & ~body & (arr < -400)
-    zz, yy, xx = np.nonzero(body)
-    coarse_mm = np.array([sz * step[0], sy * step[1], sx * step[2]])
-    min_area = 400.0 / (coarse_mm[1] * coarse_mm[2])  # 4 cm^2 of lung in a slice
-    lung_slices = np.nonzero(lungs.sum(axis=(1, 2)) > min_area)[0]
-
-    def span(lo_c, hi_c, axis, lo_mm, hi_mm):
-        sp = (sz, sy, sx)[axis]
-        lo = int(np.floor(lo_c * step[axis] - lo_mm / sp))
-        hi = int(np.ceil((hi_c + 1) * step[axis] + hi_mm / sp))
-        return slice(max(0, lo), min(shape[axis], hi))
-
-    if lung_slices.size:
-        z_box = span(lung_slices.min(), lung_slices.max(), 0, margin_down_mm, margin_up_mm)
-    else:
-        z_box = slice(0, shape[0])
-    return (z_box, span(yy.min(), yy.max(), 1, margin_xy_mm, margin_xy_mm),
-            span(xx.min(), xx.max(), 2, margin_xy_mm, margin_xy_mm))
-
-
-def thorax_box_for(ct: sitk.Image) -> tuple[slice, slice, slice]:
-    """The thorax crop: ``nstage.anatomy.crop.thorax_box`` when available, else a local one."""
-    try:
-        from nstage.anatomy.crop import thorax_box  # written alongside; optional here
-    except ImportError:
-        return _fallback_thorax_box(ct)
-    box = thorax_box(ct)
-    return tuple(box)  # type: ignore[return-value]
-
-
-def _body_mask(ct_arr: np.ndarray) -> np.ndarray:
-    body = ct_arr > -500
-    labels, n = ndimage.label(body)
-    if n == 0:
-        return body
-    sizes = ndimage.sum_labels(body, labels, index=np.arange(1, n + 1))
-    body = labels == (1 + int(np.argmax(sizes)))
-    return np.stack([ndimage.binary_fill_holes(s) for s in body])
+    small = resample_spacing(ct, (4.0, 4.0, 4.0))
+    body, _ = body_and_outside(sitk.GetArrayViewFromImage(small), spacing_zyx(small))
+    low = sitk.GetImageFromArray(body.astype(np.uint8))
+    low.CopyInformation(small)
+    return sitk.GetArrayFromImage(resample_to(low, ct, nearest=True)).astype(bool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,6 +326,23 @@ def _sequential_predict_from_files(self, list_of_lists_or_source_folder,
 
     accepted = inspect.signature(self.predict_from_files_sequential).parameters
     extra = {k: v for k, v in kwargs.items() if k in accepted}
+    if isinstance(list_of_lists_or_source_folder, str):
+        # nnU-Net lists a source folder with a 12-process Pool; list it here instead.
+        try:
+            from batchgenerators.utilities.file_and_folder_operations import subfiles
+            from nnunetv2.utilities.utils import (
+                create_paths_fn,
+                get_identifiers_from_splitted_dataset_folder,
+            )
+        except ImportError:
+            pass
+        else:
+            folder = list_of_lists_or_source_folder
+            ending = self.dataset_json["file_ending"]
+            files = subfiles(folder, suffix=ending, join=False, sort=True)
+            list_of_lists_or_source_folder = [
+                create_paths_fn(folder, files, ending, case)
+                for case in get_identifiers_from_splitted_dataset_folder(folder, ending)]
     return self.predict_from_files_sequential(
         list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
         save_probabilities=save_probabilities, overwrite=overwrite,
@@ -400,12 +381,16 @@ def run_totalsegmentator(image: sitk.Image, *, fast: bool, roi_subset: Sequence[
             if hasattr(nnUNetPredictor, "predict_from_files_sequential"):
                 stack.enter_context(_patched(nnUNetPredictor, "predict_from_files",
                                              _sequential_predict_from_files))
-            seg = api.totalsegmentator(
-                sitk_to_nifti(image), None, ml=True, nr_thr_resamp=1, nr_thr_saving=1,
-                fast=fast, task="total", roi_subset=list(roi_subset) if roi_subset else None,
-                device=ts_device, quiet=True, verbose=False, skip_saving=True,
-                statistics=False, preview=False)
-        torch.set_num_threads(threads)
+            # TotalSegmentator prints progress and citations; keep nstage's stdout clean.
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+            try:
+                seg = api.totalsegmentator(
+                    sitk_to_nifti(image), None, ml=True, nr_thr_resamp=1, nr_thr_saving=1,
+                    fast=fast, task="total", roi_subset=list(roi_subset) if roi_subset else None,
+                    device=ts_device, quiet=True, verbose=False, skip_saving=True,
+                    statistics=False, preview=False)
+            finally:
+                torch.set_num_threads(threads)
     return nifti_labels_to_array(seg, image)
 
 
@@ -417,7 +402,7 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     Parameters
     ----------
     ct : SimpleITK.Image
-        CT in HU, canonical orientation (the working CT of the pipeline).
+        CT in HU (the working CT of the pipeline); re-oriented to canonical if it is not.
     fast : bool
         Use the 3 mm model (dataset 297) instead of the 1.5 mm part models (291-295).
     device : str
@@ -430,7 +415,7 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     Returns
     -------
     Anatomy
-        Labels on ``ct``'s full grid with TotalSegmentator's ``total`` label values and names,
+        Labels on ``ct``'s full (canonical) grid with TotalSegmentator's ``total`` label values and names,
         ``backend="totalsegmentator"``, the body mask in ``extra_masks["body"]``.
 
     Raises
@@ -441,8 +426,14 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     weights = check_totalseg_weights(fast, roi_subset)
     if ct.GetDimension() != 3:
         raise InputError("the CT is not a 3D image", hint="pass a 3D CT volume")
+    ct = canonical(ct)  # the thorax box and the Anatomy refer to the canonical layout
     t0 = time.perf_counter()
-    box = thorax_box_for(ct) if crop else tuple(slice(0, n) for n in ct.GetSize()[::-1])
+    if crop:
+        from nstage.anatomy.crop import thorax_box
+
+        box = tuple(thorax_box(ct))
+    else:
+        box = tuple(slice(0, n) for n in ct.GetSize()[::-1])
     work = crop_image(ct, box)
     labels_crop = run_totalsegmentator(work, fast=fast, roi_subset=roi_subset, device=device,
                                        weights=weights)
@@ -456,7 +447,7 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     keep = set(roi_subset) if roi_subset else set(total.values())
     names = {int(v): n for v, n in total.items() if n in keep}
     labels[~np.isin(labels, list(names))] = 0
-    body = _body_mask(sitk.GetArrayViewFromImage(ct))
+    body = body_mask_on_grid(ct)
     notes = [f"TotalSegmentator total{' --fast' if fast else ''} on a crop of "
              f"{work.GetSize()} voxels in {time.perf_counter() - t0:.1f} s"]
     return Anatomy(labels=labels, names=names, reference=ct, backend=BACKEND,

@@ -41,14 +41,17 @@ def add_suv_override_args(p: argparse.ArgumentParser) -> None:
                    help="injected dose (MBq) at injection time")
     g.add_argument("--injection-time", default=None, metavar="HHMMSS",
                    help="injection time (HHMMSS or ISO datetime)")
+    g.add_argument("--scan-time", default=None, metavar="HHMMSS",
+                   help="scan start time, needed with --injection-time for image files "
+                        "without headers (HHMMSS or ISO datetime)")
 
 
 def override_from_args(args):
-    if args.weight is None and args.dose is None and args.injection_time is None:
+    if all(v is None for v in (args.weight, args.dose, args.injection_time, args.scan_time)):
         return None
     from nstage.io import SUVOverride
 
-    return SUVOverride.from_cli(args.weight, args.dose, args.injection_time)
+    return SUVOverride.from_cli(args.weight, args.dose, args.injection_time, args.scan_time)
 
 
 def main(args) -> int:

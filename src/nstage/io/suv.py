@@ -31,7 +31,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from nstage.errors import SUVError, UsageError
@@ -42,7 +42,7 @@ F18_HALF_LIFE_S = 6586.2
 # Plausibility limits: outside them a header value is almost surely in the wrong unit.
 WEIGHT_RANGE_KG = (10.0, 350.0)
 DOSE_RANGE_BQ = (1.0e6, 1.0e10)       # 1 MBq .. 10 GBq; FDG is typically 150-600 MBq
-HALF_LIFE_RANGE_S = (60.0, 30 * 86400.0)
+HALF_LIFE_RANGE_S = (100.0, 30 * 86400.0)
 MAX_UPTAKE_S = 6 * 3600.0              # beyond this, clocks or dates are wrong
 USUAL_UPTAKE_S = (45 * 60.0, 90 * 60.0)
 
@@ -260,7 +260,7 @@ class _Header:
             return obj.get(keyword)
         try:
             return obj.get(keyword)
-        except Exception:  # noqa: BLE001 - malformed element in a real file: treat as absent
+        except Exception:  # malformed element in a real file: treat as absent
             return None
 
     def private(self, group: int, element: int, creator: str, dict_group: str,
@@ -275,8 +275,9 @@ class _Header:
             elem = block[element & 0xFF] if (element & 0xFF) in block else None
         except (KeyError, ValueError):
             elem = None
-        if elem is None:
-            # Some exports keep the element at its usual offset without a matching creator.
+        if elem is None and ((group << 16) | (element >> 8)) not in ds:
+            # Some exports drop the private creator but keep the element at its usual offset;
+            # with another creator in that block the element would mean something else.
             tag = (group << 16) | element
             elem = ds.get(tag) if tag in ds else None
         return _plain(elem.value) if elem is not None else None
@@ -289,7 +290,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         try:
             value = value.decode("ascii", "ignore").strip("\x00 ")
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
     if isinstance(value, str | int | float):
         return value
@@ -532,11 +533,10 @@ def suv_factor(header: Any | Sequence[Any], override: SUVOverride | None = None)
 
     # Half-life
     half_life = override.half_life_s or _number(first.get("RadionuclideHalfLife"))
+    nuclide = f"{first.get('Radiopharmaceutical') or ''} {first.get('RadionuclideCodeSequence')}"
+    is_f18 = bool(re.search(r"18F|F-?18|FDG|FLUORODEOXY", nuclide.upper()))
     if half_life is None:
-        nuclide = " ".join(str(first.get(k) or "") for k in ("Radiopharmaceutical",)).upper()
-        seq = first.get("RadionuclideCodeSequence")
-        nuclide += " " + str(seq).upper()
-        if "18F" in nuclide or "F-18" in nuclide or "F18" in nuclide or "FDG" in nuclide:
+        if is_f18:
             half_life = F18_HALF_LIFE_S
             notes.append(f"{tag_name('RadionuclideHalfLife')} missing; F-18 "
                          f"{F18_HALF_LIFE_S} s used (radiopharmaceutical is F-18)")
@@ -544,6 +544,10 @@ def suv_factor(header: Any | Sequence[Any], override: SUVOverride | None = None)
             raise SUVError(f"{tag_name('RadionuclideHalfLife')} is missing and the "
                            "radionuclide is not recorded as F-18",
                            hint="check the radiopharmaceutical information in the header")
+    if is_f18 and abs(half_life / F18_HALF_LIFE_S - 1) > 0.01:
+        raise SUVError(f"{tag_name('RadionuclideHalfLife')} is {half_life:g} s but the "
+                       f"radiopharmaceutical is F-18 ({F18_HALF_LIFE_S} s; minutes given?)",
+                       hint="check the header")
     if not HALF_LIFE_RANGE_S[0] <= half_life <= HALF_LIFE_RANGE_S[1]:
         raise SUVError(f"{tag_name('RadionuclideHalfLife')} is {half_life:g}, implausible in "
                        "seconds (F-18 is 6586.2 s)", hint="check the header")

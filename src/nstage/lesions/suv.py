@@ -10,7 +10,9 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
 2. Seed threshold ``T = max(floor, blood_pool_factor x blood pool + blood_pool_sd_factor x SD)``
    (never below the floor, default 2.5); inside liver and spleen the PERCIST liver level
    ``max(T, 1.5 x liver mean + 2 SD)`` applies so their physiological background does not seed.
-3. Seeds are local maxima of a mildly smoothed SUV (window ~ one PET FWHM) above the threshold.
+3. Seeds are local maxima of a mildly smoothed SUV (window ~ one PET FWHM) whose raw local
+   SUVmax exceeds the threshold and whose smoothed value is at least
+   ``seed_smoothed_min_fraction`` of it (isolated noisy voxels do not seed).
    Physiological organs (heart/myocardium, brain, kidneys, bladder, thyroid) cannot seed.
 4. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
    the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
@@ -262,18 +264,23 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
                   liver_threshold: float, ref: dict[str, float], th: dict) -> np.ndarray:
     """Union of all accepted seeds' grown outlines (array-order bool mask)."""
     out = np.zeros(suv.shape, dtype=bool)
-    hot = suv > min(threshold, liver_threshold)
+    hot = suv > threshold
     if not hot.any():
         return out
     # Seeds are searched only in the bounding box of supra-threshold voxels (small in practice).
     win = _window(spacing, th["peak_window_mm"])
-    box = _pad(ndi.find_objects(hot.astype(np.uint8))[0], [w for w in win], suv.shape)
+    box = _pad(ndi.find_objects(hot.astype(np.uint8))[0], list(win), suv.shape)
     sigma = [th["seed_smoothing_mm"] / s for s in spacing]
     smooth = np.zeros(suv.shape, dtype=np.float32)
     smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
     seed_thr = np.where(high_bg[box], liver_threshold, threshold)
     sb = smooth[box]
-    is_peak = (sb == ndi.maximum_filter(sb, size=win)) & (sb > seed_thr) & ~organ[box]
+    # A seed: a local maximum of the smoothed SUV whose raw local SUVmax exceeds the threshold
+    # (the value positivity is judged on) while the smoothed value is not far below it (a
+    # single noisy voxel in the blood pool is not a lesion).
+    raw_max = ndi.maximum_filter(suv[box], size=win)
+    is_peak = ((sb == ndi.maximum_filter(sb, size=win)) & (raw_max > seed_thr)
+               & (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box])
     seeds = np.argwhere(is_peak) + np.array([s.start for s in box])
     order = np.argsort(-smooth[tuple(seeds.T)], kind="stable")
     for seed in seeds[order]:
@@ -285,6 +292,11 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
             region, sl = region_box
             out[sl] |= region
     return out
+
+
+def _pad(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m))
+                 for s, m, n in zip(box, margin, shape, strict=True))
 
 
 def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
@@ -318,8 +330,10 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
             if near:
                 organ_side = ndi.binary_dilation(basins == 2, structure=_FULL) & (basins == 1)
                 if organ_side.any():
-                    saddle = float(s_sm[organ_side].max())
-                    if s_sm[q] - saddle < th["spill_prominence"] * s_sm[q]:
+                    # Judged on the unsmoothed SUV: smoothing flattens small nodes more than
+                    # the spill-out slope.
+                    saddle = float(s_raw[organ_side].max())
+                    if peak - saddle < th["spill_prominence"] * peak:
                         return None
         if corrected:
             bg = _local_background(q, s_raw, own, org, peak, spacing, threshold)

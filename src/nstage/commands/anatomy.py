@@ -1,0 +1,123 @@
+"""``nstage anatomy``: segment the thoracic anatomy of a CT and find the station landmarks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "anatomy", help="segment thoracic anatomy from a CT and find station landmarks",
+        description="Writes DIR/anatomy.mha (labels on the CT's grid), DIR/labels.json "
+                    "(value -> name) and DIR/landmarks.json (carina_mm, lung_volume_ml and "
+                    "every landmark with how it was found).")
+    p.add_argument("--ct", required=True, type=Path, metavar="CT",
+                   help="CT image file (.mha, .nii.gz, .nrrd) or DICOM folder")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--backend", choices=["auto", "classical", "totalsegmentator"],
+                   default="auto",
+                   help="auto: TotalSegmentator when its weights are present, else classical")
+    p.add_argument("--fast", action="store_true", help="TotalSegmentator's 3 mm model")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where TotalSegmentator runs")
+    p.add_argument("--no-crop", dest="crop", action="store_false",
+                   help="segment the whole CT instead of the thorax box")
+    p.set_defaults(func=run)
+
+
+def read_ct(path: str | Path):
+    """Read a CT alone (image file or DICOM folder) in HU, canonical LPS orientation.
+
+    Returns
+    -------
+    (SimpleITK.Image, ImageGeometry)
+        The canonical CT (float32 HU) and the grid as given, to write outputs onto.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable input, or a folder without a CT series.
+    """
+    import SimpleITK as sitk
+
+    from nstage.errors import InputError
+    from nstage.geometry import canonical
+    from nstage.io import read_image
+    from nstage.io.dicom import choose_ct, find_series, read_series
+    from nstage.study import ImageGeometry
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("does not exist", path, hint="give a CT image file or DICOM folder")
+    if path.is_dir():
+        series = find_series(path)
+        chosen, _ = choose_ct(series, path)
+        image = read_series(chosen).image
+    else:
+        image = read_image(path)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    return canonical(image), ImageGeometry.of(image)
+
+
+def landmarks_to_json(landmarks) -> dict:
+    """``landmarks.json`` content: carina, lung volumes, every landmark, trachea, bronchi."""
+    carina = landmarks.get("carina")
+    return {
+        "carina_mm": None if carina is None or carina.point_mm is None
+        else [round(v, 2) for v in carina.point_mm],
+        "lung_volume_ml": {k: round(v, 1) for k, v in landmarks.lung_volume_ml.items()},
+        "landmarks": {
+            name: {"z_mm": round(lm.z_mm, 2), "method": lm.method, "source": lm.source,
+                   "point_mm": None if lm.point_mm is None
+                   else [round(v, 2) for v in lm.point_mm]}
+            for name, lm in sorted(landmarks.points.items())
+        },
+        "trachea": [{k: round(v, 2) for k, v in vars(t).items()} for t in landmarks.trachea],
+        "bronchi": {side: [[round(v, 2) for v in p] for p in pts]
+                    for side, pts in landmarks.bronchi.items()},
+        "notes": list(landmarks.notes),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from nstage import anatomy as anatomy_mod
+    from nstage import landmarks as landmarks_mod
+    from nstage.anatomy.crop import thorax_box
+    from nstage.errors import InputError
+    from nstage.geometry import crop, paste
+    from nstage.io import write_json_atomic, write_label_image
+
+    t0 = time.perf_counter()
+    ct, geometry = read_ct(args.ct)
+    size = ct.GetSize()
+    box = thorax_box(ct) if args.crop else (slice(0, size[2]), slice(0, size[1]),
+                                            slice(0, size[0]))
+    work = crop(ct, box)
+    anatomy = anatomy_mod.segment(work, backend=args.backend, fast=args.fast,
+                                  device=args.device)
+    lms = landmarks_mod.find(anatomy)
+    labels = paste(ct, anatomy.labels, box, dtype=np.uint8)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror})", out) from None
+    doc = landmarks_to_json(lms)
+    doc["backend"] = anatomy.backend
+    doc["anatomy_notes"] = list(anatomy.notes)
+    doc["thorax_box"] = [[s.start, s.stop] for s in box]
+    doc["seconds"] = round(time.perf_counter() - t0, 2)
+    # Landmarks and names first, the image last: a crash leaves no label map without them.
+    write_json_atomic({str(v): n for v, n in sorted(anatomy.names.items())},
+                      out / "labels.json")
+    write_json_atomic(doc, out / "landmarks.json")
+    write_label_image(labels, ct, geometry, out / "anatomy.mha")
+    carina = doc["carina_mm"]
+    print(f"anatomy ({anatomy.backend}) -> {out}: carina {carina}, lungs "
+          f"{doc['lung_volume_ml']} ml, {doc['seconds']} s")
+    return 0

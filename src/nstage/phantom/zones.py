@@ -1,0 +1,264 @@
+"""IASLC station zones of the phantom, from its own landmarks (``CLINICAL.md`` section 2).
+
+A zone is a predicate on a point (mm, LPS: +x patient left, +y posterior, +z superior) given
+the phantom's landmark geometry. The phantom places each node inside its zone with a safety
+margin (so the station is unambiguous), and tests check every node of ``truth.json`` against
+these predicates with :meth:`ZoneGeometry.from_truth`.
+
+Practical rules encoded (one per station):
+
+- 1R/1L: below the cricoid, above the manubrium top; side by the tracheal centre.
+- 2R: above the caudal margin of the left brachiocephalic vein where it crosses the trachea,
+  below the manubrium top; right of the LEFT tracheal border, beside the trachea.
+- 2L: above the aortic arch top, below the manubrium top; left of the left tracheal border.
+- 3a: prevascular: well anterior to the trachea (in front of the great vessels), carina to the
+  manubrium top, near the midline.
+- 3p: posterior to the trachea, carina to cricoid.
+- 4R: brachiocephalic crossing down to the carina; right of the left tracheal border.
+- 4L: aortic arch top down to the top of the left pulmonary artery; between the left tracheal
+  border and the ligamentum arteriosum.
+- 5: between the arch's lower border and the left pulmonary artery top, lateral to the
+  ligamentum arteriosum.
+- 6: anterior-left of the ascending aorta and arch, between the arch's upper and lower borders.
+- 7: carina down to the station-7 lower border, between the main bronchi.
+- 8R/8L: below station 7 down to the diaphragm, within 30 mm of the oesophagus.
+- 9R/9L: below the inferior pulmonary vein down to the diaphragm, medial, beyond 28 mm from the
+  oesophagus.
+- 10R/10L: within 26 mm of the distal main bronchus / proximal lobar bronchi, lateral to the
+  mediastinum; below the azygos arch (R) / the left pulmonary artery top (L).
+- 11-14: intrapulmonary, by distance from the hilum point (11 nearest, 14 farthest); side by x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INTRAPULMONARY_DISTANCE_MM: dict[int, tuple[float, float]] = {
+    11: (20.0, 45.0), 12: (32.0, 58.0), 13: (48.0, 80.0), 14: (68.0, 200.0),
+}
+
+
+@dataclass
+class ZoneGeometry:
+    """Landmarks that define the station zones (mm, one frame for all of them).
+
+    Attributes
+    ----------
+    levels : dict of str to float
+        Axial levels z (mm): ``cricoid``, ``manubrium_top``, ``brachiocephalic_crossing``,
+        ``aortic_arch_top``, ``aortic_arch_bottom``, ``left_pulmonary_artery_top``,
+        ``azygos_arch_bottom``, ``carina``, ``station7_bottom``, ``inferior_pulmonary_vein``,
+        ``diaphragm_medial``.
+    ligamentum_x : float
+        x (mm) of the ligamentum arteriosum (4L medial / 5 lateral).
+    trachea : (n, 4) array
+        Centreline points ``x, y, z, outer_radius`` from the cricoid down to the carina.
+    bronchi : dict of str to (n, 3) array
+        ``"left"``/``"right"``: main bronchus centreline from the carina outwards, continued
+        into the proximal lobar bronchi (the hilum).
+    esophagus : (n, 3) array
+        Oesophagus centreline.
+    hilum : dict of str to (x, y, z)
+        Where each main bronchus enters the lung.
+    """
+
+    levels: dict[str, float]
+    ligamentum_x: float
+    trachea: np.ndarray
+    bronchi: dict[str, np.ndarray]
+    esophagus: np.ndarray
+    hilum: dict[str, tuple[float, float, float]]
+    extras: dict = field(default_factory=dict)
+
+    # -- construction -------------------------------------------------------------------
+    def shifted(self, offset: Sequence[float]) -> ZoneGeometry:
+        """The same geometry translated by ``offset`` (x, y, z) mm."""
+        o = np.asarray(offset, float)
+        zs = {"cricoid", "manubrium_top", "brachiocephalic_crossing", "aortic_arch_top",
+              "aortic_arch_bottom", "left_pulmonary_artery_top", "azygos_arch_bottom",
+              "carina", "station7_bottom", "inferior_pulmonary_vein", "diaphragm_medial"}
+        levels = {k: (v + o[2] if k in zs else v) for k, v in self.levels.items()}
+        tr = self.trachea.copy()
+        tr[:, :3] += o
+        return ZoneGeometry(
+            levels=levels,
+            ligamentum_x=self.ligamentum_x + o[0],
+            trachea=tr,
+            bronchi={k: v + o for k, v in self.bronchi.items()},
+            esophagus=self.esophagus + o,
+            hilum={k: tuple(float(a) for a in np.asarray(v) + o) for k, v in self.hilum.items()},
+            extras=dict(self.extras),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the ``zones`` entry of truth.json)."""
+        return {
+            "levels_z_mm": {k: round(float(v), 2) for k, v in self.levels.items()},
+            "ligamentum_x_mm": round(float(self.ligamentum_x), 2),
+            "trachea_xyzr_mm": np.round(self.trachea, 2).tolist(),
+            "bronchi_mm": {k: np.round(v, 2).tolist() for k, v in self.bronchi.items()},
+            "esophagus_mm": np.round(self.esophagus, 2).tolist(),
+            "hilum_mm": {k: [round(float(a), 2) for a in v] for k, v in self.hilum.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ZoneGeometry:
+        return cls(
+            levels={k: float(v) for k, v in d["levels_z_mm"].items()},
+            ligamentum_x=float(d["ligamentum_x_mm"]),
+            trachea=np.asarray(d["trachea_xyzr_mm"], float),
+            bronchi={k: np.asarray(v, float) for k, v in d["bronchi_mm"].items()},
+            esophagus=np.asarray(d["esophagus_mm"], float),
+            hilum={k: tuple(v) for k, v in d["hilum_mm"].items()},
+        )
+
+    @classmethod
+    def from_truth(cls, truth: dict) -> ZoneGeometry:
+        """Zone geometry of a phantom from its truth.json (world mm, LPS)."""
+        return cls.from_dict(truth["zones"])
+
+    # -- helpers ------------------------------------------------------------------------
+    def trachea_at(self, z: float) -> tuple[float, float, float]:
+        """Trachea centre x, y and outer radius (mm) at level z (clamped to its extent)."""
+        t = self.trachea[np.argsort(self.trachea[:, 2])]
+        return (float(np.interp(z, t[:, 2], t[:, 0])), float(np.interp(z, t[:, 2], t[:, 1])),
+                float(np.interp(z, t[:, 2], t[:, 3])))
+
+    def esophagus_at(self, z: float) -> tuple[float, float]:
+        e = self.esophagus[np.argsort(self.esophagus[:, 2])]
+        return float(np.interp(z, e[:, 2], e[:, 0])), float(np.interp(z, e[:, 2], e[:, 1]))
+
+    def bronchus_x_at(self, side: str, z: float) -> float:
+        """x (mm) of the main-bronchus centreline at level z (the lowest point below its end)."""
+        b = self.bronchi[side]
+        zs = b[:, 2]
+        if z <= zs.min():
+            return float(b[np.argmin(zs), 0])
+        order = np.argsort(zs)
+        return float(np.interp(z, zs[order], b[order, 0]))
+
+    def L(self, name: str) -> float:  # noqa: N802 - short accessor for levels
+        return self.levels[name]
+
+
+def _side_ok(code: str, x: float, xref: float, m: float) -> bool:
+    if code.endswith("R"):
+        return x < xref - m
+    if code.endswith("L"):
+        return x > xref + m
+    return True
+
+
+def in_zone(station: str, point: Sequence[float], g: ZoneGeometry, margin: float = 0.0) -> bool:
+    """True when ``point`` (x, y, z mm) lies in ``station``'s zone by at least ``margin`` mm.
+
+    ``station`` is a canonical IASLC code (``"4R"``, ``"3a"``, ``"10L"`` ...).
+    """
+    x, y, z = (float(v) for v in point)
+    m = float(margin)
+    lv = g.levels
+    xc, yc, rt = g.trachea_at(z)
+    x_lb = xc + rt  # LEFT lateral border of the trachea (the 2R/4R vs 2L/4L split)
+    band = (yc - rt - 18.0 + m) <= y <= (yc + rt - m)
+    num = int(station.rstrip("RLap"))
+    if num == 1:
+        return (lv["manubrium_top"] + m < z < lv["cricoid"] - m and abs(x - xc) < 75.0 - m
+                and yc - 40.0 + m < y < yc + 45.0 - m and _side_ok(station, x, xc, m))
+    if station == "2R":
+        return (lv["brachiocephalic_crossing"] + m < z < lv["manubrium_top"] - m
+                and xc - 45.0 + m < x < x_lb - m and band)
+    if station == "2L":
+        return (lv["aortic_arch_top"] + m < z < lv["manubrium_top"] - m
+                and x_lb + m < x < xc + 45.0 - m and band)
+    if station == "3a":
+        return (lv["carina"] + m < z < lv["manubrium_top"] - m
+                and y < yc - rt - 22.0 - m and xc - 25.0 + m < x < xc + 12.0 - m)
+    if station == "3p":
+        return (lv["carina"] + m < z < lv["cricoid"] - m and y > yc + rt + m
+                and abs(x - xc) < 25.0 - m and y < yc + rt + 40.0 - m)
+    if station == "4R":
+        return (lv["carina"] + m < z < lv["brachiocephalic_crossing"] - m
+                and xc - 45.0 + m < x < x_lb - m and band)
+    if station == "4L":
+        return (lv["left_pulmonary_artery_top"] + m < z < lv["aortic_arch_top"] - m
+                and x_lb + m < x < g.ligamentum_x - m and band)
+    if station == "5":
+        return (lv["left_pulmonary_artery_top"] + m < z < lv["aortic_arch_bottom"] - m
+                and g.ligamentum_x + m < x < xc + 70.0 - m and yc - 40.0 + m < y < yc + 20.0 - m)
+    if station == "6":
+        return (lv["aortic_arch_bottom"] + m < z < lv["aortic_arch_top"] - m
+                and xc + 18.0 + m < x < xc + 75.0 - m and y < yc - 15.0 - m)
+    if station == "7":
+        xr = g.bronchus_x_at("right", z)
+        xl = g.bronchus_x_at("left", z)
+        cy = g.trachea_at(lv["carina"])[1]
+        return (lv["station7_bottom"] + m < z < lv["carina"] - m and xr + m < x < xl - m
+                and cy - 15.0 + m < y < cy + 25.0 - m)
+    if num == 8:
+        xe, ye = g.esophagus_at(z)
+        return (lv["diaphragm_medial"] + m < z < lv["station7_bottom"] - m
+                and np.hypot(x - xe, y - ye) < 30.0 - m and _side_ok(station, x, xe, m))
+    if num == 9:
+        xe, ye = g.esophagus_at(z)
+        d = np.hypot(x - xe, y - ye)
+        return (lv["diaphragm_medial"] + m < z < lv["inferior_pulmonary_vein"] - m
+                and 28.0 + m < d < 75.0 - m and y > yc - 10.0 + m
+                and _side_ok(station, x, xc, m))
+    if num == 10:
+        side = "right" if station.endswith("R") else "left"
+        top = lv["azygos_arch_bottom"] if side == "right" else lv["left_pulmonary_artery_top"]
+        b = g.bronchi[side]
+        distal = b[np.abs(b[:, 0] - xc) >= 20.0]
+        if not len(distal):
+            return False
+        d = float(np.min(np.linalg.norm(distal - np.array([x, y, z]), axis=1)))
+        return (d < 26.0 - m and z < top - m and z > lv["station7_bottom"] - 35.0 + m
+                and abs(x - xc) > 30.0 + m and _side_ok(station, x, xc, m))
+    if num in INTRAPULMONARY_DISTANCE_MM:
+        side = "right" if station.endswith("R") else "left"
+        lo, hi = INTRAPULMONARY_DISTANCE_MM[num]
+        d = float(np.linalg.norm(np.array([x, y, z]) - np.asarray(g.hilum[side])))
+        return lo + m < d < hi - m and abs(x - xc) > 30.0 + m and _side_ok(station, x, xc, m)
+    raise ValueError(f"no zone defined for station {station!r}")
+
+
+def is_mediastinal(station: str) -> bool:
+    """True for stations 1-9 (outside the lung); 10 is hilar, 11-14 intrapulmonary."""
+    return int(station.rstrip("RLap")) <= 9
+
+
+def is_intrapulmonary(station: str) -> bool:
+    return int(station.rstrip("RLap")) >= 11
+
+
+def sampling_box(station: str, g: ZoneGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """A box (min xyz, max xyz mm) that contains the station's zone, for rejection sampling."""
+    lv = g.levels
+    num = int(station.rstrip("RLap"))
+    xc, yc, _ = g.trachea_at(lv["carina"])
+    if num == 1:
+        zlo, zhi = lv["manubrium_top"], lv["cricoid"]
+    elif station in ("2R", "2L"):
+        zlo, zhi = min(lv["brachiocephalic_crossing"], lv["aortic_arch_top"]), lv["manubrium_top"]
+    elif station in ("3a", "3p"):
+        zlo, zhi = lv["carina"], lv["cricoid"] if station == "3p" else lv["manubrium_top"]
+    elif station == "4R":
+        zlo, zhi = lv["carina"], lv["brachiocephalic_crossing"]
+    elif station in ("4L", "5", "6"):
+        zlo, zhi = lv["left_pulmonary_artery_top"], lv["aortic_arch_top"]
+    elif station == "7":
+        zlo, zhi = lv["station7_bottom"], lv["carina"]
+    elif num in (8, 9):
+        zlo, zhi = lv["diaphragm_medial"], lv["station7_bottom"]
+    elif num == 10:
+        zlo, zhi = lv["station7_bottom"] - 35.0, lv["carina"] + 20.0
+    else:
+        h = np.asarray(g.hilum["right" if station.endswith("R") else "left"])
+        r = INTRAPULMONARY_DISTANCE_MM[num][1]
+        return h - r, h + r
+    zc = 0.5 * (zlo + zhi)
+    ych = g.trachea_at(zc)[1]
+    return (np.array([xc - 90.0, ych - 75.0, zlo]), np.array([xc + 90.0, ych + 75.0, zhi]))

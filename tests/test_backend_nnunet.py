@@ -1,0 +1,233 @@
+"""nnU-Net v2 lesion backend: real nnU-Net inference with tiny random-weight model folders.
+
+The model tests need the ``models`` extra (torch, nnunetv2) and skip cleanly without it; the
+channel-order and folder-check tests need neither.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing.process
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nstage.errors import ModelError
+from nstage.lesions.nnunet import (
+    channel_roles,
+    check_model_folder,
+    find_lesion_model,
+    segment_nnunet,
+)
+
+SHAPE = (36, 44, 52)  # z, y, x
+SPACING = (2.5, 2.0, 3.0)  # x, y, z mm (anisotropic on purpose)
+ORIGIN = (-60.0, -40.0, 120.0)
+BODY = (slice(6, 30), slice(8, 36), slice(10, 42))
+
+
+def _images() -> tuple[sitk.Image, sitk.Image]:
+    ct = np.full(SHAPE, -1000.0, dtype=np.float32)
+    ct[BODY] = 40.0
+    pet = np.zeros(SHAPE, dtype=np.float32)
+    pet[BODY] = 1.0
+    pet[15:20, 20:25, 20:26] = 12.0
+    ct_img = sitk.GetImageFromArray(ct)
+    ct_img.SetSpacing(SPACING)
+    ct_img.SetOrigin(ORIGIN)
+    pet_img = sitk.GetImageFromArray(pet)
+    pet_img.CopyInformation(ct_img)
+    return ct_img, pet_img
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Fail the test if anything opens a network connection or starts a worker process."""
+    def no_net(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    def no_process(self, *args, **kwargs):
+        raise AssertionError("a worker process was started")
+
+    monkeypatch.setattr(socket.socket, "connect", no_net)
+    monkeypatch.setattr(socket, "create_connection", no_net)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
+    try:
+        import requests
+        monkeypatch.setattr(requests.Session, "request", no_net)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("torch")
+    pytest.importorskip("nnunetv2")
+    from tinymodels import make_tiny_nnunet_model
+
+    root = tmp_path_factory.mktemp("lesion_models")
+    return {
+        "ct_first": make_tiny_nnunet_model(root / "a", {"0": "CT", "1": "PET"}),
+        "pet_first": make_tiny_nnunet_model(root / "b", {"0": "SUV", "1": "CT"},
+                                            labels={"background": 0, "tumor": 1}),
+    }
+
+
+# ---- channel order and folder discovery (no torch needed) ------------------------------------
+
+
+@pytest.mark.parametrize(("names", "expected"), [
+    ({"0": "CT", "1": "PET"}, ["CT", "PET"]),
+    ({"0": "PET", "1": "CT"}, ["PET", "CT"]),
+    ({"0": "SUV", "1": "ct_hu"}, ["PET", "CT"]),
+    ({"1": "FDG-PET", "0": "CT"}, ["CT", "PET"]),
+    ({"0": "0", "1": "1"}, ["CT", "PET"]),  # autoPET file convention _0000 CT, _0001 PET
+    ({"0": "noNorm", "1": "CT"}, ["PET", "CT"]),
+    ({"0": "PET"}, ["PET"]),
+])
+def test_channel_roles_from_names(names, expected):
+    assert channel_roles({"channel_names": names}) == expected
+
+
+def test_channel_roles_from_normalisation_when_names_say_nothing():
+    plans = {"configurations": {"3d_fullres": {
+        "normalization_schemes": ["ZScoreNormalization", "CTNormalization"]}}}
+    roles = channel_roles({"channel_names": {"0": "a", "1": "b"}}, plans, "3d_fullres")
+    assert roles == ["PET", "CT"]
+
+
+@pytest.mark.parametrize("names", [{"0": "T1", "1": "T2", "2": "FLAIR"},
+                                   {"0": "CT", "1": "CT"}])
+def test_channel_roles_rejects_other_inputs(names):
+    with pytest.raises(ModelError, match="channels"):
+        channel_roles({"channel_names": names})
+
+
+def _fake_folder(root: Path, name="nnUNetTrainer__nnUNetPlans__3d_fullres") -> Path:
+    folder = root / "Dataset902_Fake" / name
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "lesion": 1}}))
+    (folder / "plans.json").write_text(json.dumps({"configurations": {"3d_fullres": {}}}))
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"x")
+    return folder
+
+
+def test_find_model_accepts_trainer_dataset_and_parent_folders(tmp_path):
+    folder = _fake_folder(tmp_path)
+    # nnU-Net writes crossval_results_* folders holding JSON copies; they are not models.
+    (folder.parent / "crossval_results_folds_0").mkdir()
+    (folder.parent / "crossval_results_folds_0" / "plans.json").write_text("{}")
+    assert find_lesion_model(folder) == folder
+    assert find_lesion_model(folder.parent) == folder
+    assert find_lesion_model(tmp_path) == folder
+
+
+def test_find_model_rejects_ambiguous_and_missing(tmp_path):
+    folder = _fake_folder(tmp_path)
+    shutil.copytree(folder, folder.parent / "nnUNetTrainer__nnUNetPlans__2d")
+    with pytest.raises(ModelError, match="several"):
+        find_lesion_model(folder.parent)
+    with pytest.raises(ModelError, match="not found"):
+        find_lesion_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no nnU-Net v2 trainer folder"):
+        find_lesion_model(tmp_path / "empty")
+
+
+def test_default_location_absent_means_no_model(monkeypatch, tmp_path):
+    import nstage.lesions.nnunet as mod
+
+    monkeypatch.setattr(mod, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    assert find_lesion_model(None) is None
+    with pytest.raises(ModelError, match="no nnU-Net lesion model"):
+        segment_nnunet(*_images(), None)
+
+
+@pytest.mark.parametrize(("breakage", "message"), [
+    ("no_dataset_json", "dataset.json missing"),
+    ("bad_plans_json", "plans.json is not valid JSON"),
+    ("no_checkpoint", "no fold_\\*/checkpoint_final.pth"),
+    ("no_labels", "no labels"),
+])
+def test_broken_model_folder_fails_fast_with_one_line(tmp_path, breakage, message):
+    folder = _fake_folder(tmp_path)
+    if breakage == "no_dataset_json":
+        (folder / "dataset.json").unlink()
+    elif breakage == "bad_plans_json":
+        (folder / "plans.json").write_text('{"configurations": ')
+    elif breakage == "no_checkpoint":
+        (folder / "fold_0" / "checkpoint_final.pth").unlink()
+    elif breakage == "no_labels":
+        (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match=message) as info:
+        segment_nnunet(*_images(), folder)
+    assert time.perf_counter() - t0 < 5.0
+    assert "\n" not in str(info.value) and str(folder) in str(info.value)
+
+
+def test_named_fold_must_exist(tmp_path):
+    folder = _fake_folder(tmp_path)
+    assert check_model_folder(folder) == [0]
+    with pytest.raises(ModelError, match="fold 3 has no checkpoint_final.pth"):
+        check_model_folder(folder, folds=(0, 3))
+
+
+# ---- real nnU-Net inference with tiny models ----------------------------------------------
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("order", ["ct_first", "pet_first"])
+def test_mask_on_ct_grid_with_channels_in_model_order(tiny_models, order, monkeypatch, offline):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    seen = {}
+    original = nnUNetPredictor.predict_single_npy_array
+
+    def spy(self, input_image, image_properties, *args, **kwargs):
+        seen["input"] = np.array(input_image)
+        seen["spacing"] = list(image_properties["spacing"])
+        return original(self, input_image, image_properties, *args, **kwargs)
+
+    monkeypatch.setattr(nnUNetPredictor, "predict_single_npy_array", spy)
+    ct, pet = _images()
+    result = segment_nnunet(ct, pet, tiny_models[order], device="cpu")
+
+    assert result.backend == "nnunet"
+    assert result.mask.dtype == bool and result.mask.shape == SHAPE
+    # The biased tiny model calls everything it sees a lesion: the mask is the body box the
+    # backend cropped to, pasted back at the right place of the CT grid.
+    assert result.mask[BODY].all()
+    assert not result.mask[0].any() and not result.mask[:, :, -1].any()
+    # Channels reach the network in dataset.json's order, on the CT grid spacing (z, y, x).
+    ct_channel, pet_channel = (0, 1) if order == "ct_first" else (1, 0)
+    x = seen["input"]
+    assert x.shape[0] == 2
+    assert x[ct_channel].min() == pytest.approx(-1000.0) and x[pet_channel].max() == 12.0
+    assert seen["spacing"] == [SPACING[2], SPACING[1], SPACING[0]]
+    assert "tumor" in result.notes[0] or "lesion" in result.notes[0]
+
+
+@pytest.mark.models
+def test_pet_on_another_grid_is_resampled_to_ct(tiny_models, offline):
+    ct, pet = _images()
+    coarse = sitk.Resample(pet, [26, 22, 18], sitk.Transform(), sitk.sitkLinear,
+                           pet.GetOrigin(), [5.0, 4.0, 6.0], pet.GetDirection(), 0.0,
+                           sitk.sitkFloat32)
+    result = segment_nnunet(ct, coarse, tiny_models["ct_first"].parent, device="cpu")
+    assert result.mask.shape == SHAPE and result.mask[BODY].all()
+
+
+@pytest.mark.models
+def test_corrupt_checkpoint_is_a_model_error(tiny_models, tmp_path):
+    folder = tmp_path / tiny_models["ct_first"].name
+    shutil.copytree(tiny_models["ct_first"], folder)
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot load the nnU-Net model"):
+        segment_nnunet(*_images(), folder, device="cpu")

@@ -1,0 +1,164 @@
+"""nstage batch: resume after a kill, failing cases, parallel = serial, CSV cohorts."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nstage.batch import PREDICTION_COLUMNS, discover_cases, run_batch
+from nstage.errors import InputError
+from nstage.evaluate import evaluate_files
+from tests.batch_helpers import calls, fake_runner, make_fake_cohort
+
+PROJECT = Path(__file__).resolve().parents[1]
+SPECS = {"c1": "N0", "c2": "N2 4R,7", "c3": "N1 10R", "c4": "N3 4L"}
+
+
+def _table(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_serial_run_writes_cases_and_predictions(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", SPECS)
+    out = tmp_path / "out"
+    summary = run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert (summary.ok, summary.failed, summary.skipped) == (4, 0, 0)
+    rows = _table(out / "predictions.csv")
+    assert list(rows[0]) == PREDICTION_COLUMNS
+    by_id = {r["case_id"]: r for r in rows}
+    assert by_id["c2"]["n_stage"] == "N2" and by_id["c2"]["n_stage_9th"] == "N2b"
+    assert by_id["c2"]["stations"] == "4R;7" and by_id["c2"]["p_N2"] == "0.85"
+    assert all(r["status"] == "ok" and r["error"] == "" for r in rows)
+    for cid in SPECS:
+        assert (out / "cases" / cid / "n-stage.json").is_file()
+        assert (out / "cases" / cid / "images/n-staging-segmentation/output.mha").is_file()
+    assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]
+    # a second run recomputes nothing
+    again = run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert (again.skipped, again.ok) == (4, 0)
+    assert sorted(calls(cohort)) == sorted(SPECS)
+
+
+def test_broken_cases_are_reported_and_the_others_done(tmp_path):
+    specs = {"a": "N1 10R", "b": "crash", "c": "bad", "d": "N2 7"}
+    cohort = make_fake_cohort(tmp_path / "cohort", specs)
+    out = tmp_path / "out"
+    summary = run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert (summary.ok, summary.failed) == (2, 2)
+    rows = {r["case_id"]: r for r in _table(out / "predictions.csv")}
+    assert rows["a"]["status"] == rows["d"]["status"] == "ok"
+    assert rows["b"]["status"] == "error"
+    assert "RuntimeError: simulated crash" in rows["b"]["error"]
+    assert rows["c"]["status"] == "error" and "no PET series found" in rows["c"]["error"]
+    assert not (out / "cases" / "b" / "n-stage.json").exists()
+    # failed cases are retried on the next run; finished ones are not
+    run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert calls(cohort).count("a") == 1 and calls(cohort).count("b") == 2
+
+
+def test_cli_real_pipeline_reports_unreadable_cases_exit_3(tmp_path):
+    cohort = tmp_path / "cohort"
+    (cohort / "empty").mkdir(parents=True)
+    (cohort / "junk" / "images" / "ct").mkdir(parents=True)
+    (cohort / "junk" / "images" / "ct" / "x.mha").write_text("not an image")
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "nstage", "batch", "--cases", str(cohort),
+                          "--out", str(out), "--anatomy", "classical", "--lesions", "suv"],
+                         capture_output=True, text=True, timeout=300, cwd=PROJECT)
+    assert res.returncode == 3, res.stderr
+    rows = {r["case_id"]: r for r in _table(out / "predictions.csv")}
+    assert set(rows) == {"empty", "junk"}
+    assert all(r["status"] == "error" and r["error"] for r in rows.values())
+    assert "Traceback" not in res.stderr
+
+
+def test_resume_after_kill_does_not_recompute_finished_cases(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", SPECS)
+    out = tmp_path / "out"
+    script = (
+        "import sys; from pathlib import Path; from nstage.batch import run_batch; "
+        "from tests.batch_helpers import fake_runner; "
+        f"run_batch(Path({str(cohort)!r}), Path({str(out)!r}), {{'sleep': 1.5}}, "
+        "runner=fake_runner, progress=False)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT, env=env)
+    first = out / "cases" / "c1" / "n-stage.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert first.exists(), "the first case never finished"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    mtime = first.stat().st_mtime_ns
+    done_before = [c for c in SPECS if (out / "cases" / c / "n-stage.json").exists()]
+    assert "c1" in done_before and len(done_before) < len(SPECS)
+    summary = run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert summary.skipped == len(done_before)
+    assert first.stat().st_mtime_ns == mtime
+    assert calls(cohort).count("c1") == 1
+    rows = _table(out / "predictions.csv")
+    assert [r["case_id"] for r in rows] == list(SPECS)
+    assert all(r["status"] == "ok" for r in rows)
+    assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]
+
+
+def test_parallel_gives_the_same_predictions_as_serial(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", {**SPECS, "c5": "crash"})
+    run_batch(cohort, tmp_path / "serial", {}, runner=fake_runner, progress=False)
+    summary = run_batch(cohort, tmp_path / "parallel", {}, workers=2, runner=fake_runner,
+                        progress=False)
+    assert (summary.ok, summary.failed) == (4, 1)
+    serial = (tmp_path / "serial" / "predictions.csv").read_text()
+    parallel = (tmp_path / "parallel" / "predictions.csv").read_text()
+    assert serial == parallel
+
+
+def test_csv_cohort_and_predictions_feed_evaluate(tmp_path):
+    make_fake_cohort(tmp_path / "data", {"x1": "N2 7", "x2": "N0"})
+    table = tmp_path / "cases.csv"
+    table.write_text("case_id,ct,pet\nx1,data/x1,\nx2,data/x2,\nx3,data/missing,\n")
+    cases = discover_cases(table)
+    assert [c.case_id for c in cases] == ["x1", "x2", "x3"]
+    assert cases[0].ct == tmp_path / "data" / "x1" and cases[0].pet is None
+    out = tmp_path / "out"
+    summary = run_batch(table, out, {}, runner=fake_runner, progress=False)
+    assert (summary.ok, summary.failed) == (2, 1)
+    assert "not found" in summary.errors["x3"]
+    truth = tmp_path / "truth.csv"
+    truth.write_text("case_id,cN,pN\nx1,cN2,pN2a\nx2,cN1,pN0\nx3,cN0,pN0\n")
+    m = evaluate_files(out / "predictions.csv", truth, n_boot=0)
+    assert m["ai_vs_pathological"]["n"] == 2 and m["ai_vs_pathological"]["accuracy"]["count"] == 2
+    reason = m["ai_vs_pathological"]["excluded"]["cases"][0]
+    assert reason["case_id"] == "x3" and "error" in reason["reason"]
+
+
+def test_bad_cohorts_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        discover_cases(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no case folder"):
+        discover_cases(tmp_path / "empty")
+    (tmp_path / "one" / "images" / "ct").mkdir(parents=True)
+    with pytest.raises(InputError, match="one case"):
+        discover_cases(tmp_path / "one")
+    table = tmp_path / "t.csv"
+    table.write_text("case_id,ct,pet\na,x,\na,y,\n")
+    with pytest.raises(InputError, match="duplicate case_id 'a'"):
+        discover_cases(table)
+    table.write_text("id,ct\na,x\n")
+    with pytest.raises(InputError, match="'case_id' is missing"):
+        discover_cases(table)
+    table.write_text("case_id,ct\n../evil,x\n")
+    with pytest.raises(InputError, match="folder name"):
+        discover_cases(table)
