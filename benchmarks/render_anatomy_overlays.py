@@ -17,14 +17,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from nstage.anatomy.classical import segment_classical  # noqa: E402
-from nstage.anatomy.crop import thorax_box  # noqa: E402
-from nstage.commands.anatomy import read_ct  # noqa: E402
-from nstage.geometry import crop, mm_to_index  # noqa: E402
-from nstage.landmarks import find  # noqa: E402
+from nstage.anatomy.classical import segment_classical
+from nstage.anatomy.crop import thorax_box
+from nstage.commands.anatomy import read_ct
+from nstage.geometry import crop, mm_to_index
+from nstage.landmarks import find
 
 CASES = {
     "a0002": "lung-pet-ct-dx-A0002/ct",

@@ -81,8 +81,7 @@ def images(lesions: list[Lesion], *, size_xyz=(96, 96, 60), spacing_xyz=(2.0, 2.
     rng = np.random.default_rng(seed)
     ct += rng.normal(0.0, 12.0, ct.shape).astype(np.float32)
     out = []
-    for arr, dtype in ((ct.astype(np.int16), None), (pet.astype(np.float32), None)):
-        del dtype
+    for arr in (ct.astype(np.int16), pet.astype(np.float32)):
         img = sitk.GetImageFromArray(arr)
         img.SetSpacing(tuple(float(s) for s in spacing_xyz))
         img.SetOrigin(tuple(float(o) for o in origin))

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from tests.batch_helpers import fake_result
+from batch_helpers import fake_result
 
 API = "/api/v1/"
 ALGORITHM_SLUG = "nstage-test"

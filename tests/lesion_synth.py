@@ -85,7 +85,7 @@ def make_synthetic(spheres: dict[str, Sphere] | None = None, *, myocardium_suv: 
     aorta = ((x - 20) ** 2 + (y - 30) ** 2 <= 11 ** 2)
     heart = _ellipsoid(x, y, z, (10, -5, -45), (40, 35, 25)) & ~lung_r & ~lung_l
     myo = heart & ~_ellipsoid(x, y, z, (10, -5, -45), (31, 26, 16))
-    liver = _ellipsoid(x, y, z, (-30, 0, -80), (60, 50, 30)) & (z < -55)
+    liver = _ellipsoid(x, y, z, (-30, 0, -80), (60, 50, 30)) & (z < -55) & ~heart
     esoph = ((x - 5) ** 2 + (y - 20) ** 2 <= 6 ** 2) & (z > -30)
     vert = ((x - 0) ** 2 + (y - 50) ** 2 <= 14 ** 2)
     for mask, val, h, s in ((aorta, 4, 40, 1.8), (heart, 5, 40, 1.8), (liver, 6, 55, 2.2),

@@ -47,11 +47,16 @@ def _images() -> tuple[sitk.Image, sitk.Image]:
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Fail the test if anything opens a network connection or starts a worker process."""
+    """Record (and refuse) any network connection or worker process; the test fails at teardown
+    if there was one, even where the library swallowed the error (usage statistics do)."""
+    attempts: list[str] = []
+
     def no_net(*args, **kwargs):
-        raise AssertionError("network access attempted")
+        attempts.append(f"network: {args[1:] or kwargs}")
+        raise ConnectionRefusedError("network access attempted in an offline test")
 
     def no_process(self, *args, **kwargs):
+        attempts.append(f"process: {self!r}")
         raise AssertionError("a worker process was started")
 
     monkeypatch.setattr(socket.socket, "connect", no_net)
@@ -62,6 +67,8 @@ def offline(monkeypatch):
         monkeypatch.setattr(requests.Session, "request", no_net)
     except ImportError:
         pass
+    yield attempts
+    assert attempts == []
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +179,14 @@ def test_broken_model_folder_fails_fast_with_one_line(tmp_path, breakage, messag
     assert "\n" not in str(info.value) and str(folder) in str(info.value)
 
 
+def test_model_without_models_extra_is_a_model_error(tmp_path, monkeypatch):
+    import nstage.lesions.nnunet as mod
+
+    monkeypatch.setattr(mod, "nnunet_installed", lambda: False)
+    with pytest.raises(ModelError, match="not installed"):
+        segment_nnunet(*_images(), _fake_folder(tmp_path))
+
+
 def test_named_fold_must_exist(tmp_path):
     folder = _fake_folder(tmp_path)
     assert check_model_folder(folder) == [0]
@@ -231,3 +246,33 @@ def test_corrupt_checkpoint_is_a_model_error(tiny_models, tmp_path):
     (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot load the nnU-Net model"):
         segment_nnunet(*_images(), folder, device="cpu")
+
+
+@pytest.mark.models
+def test_ras_trained_model_gets_ras_arrays(tiny_models, tmp_path, monkeypatch, offline):
+    """A model whose plans say NibabelIOWithReorient was trained on RAS arrays: the backend flips
+    the LPS working arrays in x and y for it, and flips the prediction back."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nstage.geometry import spacing_zyx
+    from nstage.lesions.nnunet import body_box
+
+    folder = tmp_path / tiny_models["ct_first"].name
+    shutil.copytree(tiny_models["ct_first"], folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["image_reader_writer"] = "NibabelIOWithReorient"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    seen = {}
+    original = nnUNetPredictor.predict_single_npy_array
+
+    def spy(self, input_image, *args, **kwargs):
+        seen["input"] = np.array(input_image)
+        return original(self, input_image, *args, **kwargs)
+
+    monkeypatch.setattr(nnUNetPredictor, "predict_single_npy_array", spy)
+    ct, pet = _images()
+    result = segment_nnunet(ct, pet, folder, device="cpu")
+    box = body_box(sitk.GetArrayFromImage(ct), spacing_zyx(ct))
+    expected_pet = sitk.GetArrayFromImage(pet)[box][:, ::-1, ::-1]
+    assert np.array_equal(seen["input"][1], expected_pet)
+    assert result.mask.shape == SHAPE and result.mask[BODY].all()

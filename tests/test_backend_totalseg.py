@@ -44,11 +44,16 @@ def _chest_ct() -> sitk.Image:
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Fail the test if anything opens a network connection or starts a worker process."""
+    """Record (and refuse) any network connection or worker process; the test fails at teardown
+    if there was one, even where the library swallowed the error (usage statistics do)."""
+    attempts: list[str] = []
+
     def no_net(*args, **kwargs):
-        raise AssertionError("network access attempted")
+        attempts.append(f"network: {args[1:] or kwargs}")
+        raise ConnectionRefusedError("network access attempted in an offline test")
 
     def no_process(self, *args, **kwargs):
+        attempts.append(f"process: {self!r}")
         raise AssertionError("a worker process was started")
 
     monkeypatch.setattr(socket.socket, "connect", no_net)
@@ -59,6 +64,8 @@ def offline(monkeypatch):
         monkeypatch.setattr(requests.Session, "request", no_net)
     except ImportError:
         pass
+    yield attempts
+    assert attempts == []
 
 
 @pytest.fixture
@@ -102,14 +109,14 @@ def test_weights_dir_resolution_order(tmp_path, monkeypatch, clean_env):
 
 def test_required_folders():
     fast = ts.required_model_folders(fast=True)
-    assert fast == ["Dataset297_TotalSegmentator_total_3mm_1559subj",
-                    "Dataset298_TotalSegmentator_total_6mm_1559subj"]
-    assert ts.required_model_folders(fast=True, roi_subset=None) == fast[:1]
+    assert fast == ["Dataset297_TotalSegmentator_total_3mm_1559subj"]
+    assert ts.required_model_folders(fast=True, roi_subset=None) == fast
     full = ts.required_model_folders(fast=False)
     assert [f[:10] for f in full] == ["Dataset291", "Dataset292", "Dataset293", "Dataset294",
-                                      "Dataset295", "Dataset298"]
-    assert [f[:10] for f in ts.required_model_folders(False, ["liver", "trachea"])] == \
-        ["Dataset291", "Dataset298"]
+                                      "Dataset295"]
+    # Classes in fewer parts: TotalSegmentator runs only those, after its 6 mm region model.
+    assert [f[:10] for f in ts.required_model_folders(False, ["liver", "trachea", "heart"])] == \
+        ["Dataset291", "Dataset293", "Dataset298"]
 
 
 @pytest.mark.parametrize(("fast", "folder"), [
@@ -137,6 +144,21 @@ def test_missing_checkpoint_is_named(tmp_path, monkeypatch, clean_env):
     with pytest.raises(ModelError, match="nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__"
                                          "3d_fullres/fold_0/checkpoint_final.pth"):
         ts.check_totalseg_weights(fast=True)
+
+
+def test_weights_present_but_models_extra_missing(tmp_path, monkeypatch, clean_env):
+    monkeypatch.setenv("TOTALSEG_WEIGHTS_PATH", str(tmp_path))
+    for tid, folder in ts.TOTAL_FAST.items():
+        checkpoint = ts._checkpoint(tmp_path, tid, folder)
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+    assert ts.totalseg_weights_available(fast=True) == ts.totalseg_installed()
+    # Without torch/nnunetv2/TotalSegmentator `--anatomy auto` must fall back, and an explicit
+    # request must fail with a clear message, not an ImportError.
+    monkeypatch.setattr(ts, "totalseg_installed", lambda: False)
+    assert not ts.totalseg_weights_available(fast=True)
+    with pytest.raises(ModelError, match="not installed"):
+        ts.segment_totalseg(_chest_ct(), fast=True)
 
 
 def test_cli_anatomy_totalsegmentator_without_weights_exits_2(tmp_path, monkeypatch, clean_env,
@@ -211,11 +233,17 @@ def test_segment_totalseg_fast_offline_on_ct_grid(tiny_fast_weights, tmp_path, m
     total = class_map["total"]
     assert anatomy.names == {v: n for v, n in total.items() if n in ts.STAGING_CLASSES}
     assert set(np.unique(anatomy.labels)) - {0} <= set(anatomy.names)
-    # The biased tiny model labels its whole input "lung_upper_lobe_left"; labels therefore
-    # show exactly where the thorax crop was pasted back: around the lungs, not at the ends.
+    # The biased tiny model labels its whole input "lung_upper_lobe_left", so the labelled voxels
+    # show exactly where the thorax crop went back onto the CT grid.
+    from nstage.anatomy.crop import thorax_box
+
+    box = thorax_box(ct)
+    assert box[0].stop - box[0].start < SHAPE[0]  # the crop really cut something off
+    expected = np.zeros(SHAPE, dtype=bool)
+    expected[box] = True
+    assert np.array_equal(anatomy.labels > 0, expected)
     assert anatomy.present_names() == ["lung_upper_lobe_left"]
     assert anatomy.mask("lung_left")[LUNG_Z[0]:LUNG_Z[1], 32, 32].all()
-    assert not anatomy.labels[:5].any() and not anatomy.labels[-2:].any()
     assert anatomy.extra_masks["body"].shape == SHAPE and anatomy.extra_masks["body"][40, 32, 32]
     # Nothing written to the user's TotalSegmentator home; nnU-Net's globals restored.
     assert sorted(p.name for p in home.iterdir()) == ["nnunet"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from batch_helpers import calls, fake_runner, make_fake_cohort
 
 from nstage.batch import PREDICTION_COLUMNS, discover_cases, run_batch
 from nstage.errors import InputError
 from nstage.evaluate import evaluate_files
-from tests.batch_helpers import calls, fake_runner, make_fake_cohort
 
 PROJECT = Path(__file__).resolve().parents[1]
 SPECS = {"c1": "N0", "c2": "N2 4R,7", "c3": "N1 10R", "c4": "N3 4L"}
@@ -85,11 +87,11 @@ def test_resume_after_kill_does_not_recompute_finished_cases(tmp_path):
     out = tmp_path / "out"
     script = (
         "import sys; from pathlib import Path; from nstage.batch import run_batch; "
-        "from tests.batch_helpers import fake_runner; "
+        "from batch_helpers import fake_runner; "
         f"run_batch(Path({str(cohort)!r}), Path({str(out)!r}), {{'sleep': 1.5}}, "
         "runner=fake_runner, progress=False)"
     )
-    env = {**os.environ, "PYTHONPATH": str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "tests")}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT, env=env)
     first = out / "cases" / "c1" / "n-stage.json"
     try:
@@ -162,3 +164,44 @@ def test_bad_cohorts_are_clear_errors(tmp_path):
     table.write_text("case_id,ct\n../evil,x\n")
     with pytest.raises(InputError, match="folder name"):
         discover_cases(table)
+
+
+@pytest.mark.slow
+def test_real_pipeline_on_phantom_cases_in_parallel(tmp_path):
+    """Two phantom studies through the real pipeline with --workers 2, then evaluate."""
+    phantom = pytest.importorskip("nstage.phantom")
+    cohort = tmp_path / "cohort"
+    case = phantom.make_phantom(phantom.PhantomSpec(nodes=("4R", "7"), seed=1))
+    phantom.write_phantom(case, cohort / "ph-a")  # writes cohort/ph-a/input/images/...
+    # The second case is a copy: building phantoms is the slow part of this test.
+    shutil.copytree(cohort / "ph-a", cohort / "ph-b")
+    truth = json.loads((cohort / "ph-a" / "truth.json").read_text())
+    truth_rows = ["case_id,cN,pN"] + [f"{cid},c{truth['n_stage']},p{truth['n_stage_9th']}"
+                                      for cid in ("ph-a", "ph-b")]
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "nstage", "batch", "--cases", str(cohort),
+                          "--out", str(out), "--workers", "2", "--anatomy", "classical",
+                          "--lesions", "suv", "--no-report"],
+                         capture_output=True, text=True, timeout=600, cwd=PROJECT)
+    assert res.returncode == 0, res.stderr
+    rows = {r["case_id"]: r for r in _table(out / "predictions.csv")}
+    assert set(rows) == {"ph-a", "ph-b"}
+    assert rows["ph-a"]["n_stage"] == rows["ph-b"]["n_stage"]
+    for cid, row in rows.items():
+        assert row["status"] == "ok", row["error"]
+        result = json.loads((out / "cases" / cid / "n-stage.json").read_text())
+        assert row["n_stage"] == result["n_stage"]
+        assert row["n_stage_9th"] == result["n_stage_9th"]
+        assert float(row["p_N2"]) == pytest.approx(result["probabilities"]["N2"], abs=1e-6)
+        assert (out / "cases" / cid / "images/n-staging-segmentation/output.mha").is_file()
+    (tmp_path / "truth.csv").write_text("\n".join(truth_rows) + "\n")
+    m = evaluate_files(out / "predictions.csv", tmp_path / "truth.csv", n_boot=0)
+    assert m["ai_vs_pathological"]["n"] == 2
+    assert m["clinical_vs_pathological"]["accuracy"]["count"] == 2
+    # a re-run finds both finished and recomputes nothing
+    mtimes = {c: (out / "cases" / c / "n-stage.json").stat().st_mtime_ns for c in rows}
+    res = subprocess.run([sys.executable, "-m", "nstage", "batch", "--cases", str(cohort),
+                          "--out", str(out), "--anatomy", "classical", "--lesions", "suv"],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT)
+    assert res.returncode == 0 and "2 already done" in res.stderr
+    assert mtimes == {c: (out / "cases" / c / "n-stage.json").stat().st_mtime_ns for c in rows}

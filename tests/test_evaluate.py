@@ -11,10 +11,10 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import real_path
 
 from nstage.errors import InputError
 from nstage.evaluate import evaluate, evaluate_files, parse_label, parse_n_label, write_reports
-from tests.conftest import real_path
 
 CATS = ["N0", "N1", "N2", "N3"]
 

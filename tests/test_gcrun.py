@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from gc_fake_server import ALGORITHM_SLUG, FakeGrandChallenge, make_certificate
 
 from nstage.errors import NStageError
 from nstage.evaluate import evaluate_files
 from nstage.gcrun import LEDGER, run_on_grand_challenge
-from tests.gc_fake_server import ALGORITHM_SLUG, FakeGrandChallenge, make_certificate
 
 pytest.importorskip("gcapi")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -142,6 +142,7 @@ def test_restart_in_the_middle_never_uploads_a_case_twice(platform, tmp_path):
     res = subprocess.run(_cli(out, cohort, platform.base_url, env, "--max-active", "2"),
                          cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
+    assert "done=4" in res.stderr and "queued=" in res.stderr  # the progress bar's counts
     assert set(platform.jobs_per_ct().values()) == {1} and len(platform.jobs) == 4
     assert set(platform.uploads_per_file().values()) == {1} and len(platform.uploads) == 8
     rows = _rows(out)
@@ -164,6 +165,7 @@ def test_wrong_or_missing_token_exit_2(platform, tmp_path):
     assert wrong not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
     assert not platform.uploads and not platform.jobs
+    assert not (tmp_path / "out").exists()  # nothing written when the platform refuses
     env.pop("GC_TOKEN")
     res = subprocess.run(_cli(tmp_path / "out", cohort, platform.base_url, env,
                               "--token-env", "MY_GC_TOKEN"),
@@ -181,3 +183,22 @@ def test_unknown_algorithm_is_a_clear_error(platform, tmp_path):
         (tmp_path / "out2" / LEDGER).write_text(json.dumps({"algorithm": "other", "cases": {}}))
         run_on_grand_challenge(cohort, tmp_path / "out2", ALGORITHM_SLUG,
                                base_url=platform.base_url, progress=False, deadline_s=10)
+
+
+def test_stop_waiting_leaves_jobs_for_the_next_run(platform, tmp_path):
+    cohort = make_cohort(tmp_path / "cohort", {"a": "N1 10R", "b": "N3 4L"})
+    out = tmp_path / "out"
+    platform.hold.set()
+    summary = run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                                     poll_s=0.02, max_poll_s=0.05, progress=False,
+                                     deadline_s=0.5)
+    assert (summary.done, summary.active) == (0, 2)
+    rows = _rows(out)
+    assert {r["status"] for r in rows.values()} == {"running"}
+    platform.hold.clear()
+    summary = run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                                     poll_s=0.02, max_poll_s=0.05, progress=False,
+                                     deadline_s=60)
+    assert (summary.done, summary.active) == (2, 0)
+    assert [r["n_stage"] for r in _rows(out).values()] == ["N1", "N3"]
+    assert len(platform.jobs) == 2 and len(platform.uploads) == 4

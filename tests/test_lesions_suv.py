@@ -32,8 +32,8 @@ def _found(syn, mask, name, tol_mm=3.0):
 @pytest.fixture(scope="module", params=[0.0, 0.1], ids=["noise-free", "noisy"])
 def study(request):
     spheres = default_spheres()
-    # A node 2 mm from the hot myocardium (station 8 / 9 region, next to the heart).
-    spheres["node_heart"] = Sphere((-20.0, 26.0, -45.0), 12.0, 6.0)
+    # A node 6 mm from the hot myocardium (about one PET FWHM; next to the heart).
+    spheres["node_heart"] = Sphere((-20.0, 30.0, -45.0), 12.0, 6.0)
     syn = make_synthetic(spheres, noise_sd=request.param, myocardium_suv=8.0)
     return syn, segment_suv(syn.ct, syn.pet, syn.anatomy)
 

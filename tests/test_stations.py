@@ -407,3 +407,17 @@ def test_station_10_upper_borders_below_the_carina():
     assert assign(node(-18, 3, -3), marks).station == "4R"
     assert assign(node(-25, 4, -10), marks).station == "10R"
     assert assign(node(0, 12, -4), marks).station == "7"
+
+
+def test_6_in_front_of_the_arch_and_3p_beside_the_oesophagus():
+    marks = chest()
+    # Left of the left border, well in front of the trachea at arch levels: para-aortic.
+    assert assign(node(14, -32, 25), marks).station == "6"
+    # Same position in the midline: prevascular.
+    assert assign(node(0, -40, 25), marks).station == "3a"
+    # Just in front of the trachea, left of the border: pretracheal 4L.
+    assert assign(node(14, -15, 25), marks).station == "4L"
+    # Behind the trachea, slightly left (by the oesophagus): 3p; well lateral: 4L.
+    assert assign(node(18, 16, 25), marks).station == "3p"
+    assert assign(node(30, 6, 25), marks).station == "6"
+    assert assign(node(22, 6, 10), marks).station == "4L"

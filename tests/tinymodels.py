@@ -167,7 +167,7 @@ def make_tiny_nnunet_model(root: Path, channel_names: Mapping[str, str] | None =
                               folds=folds, favour_label=favour_label)
 
 
-def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = True) -> list[dict]:
+def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = False) -> list[dict]:
     """Dataset id, folder name, trainer, spacing and label map of each TotalSegmentator model the
     ``total`` task loads, read from the installed TotalSegmentator (class_map, task configs)."""
     from totalsegmentator.map_tasks_config import TASK_CONFIGS, TASK_ID_WEIGHTS_CONFIGS
@@ -187,7 +187,7 @@ def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = True) -> 
                       "trainer": mode["trainer"], "spacing": float(mode["resample"]),
                       "labels": labels})
     if with_crop_model:
-        # roi_subset makes TotalSegmentator run its 6 mm model first to find the region.
+        # A roi_subset handed to TotalSegmentator makes it run its 6 mm model first.
         crop = TASK_CONFIGS["total"]["sub_modes"]["fastest"]
         specs.append({"id": crop["task_id"],
                       "folder": TASK_ID_WEIGHTS_CONFIGS[crop["task_id"]]["foldername"],
@@ -197,12 +197,13 @@ def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = True) -> 
 
 
 def make_tiny_totalseg_weights(weights_root: Path, fast: bool = True, *,
-                               with_crop_model: bool = True,
+                               with_crop_model: bool = False,
                                favour: str = "lung_upper_lobe_left") -> list[Path]:
     """Place random-weight model folders with TotalSegmentator's exact dataset folder names,
     trainer names and label counts under ``weights_root``; return the trainer folders.
 
-    Each model is biased towards the class named ``favour`` (or, for a part model without it,
+    ``with_crop_model`` adds the 6 mm model (298) TotalSegmentator runs first when it is given a
+    ``roi_subset``. Each model is biased towards the class named ``favour`` (or, for a part model without it,
     that part's first class), so the run yields a non-empty, deterministic label map and the 6 mm
     region model finds the region of interest.
     """

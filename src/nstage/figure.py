@@ -21,7 +21,7 @@ Radiological: the patient's RIGHT on the image LEFT (labelled "R"/"L"), anterior
 axial crops, superior up in the MIP. The canonical arrays (see :mod:`nstage.geometry`)
 have column index growing to the patient's left, so images are drawn unflipped, placed
 by physical extent in mm (LPS), so anisotropic voxels keep their true aspect. CT window
-W 400 / L 40 HU (mediastinal). PET in SUVbw on fixed scales (MIP 0-8, fusion 0-8 with
+W 400 / L 40 HU (mediastinal). PET in SUVbw on fixed scales (MIP 0-6, fusion 0-8 with
 opacity rising from SUV 1 to 4) so cases can be compared.
 """
 
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nstage.geometry import canonical, mm_to_index, resample_to
+from nstage.geometry import canonical, index_to_mm, mm_to_index
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU): mediastinal window
-MIP_SUV_MAX = 8.0  # SUVbw at which the inverted-grey MIP is black
+MIP_SUV_MAX = 6.0  # SUVbw at which the inverted-grey MIP is black (nodes of 3-4 show mid-grey)
 FUSION_SUV_MAX = 8.0  # SUVbw at the top of the fusion colour scale
 FUSION_ALPHA = (1.0, 4.0, 0.8)  # PET opacity: 0 at SUV 1, rising to 0.8 at SUV 4 and above
 CROP_MM = 90.0  # field of view of each axial crop (square, mm)
@@ -76,6 +76,8 @@ class Marker:
         (column, row) PNG pixel of the centre of this mark's axial crop (None: no crop).
     mip_box_px : tuple of float or None
         (left, top, right, bottom) PNG pixels of the MIP axes (for orientation checks).
+    crop_box_px : tuple of float or None
+        (left, top, right, bottom) PNG pixels of this mark's crop (``CROP_MM`` across).
     """
 
     label: str
@@ -85,6 +87,7 @@ class Marker:
     png_xy: tuple[float, float] | None = None
     crop_xy: tuple[float, float] | None = None
     mip_box_px: tuple[float, float, float, float] | None = None
+    crop_box_px: tuple[float, float, float, float] | None = None
 
 
 @dataclass
@@ -153,11 +156,18 @@ def spread(positions: list[float], gap: float, lo: float, hi: float) -> list[flo
     return [float(v) for v in out]
 
 
-def _fusion_rgba(pet: np.ndarray) -> np.ndarray:
-    """PET SUV slice to an RGBA overlay: 'hot' colours, opacity ramping with SUV."""
+def fusion_cmap():
+    """'hot' without its black foot and white top: dark red to yellow, so saturated uptake
+    stays coloured (never white like bone) and low uptake does not darken the CT."""
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
-    rgba = colormaps["hot"](np.clip(pet / FUSION_SUV_MAX, 0.0, 1.0))
+    return ListedColormap(colormaps["hot"](np.linspace(0.2, 0.8, 256)), name="nstage_fusion")
+
+
+def _fusion_rgba(pet: np.ndarray) -> np.ndarray:
+    """PET SUV slice to an RGBA overlay: red to yellow, opacity ramping with SUV."""
+    rgba = fusion_cmap()(np.clip(pet / FUSION_SUV_MAX, 0.0, 1.0))
     lo, hi, top = FUSION_ALPHA
     rgba[..., 3] = np.clip((pet - lo) / (hi - lo), 0.0, 1.0) * top
     return rgba
@@ -177,13 +187,22 @@ def _axial_crop(arr: np.ndarray, k: int, j: int, i: int, hy: int, hx: int,
     return out
 
 
-def _on_grid(pet: sitk.Image, ct: sitk.Image) -> sitk.Image:
-    """``pet`` on ``ct``'s grid (resampled only when the grids differ)."""
-    same = (pet.GetSize() == ct.GetSize()
-            and np.allclose(pet.GetSpacing(), ct.GetSpacing(), atol=1e-4)
-            and np.allclose(pet.GetOrigin(), ct.GetOrigin(), atol=1e-3)
-            and np.allclose(pet.GetDirection(), ct.GetDirection(), atol=1e-6))
-    return pet if same else resample_to(pet, ct, pixel_type=sitk.sitkFloat32)
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return bool(a.GetSize() == b.GetSize()
+                and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+                and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+                and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
+
+
+def _resampled_crop(pet: sitk.Image, ct: sitk.Image, k: int, j: int, i: int, hy: int,
+                    hx: int) -> np.ndarray:
+    """PET sampled (linear) on the CT voxels of the window ``_axial_crop`` would cut; 0 outside."""
+    ref = sitk.Image([2 * hx + 1, 2 * hy + 1, 1], sitk.sitkFloat32)
+    ref.SetSpacing(ct.GetSpacing())
+    ref.SetDirection(ct.GetDirection())
+    ref.SetOrigin(tuple(float(v) for v in index_to_mm(ct, (k, j - hy, i - hx))))
+    out = sitk.Resample(pet, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +221,8 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
     ct : SimpleITK.Image
         CT in HU (the thoracic work crop is enough). Re-oriented to canonical LPS if needed.
     pet : SimpleITK.Image
-        PET in SUVbw; resampled onto ``ct``'s grid when it is not already on it.
+        PET in SUVbw, usually on ``ct``'s grid (the pipeline's work PET). On another grid
+        the MIP uses the PET's own voxels and each crop samples it onto the CT's.
     png_path, pdf_path : Path
         Outputs, each written atomically (temporary name, then rename). ``pdf_path`` None:
         PNG only.
@@ -221,8 +241,10 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
     import matplotlib.pyplot as plt
 
     ct = canonical(ct)
-    pet = _on_grid(canonical(pet), ct)
+    pet = canonical(pet)
     ct_arr = sitk.GetArrayViewFromImage(ct)
+    # PET on another grid is sampled per crop (cheap) instead of resampled whole.
+    pet_on_ct = _same_grid(pet, ct)
     pet_arr = sitk.GetArrayViewFromImage(pet)
     marks = _marks(result)
 
@@ -233,7 +255,8 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
         _mip(fig, ax_mip, pet, pet_arr, result, marks)
         _node_table(fig, ax_mip, result, marks)
         panels = marks[:MAX_PANELS]
-        crop_axes = _crops(fig, ct, ct_arr, pet_arr, result, panels, body_top)
+        crop_axes = _crops(fig, ct, ct_arr, pet, pet_arr if pet_on_ct else None, result,
+                           panels, body_top)
         _trace_text(fig, result, marks)
 
         png_path = Path(png_path)
@@ -241,16 +264,20 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
         _save_atomic(fig, png_path, dpi)
         # Pixel positions from the transforms of the figure just drawn at ``dpi``.
         height = fig.get_size_inches()[1] * dpi
-        bbox = ax_mip.get_window_extent()
-        box_px = (float(bbox.x0), float(height - bbox.y1), float(bbox.x1),
-                  float(height - bbox.y0))
+
+        def box_px(ax) -> tuple[float, float, float, float]:
+            bbox = ax.get_window_extent()
+            return (float(bbox.x0), float(height - bbox.y1), float(bbox.x1),
+                    float(height - bbox.y0))
+
         for m in marks:
             x, y = ax_mip.transData.transform((m.marker.centroid_mm[0], m.marker.centroid_mm[2]))
             m.marker.png_xy = (float(x), float(height - y))
-            m.marker.mip_box_px = box_px
+            m.marker.mip_box_px = box_px(ax_mip)
         for m, ax in zip(panels, crop_axes, strict=True):
             x, y = ax.transData.transform((0.0, 0.0))
             m.marker.crop_xy = (float(x), float(height - y))
+            m.marker.crop_box_px = box_px(ax)
         if pdf_path is not None:
             pdf_path = Path(pdf_path)
             pdf_path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +290,10 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
 def _save_atomic(fig, path: Path, dpi: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        # Fast zlib level for the PNG: a few % larger file, noticeably quicker to write.
+        extra = {"pil_kwargs": {"compress_level": 3}} if fmt == "png" else {}
+        fig.savefig(tmp, dpi=dpi, format=fmt, **extra)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -325,15 +355,20 @@ def _header(fig, result: dict) -> float:
                  va="top", color=colour, fontweight=weight)
     if not is_nx:
         return 0.84
-    reasons = result.get("reasons") or ["no reason recorded"]
-    lines = textwrap.wrap("NX, cannot be assessed: " + "; ".join(reasons), 150)
-    if len(lines) > 2:
-        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), 140,
-                                            placeholder=" ... (all reasons below)")]
-    fig.text(0.015, 0.848, "\n".join(lines), fontsize=10, va="top", color="#b00000",
+    fig.text(0.015, 0.848, "\n".join(nx_banner(result)), fontsize=10, va="top", color="#b00000",
              fontweight="bold", linespacing=1.2,
              bbox={"facecolor": "#fde8e8", "edgecolor": "#b00000", "boxstyle": "round,pad=0.3"})
     return 0.79
+
+
+def nx_banner(result: dict, width: int = 118) -> list[str]:
+    """The (at most two) lines of the red NX banner: why N cannot be assessed."""
+    reasons = result.get("reasons") or ["no reason recorded"]
+    lines = textwrap.wrap("NX, cannot be assessed: " + "; ".join(reasons), width)
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), width - 6,
+                                            placeholder=" ... (all reasons below)")]
+    return lines
 
 
 def _header_lines(result: dict) -> list[tuple[str, float, str, str, float]]:
@@ -360,8 +395,8 @@ def _header_lines(result: dict) -> list[tuple[str, float, str, str, float]]:
     if stations:
         ntext += f" in {len(stations)} station(s): " + ", ".join(stations)
     side_used = result.get("primary_side_used")
-    if side_used:
-        ntext += f"  |  primary side used: {side_used}"
+    if side_used and side_used != (primary or {}).get("side"):
+        ntext += f"  |  primary side used for staging: {side_used}"
     return [
         (ptext, 10, "black", "bold", 0.026),
         (ntext, 9, "black", "normal", 0.025),
@@ -499,16 +534,19 @@ def _node_table(fig, ax_mip, result: dict, marks: list[_Mark]) -> None:
              linespacing=1.15)
 
 
-def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mark],
-           body_top: float) -> list:
-    """Axial CT/PET fusion crops in a 2 x 3 grid on the right; returns their axes."""
+def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
+           panels: list[_Mark], body_top: float) -> list:
+    """Axial CT/PET fusion crops in a 2 x 3 grid on the right; returns their axes.
+
+    ``pet_arr`` is the PET array when the PET is on the CT grid, else None (sampled per crop).
+    """
     from matplotlib import cm, colors, patches, patheffects
 
     left, right, bottom = 0.45, 0.99, 0.245
     top = body_top - 0.025  # room for the first row's titles
     ncols, nrows = 3, 2
     cell_w, cell_h = (right - left) / ncols, (top - bottom) / nrows
-    text_h = 0.075  # figure fraction under each image for the numbers and rules
+    text_h = 0.085  # figure fraction under each image for the numbers and rules
     fig_w, fig_h = fig.get_size_inches()
     img_h = cell_h - text_h - 0.03
     img_w = img_h * fig_h / fig_w  # square in inches
@@ -517,7 +555,6 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mar
     hx, hy = round(CROP_MM / 2 / sx), round(CROP_MM / 2 / sy)
     level, width = CT_WINDOW
     trace = {t.get("station"): t.get("rule", "") for t in result.get("trace") or []}
-    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
     for n, m in enumerate(panels):
         r, c = divmod(n, ncols)
         x0 = left + c * cell_w
@@ -527,7 +564,10 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mar
         kf, jf, if_ = mm_to_index(ct, m.marker.centroid_mm)
         k, j, i = round(kf), round(jf), round(if_)
         ct_crop = _axial_crop(ct_arr, k, j, i, hy, hx, -1024.0)
-        pet_crop = _axial_crop(pet_arr, k, j, i, hy, hx, 0.0)
+        if pet_arr is not None:
+            pet_crop = _axial_crop(pet_arr, k, j, i, hy, hx, 0.0)
+        else:
+            pet_crop = _resampled_crop(pet, ct, k, j, i, hy, hx)
         # Extent in mm relative to the centroid: x to the patient's left, y posterior down.
         dx, dy = (i - if_) * sx, (j - jf) * sy
         extent = (dx - (hx + 0.5) * sx, dx + (hx + 0.5) * sx,
@@ -552,14 +592,16 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mar
                               edgecolor=colour, linewidth=1.4, linestyle=(0, (4, 2)))
         ring.set_path_effects([patheffects.withStroke(linewidth=3, foreground="black")])
         ax.add_patch(ring)
-        for xt, t, ha in ((-half + 2, "R", "left"), (half - 2, "L", "right")):
-            ax.text(xt, 0, t, ha=ha, va="center", fontsize=9, fontweight="bold", color="white",
-                    path_effects=outline)
-        ax.text(0, -half + 2, "A", ha="center", va="top", fontsize=8, color="white",
-                path_effects=outline)
+        tag = {"color": "white", "fontweight": "bold",
+               "bbox": {"facecolor": "black", "alpha": 0.55, "edgecolor": "none", "pad": 0.8}}
+        for xt, t, ha in ((-half + 1.5, "R", "left"), (half - 1.5, "L", "right")):
+            ax.text(xt, 0, t, ha=ha, va="center", fontsize=8.5, **tag)
+        ax.text(0, -half + 1.5, "A", ha="center", va="top", fontsize=7.5, **tag)
         ax.plot([half - 24, half - 4], [half - 5, half - 5], color="white", linewidth=2)
-        ax.text(half - 14, half - 7, "20 mm", color="white", fontsize=6, ha="center",
-                va="bottom", path_effects=outline)
+        if n == 0:  # same scale in every crop: say it once
+            ax.text(half - 14, half - 7, "20 mm", fontsize=6, ha="center", va="bottom",
+                    color="white", bbox={"facecolor": "black", "alpha": 0.4,
+                                         "edgecolor": "none", "pad": 0.5})
         title, lines = _panel_text(m, trace)
         ax.set_title(title, fontsize=9.5, fontweight="bold", color="black", loc="left", pad=3,
                      bbox={"facecolor": colour, "alpha": 0.35, "edgecolor": "none",
@@ -568,17 +610,23 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mar
     if not panels:
         fig.text(left + 0.01, top - 0.01, "No primary tumour and no counted node to show.",
                  fontsize=12, va="top", color="#555555")
+        reasons = result.get("reasons") or []
+        if result.get("n_stage") == "NX" and reasons:
+            text = "\n".join(textwrap.fill(f"- {r}", 80, subsequent_indent="  ")
+                             for r in reasons[:8])
+            fig.text(left + 0.01, top - 0.06, "N cannot be assessed (NX) because:\n" + text,
+                     fontsize=10, va="top", color="#b00000", linespacing=1.35)
         return axes
-    cax = fig.add_axes((left + 0.005, 0.222, 0.2, 0.011))
-    sm = cm.ScalarMappable(norm=colors.Normalize(0, FUSION_SUV_MAX), cmap="hot")
+    cax = fig.add_axes((left + 0.005, 0.222, 0.17, 0.011))
+    sm = cm.ScalarMappable(norm=colors.Normalize(0, FUSION_SUV_MAX), cmap=fusion_cmap())
     cbar = fig.colorbar(sm, cax=cax, orientation="horizontal", extend="max")
     lo, hi, _ = FUSION_ALPHA
     cbar.set_label("Fusion PET SUVbw", fontsize=7, labelpad=1)
     cbar.ax.tick_params(labelsize=7, length=2, pad=1)
-    fig.text(left + 0.235, 0.236,
+    fig.text(left + 0.2, 0.236,
              f"Axial CT/PET fusion, {CROP_MM:.0f} mm field centred on each lesion (dashed "
-             f"ring).\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET transparent below "
-             f"SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior.",
+             f"ring), bar 20 mm.\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET clear "
+             f"below SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior.",
              fontsize=7, va="top", linespacing=1.2)
     return axes
 
@@ -586,7 +634,7 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet_arr, result: dict, panels: list[_Mar
 def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
     """Title and text lines (wrapped to the panel width) of one crop."""
     entry = m.entry
-    width = 44
+    width = 46
     if m.marker.kind == "primary":
         where = " ".join(w for w in (entry.get("side"), entry.get("lobe"),
                                      "lobe" if entry.get("lobe") else "lung") if w)
@@ -601,9 +649,9 @@ def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
     rules: list[str] = []
     for part in _node_rule(entry, trace.get(station, "")):
         rules.extend(textwrap.wrap(part, width))
-    if len(rules) > 5:
-        rules = rules[:5]
-        rules[-1] = textwrap.shorten(rules[-1] + " ...", width - 4) + " ..."
+    if len(rules) > 6:
+        rules = rules[:6]
+        rules[-1] = rules[-1][:width - 4].rstrip() + " ..."
     return title, lines + rules
 
 
@@ -615,45 +663,50 @@ def _node_rule(entry: dict, trace_rule: str) -> list[str]:
     # The pipeline starts with "4R (right): N2", which the panel title already says.
     if parts and parts[0].startswith(f"{station} ("):
         parts = parts[1:]
+    conf = entry.get("station_confidence")
+    if conf is not None:
+        approx = " (approximated landmarks)" if entry.get("station_approximated") else ""
+        # Before the station reason (which starts with the station again), else last.
+        at = next((n for n, p in enumerate(parts) if p.startswith(f"{station} (")), len(parts))
+        parts.insert(at, f"station confidence {_fmt(conf, 2)}{approx}")
     if trace_rule:
-        # Trace rules can carry the 9th edition note after "; ": keep it with the rule.
-        parts.insert(0, trace_rule)
+        # Without the 9th edition note after "; ": the header gives N2a/N2b.
+        parts.insert(0, trace_rule.split("; ")[0])
     return parts
 
 
 def _trace_text(fig, result: dict, marks: list[_Mark]) -> None:
-    """Staging trace, what limited the assessment, and marks without a crop."""
+    """What limited the assessment, marks without a crop, and the staging trace."""
     lines: list[tuple[str, str, str]] = []  # text, colour, weight
+    reasons = result.get("reasons") or []
+    is_nx = result.get("n_stage") == "NX"
+    if reasons and not (is_nx and not marks):  # NX without marks: listed large above
+        lines.append(("NX because:" if is_nx else "Limitations:", "#b00000", "bold"))
+        lines.extend((f"  - {r}", "#b00000", "normal") for r in reasons)
+    if len(marks) > MAX_PANELS:
+        rest = ", ".join(f"{m.marker.number} {m.marker.label} {m.marker.kind}"
+                         for m in marks[MAX_PANELS:])
+        lines.append((f"Not shown as crops (see the MIP and the table): {rest}", "black",
+                      "bold"))
     trace = result.get("trace") or []
     if trace:
         lines.append(("Staging trace (the rule each positive station triggered):", "black",
                       "bold"))
-        for t in trace:
-            lines.append((f"  {t.get('station')} -> {t.get('category')}: {t.get('rule')}",
-                          "black", "normal"))
+        lines.extend((f"  {t.get('station')} -> {t.get('category')}: {t.get('rule')}",
+                      "black", "normal") for t in trace)
     elif result.get("n_stage") == "N0":
         lines.append(("No positive regional node: N0.", "black", "bold"))
-    if len(marks) > MAX_PANELS:
-        rest = ", ".join(f"{m.marker.number} {m.marker.label} {m.marker.kind}"
-                         for m in marks[MAX_PANELS:])
-        lines.append((f"Not shown as crops (see the MIP and the table): {rest}", "#333333",
-                      "normal"))
-    reasons = result.get("reasons") or []
-    if reasons:
-        head = "NX because:" if result.get("n_stage") == "NX" else "Limitations:"
-        lines.append((head, "#b00000", "bold"))
-        for r in reasons:
-            lines.append((f"  - {r}", "#b00000", "normal"))
     wrapped: list[tuple[str, str, str]] = []
     for text, colour, weight in lines:
-        for i, part in enumerate(textwrap.wrap(text, 112) or [""]):
+        for i, part in enumerate(textwrap.wrap(text, 118) or [""]):
             wrapped.append((part if i == 0 else "      " + part, colour, weight))
-    y, step, limit = 0.178, 0.0175, 9
+    y, step, limit = 0.18, 0.0163, 10
     for text, colour, weight in wrapped[:limit]:
-        fig.text(0.455, y, text, fontsize=7, color=colour, fontweight=weight, va="top")
+        fig.text(0.455, y, text, fontsize=6.8, color=colour, fontweight=weight, va="top")
         y -= step
     if len(wrapped) > limit:
-        fig.text(0.455, y, "  ... (see n-stage.json)", fontsize=7, va="top")
+        fig.text(0.455, y, f"  ... {len(wrapped) - limit} more line(s) in n-stage.json",
+                 fontsize=6.8, va="top")
 
 
 def write_report(staged, out_dir: Path) -> dict[str, Path]:

@@ -478,14 +478,17 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
 
     Rules, in order (numbers from ``resources/thresholds.json``, section ``classification``):
 
-    1. Not regional (``kind="other"``, possible M1, never counted for N): mostly inside bone;
+    1. Not regional (``kind="other"``, possible M1, never counted for N): mostly inside (or
+       surrounded by) bone;
        mostly inside a solid organ (liver, spleen, adrenal, kidney, thyroid, ...); centroid more
        than ``below_diaphragm_mm`` below the lowest lung base (abdominal); above the station 1
        limit (top of the trachea when a measured landmark exists, else lung apex +
        ``neck_above_apex_mm``: cervical); lateral to the lungs at its level (axilla/chest wall).
     2. Pulmonary (at least ``lung_fraction_min`` inside the hole-filled lung, or a surrounding
-       shell at least ``lung_shell_min`` lung): the primary is the pulmonary lesion with the
-       largest TLG (SUVmean x MTV: most avid and largest).
+       shell at least ``lung_shell_min`` lung unless most of the lesion lies between the two
+       lungs' medial borders, where the lung apices wrap around upper paratracheal nodes): the
+       primary is the pulmonary lesion with the largest TLG (SUVmean x MTV: most avid and
+       largest).
     3. Other pulmonary lesions. An intrapulmonary node (stations 11-14, N1/N3 by side) is told
        from a lung metastasis / second nodule by size and position: short axis at most
        ``intrapulmonary_node_max_short_axis_mm`` AND within ``intrapulmonary_node_max_hilum_mm``
@@ -494,8 +497,10 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        ``second_primary_min_volume_ml`` (the largest such): a second primary
        (``second_primary=True``); else an additional lung nodule (T descriptor or M1a, not N).
     4. Every other lesion is a regional node candidate: ``supraclavicular`` above the lung
-       apices, ``hilar`` near a hilum (hilum landmark within ``hilar_zone_mm`` + 10 mm, or
-       mostly in the hilar zone and at least 25 mm off the midline), else ``mediastinal``.
+       apices, ``hilar`` at least 25 mm off the tracheal midline and near a hilum (hilum
+       landmark within ``hilar_zone_mm`` + 10 mm, or mostly in the hilar zone), else
+       ``mediastinal``. (The zone is descriptive; the IASLC station comes from
+       :mod:`nstage.stations`.)
     5. Direct extension: when the primary has at least ``direct_extension_min_ml`` outside lung
        parenchyma inside a nodal zone, the primary is flagged and that part is added as a node
        candidate (same id, centroid of the extension, ``direct_extension=True``).
@@ -523,7 +528,9 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
             continue
         lung_in = les.inside.get("lung", 0.0)
         lung_sh = les.surround.get("lung", 0.0)
-        if lung_in >= cth["lung_fraction_min"] or lung_sh >= cth["lung_shell_min"]:
+        between = les.zones.get("mediastinal", 0.0)
+        if lung_in >= cth["lung_fraction_min"] or (lung_sh >= cth["lung_shell_min"]
+                                                   and between < 0.5):
             les.side = _lung_side(les) or _side_of_x(x, frame.midline_x(z))
             les.zone = "lung"
             pulmonary.append(les)
@@ -588,9 +595,12 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
 def _outside_reason(les: Lesion, frame: _Frame, cth: dict) -> str | None:
     """Why a lesion is not regional (possible M1), or None when it may be."""
     x, _, z = les.centroid_mm
-    bone = sum(v for n, v in les.inside.items() if n.startswith(BONE_PREFIXES))
-    if bone >= cth["bone_fraction_min"]:
-        return f"skeletal: {bone:.0%} inside bone (possible M1), not a node"
+    # Inside bone, or wrapped by it (a lytic lesion replaces the bone the mask was made from).
+    bone_in = sum(v for n, v in les.inside.items() if n.startswith(BONE_PREFIXES))
+    bone_sh = sum(v for n, v in les.surround.items() if n.startswith(BONE_PREFIXES))
+    if max(bone_in, bone_sh) >= cth["bone_fraction_min"]:
+        return (f"skeletal: {max(bone_in, bone_sh):.0%} inside or surrounded by bone "
+                "(possible M1), not a node")
     organ = max(((n, les.inside.get(n, 0.0)) for n in ORGANS_NOT_NODES), key=lambda t: t[1])
     if organ[1] >= 0.5:
         return f"inside the {organ[0]} ({organ[1]:.0%}): not a regional node"
@@ -616,9 +626,8 @@ def _node_zone(les: Lesion, frame: _Frame, cth: dict) -> tuple[str, str]:
                                    "lung apices")
     d_hilum = frame.hilum_distance(les.centroid_mm)
     off_mid = abs(x - frame.midline_x(z))
-    if d_hilum <= cth["hilar_zone_mm"] + 10.0 or (les.zones.get("hilar", 0.0) >= 0.5
-                                                  and les.zones.get("mediastinal", 0.0) < 0.5
-                                                  and off_mid >= 25.0):
+    if off_mid >= 25.0 and (d_hilum <= cth["hilar_zone_mm"] + 10.0
+                            or les.zones.get("hilar", 0.0) >= 0.5):
         return "hilar", (f"hilar: next to the {les.side} hilum (bronchi/pulmonary vessels), "
                          "outside lung parenchyma")
     return "mediastinal", "mediastinal: between the lungs, outside lung parenchyma"

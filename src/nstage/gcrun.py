@@ -128,7 +128,7 @@ def token_from_env(token_env: str) -> str:
             f"the environment variable {token_env} holding the Grand Challenge API token is "
             "not set",
             hint=f"create a token at https://grand-challenge.org/settings/api-tokens/ and "
-                 f"'export {token_env}=...' (never put it on the command line)")
+                 f"'export {token_env}=...'; never put it on the command line")
     return token
 
 
@@ -147,8 +147,12 @@ def connect(token_env: str = DEFAULT_TOKEN_ENV, base_url: str | None = None):
     # gcapi logs failed requests itself; the run reports them in its own words.
     logging.getLogger("gcapi").addHandler(logging.NullHandler())
     logging.getLogger("gcapi").propagate = False
+    from gcapi.check_version import UnsupportedVersionError
+
     try:
         return gcapi.Client(token=token, base_url=base_url)
+    except UnsupportedVersionError as exc:
+        raise GrandChallengeError(f"{exc}", hint="pip install --upgrade gcapi") from None
     except httpx.HTTPError as exc:
         raise GrandChallengeError(f"cannot reach Grand Challenge at {base_url}: "
                                   f"{type(exc).__name__}",
@@ -390,16 +394,17 @@ def run_on_grand_challenge(
     """
     import httpx
     from gcapi import SocketValueSpec
+    from gcapi.exceptions import ObjectNotFound
 
     if max_active < 1:
         raise UsageError(f"--max-active must be 1 or more, got {max_active}")
     cases = source if isinstance(source, list) else discover_cases(source)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / LEDGER, algorithm)
     if client is None:
         client = connect(token_env, base_url)
     check_algorithm(client, algorithm, token_env)
+    out.mkdir(parents=True, exist_ok=True)  # only once the platform accepted us
 
     ids = [c.case_id for c in cases]
     by_id = {c.case_id: c for c in cases}
@@ -463,9 +468,10 @@ def run_on_grand_challenge(
             code, text = _http_problem(exc)
             if code in (401, 403):
                 raise _auth_error(code, text, token_env) from None
+            if code == 400 and "too many" in text.lower():
+                return False  # the user's quota of active jobs is full: wait, however long
             attempts[cid] = attempts.get(cid, 0) + 1
-            too_many = code == 400 and "too many" in text.lower()
-            if (code in _RETRY_LATER_CODES or too_many) and attempts[cid] < MAX_SUBMIT_ATTEMPTS:
+            if code in _RETRY_LATER_CODES and attempts[cid] < MAX_SUBMIT_ATTEMPTS:
                 return False
             finish(cid, False, f"Grand Challenge refused the job (HTTP {code}: {text})")
             return True
@@ -498,11 +504,9 @@ def run_on_grand_challenge(
             return False  # rate limit or platform hiccup: ask again later
         except httpx.HTTPError:
             return False
-        except Exception as exc:  # gcapi's ObjectNotFound
-            if type(exc).__name__ == "ObjectNotFound":
-                finish(cid, False, f"Grand Challenge job {pk} not found")
-                return True
-            raise
+        except ObjectNotFound:
+            finish(cid, False, f"Grand Challenge job {pk} not found")
+            return True
         previous = ledger.get(cid).get("status")
         if job.status == SUCCEEDED:
             try:

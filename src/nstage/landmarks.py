@@ -317,7 +317,14 @@ def find(anatomy) -> Landmarks:
         apex_k = min(apex_ks) - int(round(20.0 / sp[0]))
     carina = None
     split = None
-    if (airway & ~trachea).any():
+    mbl, mbr = anatomy.mask("main_bronchus_left"), anatomy.mask("main_bronchus_right")
+    both = np.nonzero(mbl.any(axis=(1, 2)) & mbr.any(axis=(1, 2)))[0]
+    if both.size and anatomy.backend == "classical":
+        # The classical backend starts its main bronchi at the split it found: the carina is
+        # the most cranial level holding both (other sources may start bronchi higher).
+        k = int(both[-1])
+        split = (k, mbl[k], mbr[k])
+    elif (airway & ~trachea).any():
         t0, t1 = z_range(trachea)
         split = airway_bifurcation(airway, sp, start_k=t1, max_k=apex_k)
     if split is not None:

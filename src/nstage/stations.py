@@ -48,6 +48,8 @@ ABDOMINAL_ORGANS = (
     "adrenal_gland_left", "adrenal_gland_right", "gallbladder", "duodenum",
     "small_bowel", "colon", "urinary_bladder",
 )
+# Hilar vessels of IASLC station 10 (proximal pulmonary veins and main pulmonary artery).
+HILAR_VESSELS = ("pulmonary_artery", "pulmonary_vein")
 _LUNG_PARTS = {
     "left": ("lung_left", "lung_upper_lobe_left", "lung_lower_lobe_left"),
     "right": ("lung_right", "lung_upper_lobe_right", "lung_middle_lobe_right",
@@ -108,12 +110,16 @@ class StationSettings:
     retrotracheal_min_mm : float
         Posterior to the trachea's posterior wall by at least this much for 3p.
     retrotracheal_lateral_mm : float
-        3p may stick out this far beyond either lateral tracheal wall.
+        3p may stick out this far beyond either lateral tracheal wall (the oesophagus lies
+        behind the trachea, slightly left).
     ligamentum_offset_mm : float
         The ligamentum arteriosum (4L medial / 5 lateral) is taken as a sagittal line this far
         left of the left tracheal border; CT does not show it.
     para_aortic_offset_mm : float
         At arch levels a node this far left of the left tracheal border is lateral to the arch (6).
+    para_aortic_anterior_mm : float
+        At arch levels a node left of the left tracheal border and this far anterior to the
+        trachea is in front of the arch (6), not beside the trachea (4L).
     azygos_above_carina_mm : float
         Lower border of the azygos arch when no landmark gives it (TotalSegmentator has no
         azygos): this far above the carina, i.e. the top of the right main bronchus.
@@ -153,6 +159,12 @@ class StationSettings:
     subcarinal_max_half_width_mm : float
         Station 7 extends at most this far either side of the carina (the main-bronchus
         centrelines bound it closer to the carina).
+    hilar_vessel_contact_mm : float
+        A node this close to the pulmonary artery or veins is next to the hilar vessels (10)
+        even when farther than ``hilar_radius_mm`` from the main bronchus.
+    bronchus_radius_mm : float
+        Main-bronchus outer radius: a node behind a bronchus is subcarinal (7) out to its
+        lateral wall.
     esophagus_contact_mm : float
         Distance to the oesophagus counted as paraesophageal (8).
     paraesophageal_max_mm : float
@@ -171,9 +183,10 @@ class StationSettings:
     prevascular_min_mm: float = 25.0
     sternum_contact_mm: float = 10.0
     retrotracheal_min_mm: float = 2.0
-    retrotracheal_lateral_mm: float = 5.0
+    retrotracheal_lateral_mm: float = 15.0
     ligamentum_offset_mm: float = 15.0
     para_aortic_offset_mm: float = 15.0
+    para_aortic_anterior_mm: float = 20.0
     azygos_above_carina_mm: float = 0.0
     left_pa_above_carina_mm: float = 5.0
     crossing_above_arch_mm: float = 10.0
@@ -187,11 +200,13 @@ class StationSettings:
     lung_contact_mm: float = 3.0
     intrapulmonary_min_inside: float = 0.5
     intrapulmonary_min_surround: float = 0.6
-    interlobar_max_mm: float = 35.0
+    interlobar_max_mm: float = 40.0
     lobar_max_mm: float = 55.0
     segmental_max_mm: float = 75.0
     subcarinal_max_half_width_mm: float = 25.0
-    esophagus_contact_mm: float = 10.0
+    bronchus_radius_mm: float = 6.0
+    esophagus_contact_mm: float = 15.0
+    hilar_vessel_contact_mm: float = 10.0
     paraesophageal_max_mm: float = 25.0
     station1_lateral_max_mm: float = 100.0
     abdominal_lung_gap_mm: float = 15.0
@@ -325,7 +340,9 @@ def _resolve(landmarks: Landmarks, s: StationSettings) -> _Frame | None:
     bronchus: dict[str, np.ndarray] = {}
     main: dict[str, np.ndarray] = {}
     for side, name, sign in (("left", lm.HILUM_LEFT, 1.0), ("right", lm.HILUM_RIGHT, -1.0)):
-        pts = [tuple(map(float, p)) for p in landmarks.bronchi.get(side, [])]
+        # Only the part below the carina: a bronchus label may reach up beside the trachea.
+        pts = [tuple(map(float, p)) for p in landmarks.bronchi.get(side, [])
+               if float(p[2]) <= cxyz[2]]
         ref = _ref(landmarks, name, f"{side} hilum")
         if ref is not None and ref.point is None:
             ref = None
@@ -419,6 +436,8 @@ class _Contacts:
     lung_inside: dict[str, float]
     lung_surround: float  # fraction of a thin shell around the node lying in lung
     mediastinal: float  # fraction of the node between the two lungs (0 when not measured)
+    hilar_zone: float  # fraction in findings' hilar zone (near bronchi / pulmonary vessels)
+    hilar_vessel_distance: float | None  # to the pulmonary artery / veins; None: not listed
     lung_distance: float | None  # None: not measured; inf: farther than the search radius
     esophagus_distance: float | None
     sternum_distance: float | None
@@ -450,8 +469,11 @@ def _contacts(lesion: Lesion) -> _Contacts:
     surround = max([shell.get("lung", 0.0)]
                    + [max(shell.get(names[0], 0.0), sum(shell.get(n, 0.0) for n in names[1:]))
                       for names in _LUNG_PARTS.values()])
-    mediastinal = (getattr(lesion, "zones", None) or {}).get("mediastinal", 0.0)
-    return _Contacts(measured, lung_inside, surround, mediastinal, lung_distance, eso, sternum,
+    zones = getattr(lesion, "zones", None) or {}
+    vessels = [dist[n] for n in HILAR_VESSELS if n in dist]
+    return _Contacts(measured, lung_inside, surround, zones.get("mediastinal", 0.0),
+                     zones.get("hilar", 0.0), min(vessels) if vessels else None,
+                     lung_distance, eso, sternum,
                      organ if organ[1] > 0 else None)
 
 
@@ -612,7 +634,10 @@ def _intrapulmonary(p: Point, f: _Frame, c: _Contacts, mid: float,
     # How far outside the hilar zone (negative: inside it).
     out_of_hilum = max(along - s.hilar_beyond_mm, d_bronchus - s.hilar_radius_mm, z - top.z)
     inside = c.lung_inside["any"] >= s.intrapulmonary_min_inside
-    embedded = c.lung_surround >= s.intrapulmonary_min_surround
+    # A node in a groove of the mediastinal pleura can be mostly rimmed by lung; it is still
+    # mediastinal when it lies between the two lungs, hilar when by the hilar structures.
+    embedded = (c.lung_surround >= s.intrapulmonary_min_surround and c.mediastinal < 0.5
+                and c.hilar_zone < 0.5)
     unmeasured = c.lung_distance is None
     refs = [hil]
     if (inside or embedded) and out_of_hilum > 0:
@@ -681,13 +706,20 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
     dy_post = y - t.posterior_y_mm
     left_of_border = x > lb
     lateral_left = x - (lb + s.para_aortic_offset_mm)
+    anterior_left = min(dy_ant - s.para_aortic_anterior_mm, x - lb)
     arch = [f.arch_top, f.arch_bottom]
 
-    if f.arch_bottom.z <= z <= f.arch_top.z and lateral_left > 0:
+    # 6: anterior and lateral to the ascending aorta and arch (IASLC), i.e. left of the left
+    # tracheal border at arch levels and either well lateral of it or well in front of it
+    # (the arch itself fills the space just beside and in front of the trachea: 4L).
+    if f.arch_bottom.z <= z <= f.arch_top.z and (lateral_left > 0 or anterior_left > 0):
+        where = ("lateral to the arch" if lateral_left >= anterior_left
+                 else f"{dy_ant:.0f} mm anterior to the trachea, in front of the arch")
         return _Decision("6", "left", [
             f"para-aortic: {x - lb:.0f} mm left of the left tracheal border at aortic arch "
-            "levels (lateral to the arch)"], [*border_ref, *arch],
-            [("6/4L", lateral_left), ("6/arch top", f.arch_top.z - z, f.arch_top),
+            f"levels ({where})"], [*border_ref, *arch],
+            [("6/4L", max(lateral_left, anterior_left)),
+             ("6/arch top", f.arch_top.z - z, f.arch_top),
              ("6/5", z - f.arch_bottom.z, f.arch_bottom)], extra_used=used)
 
     sternal = (c.sternum_distance is not None and c.sternum_distance <= s.sternum_contact_mm
@@ -764,15 +796,20 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
                      [("4R/10R", f.azygos.z - z, f.azygos)], extra_used=used)
 
 
-def _hilar(p: Point, f: _Frame, side: Literal["left", "right"], clause: str,
-           margins: list[tuple[str, float]], s: StationSettings,
-           extra_refs: list[_Ref]) -> _Decision:
+def _hilar(p: Point, f: _Frame, c: _Contacts, side: Literal["left", "right"], clause: str,
+           margins: list[tuple], s: StationSettings, extra_refs: list[_Ref]) -> _Decision:
+    """Station 10: next to the main bronchus or the hilar vessels (IASLC: proximal pulmonary
+    veins and main pulmonary artery)."""
     d = distance_to_polyline(p, f.bronchus[side])
     text = f"hilar: {clause}, {d:.0f} mm from the {side} main bronchus/hilum"
     margins = list(margins)
+    vessel = c.hilar_vessel_distance
     if d > s.hilar_radius_mm:
-        text += " (farther than usual for station 10)"
-        margins.append(("10/outside", 0.0))
+        if vessel is not None and vessel <= s.hilar_vessel_contact_mm:
+            text += f", {vessel:.0f} mm from the hilar vessels"
+        else:
+            text += " (farther than usual for station 10)"
+            margins.append(("10/outside", 0.0))
     return _Decision(f"10{_letter(side)}", side, [text], [f.hilum[side], *extra_refs],
                      margins, extra_used=(f"main_bronchus_{side}",))
 
@@ -809,9 +846,14 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
     x, y, z = p
     # Below the main bronchi the subcarinal space is bounded by the bronchus intermedius and
     # the left lower-lobe bronchus, which run nearly vertically: keep the last x, capped.
+    # Behind a bronchus the subcarinal space reaches out to its lateral wall (the bronchi lie
+    # in front of the oesophagus); beside or in front of it, the centreline is the limit.
     half = s.subcarinal_max_half_width_mm
-    xr = max(bronchus_x_at(f.main_bronchus["right"], z), f.carina_xyz[0] - half)
-    xl = min(bronchus_x_at(f.main_bronchus["left"], z), f.carina_xyz[0] + half)
+    xr, xl = (bronchus_x_at(f.main_bronchus[k], z) for k in ("right", "left"))
+    yr, yl = (bronchus_x_at(f.main_bronchus[k][:, [1, 1, 2]], z) for k in ("right", "left"))
+    wall = s.bronchus_radius_mm
+    xr = max(xr - (wall if y > yr + wall else 0.0), f.carina_xyz[0] - half)
+    xl = min(xl + (wall if y > yl + wall else 0.0), f.carina_xyz[0] + half)
     side = _lateral_side(x, mid)
     if z >= f.station7_bottom.z:
         if xr < x < xl:
@@ -826,7 +868,7 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
         upper = _above_hilar_level(p, f, side, lateral, s)
         if upper is not None:
             return upper
-        return _hilar(p, f, side, f"lateral of the {side} main bronchus below the carina", [
+        return _hilar(p, f, c, side, f"lateral of the {side} main bronchus below the carina", [
             ("7/10", lateral)], s, [f.carina])
 
     dx = abs(x - mid)
@@ -855,8 +897,9 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
             margins.append(("9/outside", 0.0))
         return _Decision(f"9{_letter(side)}", side, [text], [f.ipv, f.station7_bottom],
                          margins, unmeasured=c.lung_distance is None)
-    return _hilar(p, f, side, "below the station 7 bottom, above the inferior pulmonary vein, "
-                  "away from the oesophagus", [("8/10", eso_margin), ("9/10", z - f.ipv.z, f.ipv)],
+    return _hilar(p, f, c, side, "below the station 7 bottom, above the inferior pulmonary "
+                  "vein, away from the oesophagus",
+                  [("8/10", eso_margin), ("9/10", z - f.ipv.z, f.ipv)],
                   s, [f.station7_bottom, f.ipv])
 
 

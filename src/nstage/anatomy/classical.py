@@ -160,6 +160,7 @@ def _grow_airway(g: _Grid, body: np.ndarray, seed: tuple[int, int, int]) -> np.n
         vol = tree.sum() * g.vox_ml
         max_area = tree.sum(axis=(1, 2)).max() * px
         if vol <= AIRWAY_MAX_ML and max_area <= 1500.0:
+            # Give back the partial-volume rim of the lumen (one in-plane voxel, still air-ish).
             return tree
         g.notes.append(f"airway grown at {t:.0f} HU leaked ({vol:.0f} ml); threshold lowered")
     return None
@@ -178,8 +179,12 @@ def _airways(g: _Grid, body: np.ndarray, mid_x: float, apex_k: int | None) -> di
     if tree is None:
         g.notes.append("airway could not be grown without leaking into the lungs")
         return out
+    # The lumen's partial-volume rim (one in-plane voxel, still air-ish) is added for the labels
+    # only; the split is looked for on the core, where touching branches stay apart.
+    rim = ndi.binary_dilation(tree, structure=_disk(1)[None]) & (g.hu < -500.0) & body
+    core, tree = tree, tree | rim
     out["airway"] = tree
-    split = airway_bifurcation(tree, g.sp, start_k=seed[0],
+    split = airway_bifurcation(core, g.sp, start_k=seed[0],
                                max_k=None if apex_k is None else apex_k - g.mm(20.0, 0))
     if split is None:
         g.notes.append("carina not found: the airway does not divide in view; all of it is "
@@ -190,7 +195,9 @@ def _airways(g: _Grid, body: np.ndarray, mid_x: float, apex_k: int | None) -> di
     above = np.zeros_like(tree)
     above[k_split + 1:] = tree[k_split + 1:]
     below = tree & ~above
-    lab, _ = ndi.label(below, structure=CONN26)
+    lab, _ = ndi.label(below & ~ndi.binary_dilation(above, structure=_ball(1, 0, 0)) | (
+        below & core), structure=CONN26)
+    lab[~below] = 0
     ids = {}
     for name, comp in (("a", comp_a), ("b", comp_b)):
         vals = lab[k_split][comp]
@@ -264,7 +271,8 @@ def _fill_slices(mask: np.ndarray) -> np.ndarray:
     return np.stack([ndi.binary_fill_holes(s) for s in mask])
 
 
-def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float) -> np.ndarray:
+def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
+           behind_j: float | None = None) -> np.ndarray:
     nz, ny, nx = bone.shape
     xs = np.arange(nx)
     ys = np.arange(ny)
@@ -273,8 +281,15 @@ def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float) -> np
     ymid = 0.5 * (body_y[0] + body_y[-1]) if body_y.size else ny / 2
     posterior = ys >= ymid - 20.0 / g.sp[1]
     cand = bone & central[None, None, :] & posterior[None, :, None]
+    if behind_j is not None:
+        # The vertebral bodies lie behind the trachea and oesophagus.
+        cand[:, :int(behind_j)] = False
     cand = ndi.binary_closing(cand, structure=_ball(1, 2, 2))
-    col = _largest(cand)
+    # Contrast-filled vessels (aorta next to the vertebrae) touch the column only narrowly:
+    # erode in-plane, keep the largest component, grow back within the candidates.
+    core = _largest(ndi.binary_erosion(cand, structure=_disk(1)[None]))
+    col = cand & ndi.binary_dilation(core, structure=_disk(2)[None]) if core.any() else \
+        _largest(cand)
     if col.sum() * g.vox_ml < 5.0:
         return np.zeros_like(bone)
     return _fill_slices(col)
@@ -520,7 +535,10 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
     lungs = left | right
 
     bone = (hu > BONE_HU) & body
-    spine = _spine(g, bone, body, mid_x_vox) if body.any() else np.zeros_like(bone)
+    behind_j = None
+    if "trachea" in aw and aw["trachea"].any():
+        behind_j = np.nonzero(aw["trachea"])[1].mean() + 12.0 / g.sp[1]
+    spine = _spine(g, bone, body, mid_x_vox, behind_j) if body.any() else np.zeros_like(bone)
     if not spine.any():
         g.notes.append("spine not found")
     top_k = hu.shape[0] - 1 if apex_k is None else min(hu.shape[0] - 1, apex_k + g.mm(10.0, 0))
@@ -532,8 +550,17 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
     else:
         sj = np.nonzero(spine.any(axis=(0, 2)))[0]
         ant_limit = sj[0] if sj.size else hu.shape[1] / 2
-    low_k = (apex_k - g.mm(50.0, 0)) if apex_k is not None else hu.shape[0] // 2
-    clav = _clavicles(g, bone, spine | sternum, mid_x_vox, ant_limit, max(0, low_k))
+    if apex_k is not None and apex_k < hu.shape[0] - 1 - g.mm(10.0, 0):
+        low_k = max(0, apex_k - g.mm(50.0, 0))
+        # Contrast-filled great vessels lie between the lungs; clavicles never do.
+        hull = np.zeros_like(cand)
+        for k in range(low_k, hu.shape[0]):
+            if lungs[k].sum() >= 10:
+                hull[k] = convex_hull_image(lungs[k])
+        clav = _clavicles(g, bone & ~hull, spine | sternum, mid_x_vox, ant_limit, low_k)
+    else:
+        g.notes.append("clavicles not searched: the lung apices are not in view")
+        clav = {"left": np.zeros_like(bone), "right": np.zeros_like(bone)}
 
     block = lungs | airway | spine | sternum | bone
     medi = _mediastinum(g, lungs, body, block, spine)

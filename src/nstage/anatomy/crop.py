@@ -127,7 +127,19 @@ def body_and_outside(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
         border[0, :] = border[-1, :] = True
         border[:, 0] = border[:, -1] = True
         seeds = border & air[k] & ~hull[k]
-        outside_ids.update(np.unique(air_lab[k][seeds]).tolist())
+        ids = np.unique(air_lab[k][seeds])
+        ids = ids[ids > 0]
+        if ids.size == 0:
+            continue
+        # A component mostly inside the hull is lung touching a cropped border (possibly joined
+        # to a strip of outside air along that border): keep it; the hull trims the strip.
+        lab_k = air_lab[k]
+        sel = np.isin(lab_k, ids)
+        ids_all, n_all = np.unique(lab_k[sel], return_counts=True)
+        ids_out, n_out = np.unique(lab_k[sel & ~hull[k]], return_counts=True)
+        frac = dict(zip(ids_out.tolist(), n_out.tolist(), strict=True))
+        outside_ids.update(int(i) for i, n in zip(ids_all.tolist(), n_all.tolist(), strict=True)
+                           if frac.get(i, 0) >= 0.3 * n)
     outside_ids.discard(0)
     outside = np.isin(air_lab, np.fromiter(outside_ids, dtype=air_lab.dtype)) if outside_ids \
         else np.zeros_like(air)

@@ -13,7 +13,9 @@ Where the weights are looked for (first hit wins):
 4. ``~/.totalsegmentator/nnunet/results``.
 
 Each folder holds TotalSegmentator's dataset folders, e.g.
-``Dataset297_TotalSegmentator_total_3mm_1559subj/nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth``.
+``Dataset297_TotalSegmentator_total_3mm_1559subj/nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth``:
+297 for ``--fast``, 291-295 (``nnUNetTrainerNoMirroring``) otherwise (see
+:func:`required_model_folders`).
 
 During a run TotalSegmentator gets a private, writable config home under the temp dir with usage
 statistics switched off, its download function is replaced by a check that fails instead of
@@ -60,7 +62,7 @@ TOTAL_FULL = {
     295: "Dataset295_TotalSegmentator_part5_ribs_1559subj",
 }
 # With ``roi_subset`` TotalSegmentator first runs its 6 mm model to find the region of the
-# requested classes, so that model is needed as well.
+# requested classes, so that model is then needed as well.
 TOTAL_ROI_CROP = {298: "Dataset298_TotalSegmentator_total_6mm_1559subj"}
 TRAINERS = {297: "nnUNetTrainer_4000epochs_NoMirroring",
             298: "nnUNetTrainer_4000epochs_NoMirroring",
@@ -125,26 +127,36 @@ def totalseg_weights_dir() -> Path | None:
     return None
 
 
+def passes_roi_subset(fast: bool, roi_subset: Sequence[str] | None) -> bool:
+    """Whether TotalSegmentator itself is given ``roi_subset``.
+
+    Only where that saves work: with the 1.5 mm models when the classes need fewer than all five
+    part models. Otherwise nstage keeps the classes itself, because TotalSegmentator's
+    ``roi_subset`` also runs its 6 mm model (298) first to crop to those classes, which costs an
+    extra model (and its weights) and gains nothing on a CT already cropped to the thorax.
+    """
+    if fast or roi_subset is None:
+        return False
+    return {_part_of(name) for name in roi_subset} != set(TOTAL_FULL)
+
+
 def _required_models(fast: bool, roi_subset: Sequence[str] | None) -> dict[int, str]:
     if fast:
-        models = dict(TOTAL_FAST)
-    elif roi_subset is None:
-        models = dict(TOTAL_FULL)
-    else:
-        parts = {_part_of(name) for name in roi_subset}
-        models = {tid: folder for tid, folder in TOTAL_FULL.items() if tid in parts}
-    if roi_subset is not None:
-        models.update(TOTAL_ROI_CROP)
-    return models
+        return dict(TOTAL_FAST)
+    if not passes_roi_subset(fast, roi_subset):
+        return dict(TOTAL_FULL)
+    parts = {_part_of(name) for name in roi_subset or ()}
+    return {**{t: f for t, f in TOTAL_FULL.items() if t in parts}, **TOTAL_ROI_CROP}
 
 
 def required_model_folders(fast: bool = False,
                            roi_subset: Sequence[str] | None = STAGING_CLASSES) -> list[str]:
     """Dataset folder names TotalSegmentator's ``total`` task loads for this run.
 
-    ``fast`` uses the 3 mm model (297), otherwise the 1.5 mm part models (291-295) that hold a
-    class of ``roi_subset``. With a ``roi_subset`` TotalSegmentator also runs its 6 mm model (298)
-    first to find the region, so that folder is required too.
+    ``fast``: the 3 mm model (297). Otherwise the 1.5 mm part models (291-295); when the classes
+    of ``roi_subset`` need only some parts, just those plus the 6 mm model (298) TotalSegmentator
+    then runs first to find the region (see :func:`passes_roi_subset`). The default staging
+    classes need all five parts.
     """
     return [folder for _, folder in sorted(_required_models(fast, roi_subset).items())]
 
@@ -259,7 +271,11 @@ def nifti_labels_to_array(seg, reference: sitk.Image) -> np.ndarray:
 def _select_device(device: str) -> str:
     """nstage device ('auto', 'cpu', 'cuda', 'cuda:N', 'gpu') -> TotalSegmentator's ('cpu', 'gpu',
     'gpu:N')."""
-    import torch
+    try:
+        import torch
+    except ImportError as exc:
+        raise ModelError(f"cannot import torch ({exc})",
+                         hint="reinstall nstage[models], or use --backend classical") from exc
 
     dev = device.lower()
     if dev == "auto":
@@ -365,15 +381,20 @@ def _no_download(weights: Path):
 def run_totalsegmentator(image: sitk.Image, *, fast: bool, roi_subset: Sequence[str] | None,
                          device: str, weights: Path) -> np.ndarray:
     """Run TotalSegmentator ``total`` in-process on ``image``; labels ``[z, y, x]`` on its grid
-    with values of TotalSegmentator's ``class_map["total"]``."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
+    with values of TotalSegmentator's ``class_map["total"]``. ``device`` is TotalSegmentator's
+    (``cpu``, ``gpu``, ``gpu:N``; see :func:`_select_device`)."""
     with _offline_totalseg_home(weights):
-        import totalsegmentator.nnunet  # noqa: F401  (installs its own nnU-Net patches first)
-        import totalsegmentator.python_api as api
+        # Imported once the environment points at the weights (nnunetv2 < 2.8 reads its paths
+        # at import time), and TotalSegmentator's own nnU-Net patches go in before ours.
+        try:
+            import torch
+            import totalsegmentator.nnunet  # noqa: F401
+            import totalsegmentator.python_api as api
+            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        except ImportError as exc:
+            raise ModelError(f"cannot import TotalSegmentator ({exc})",
+                             hint="reinstall nstage[models], or use --backend classical") from exc
 
-        ts_device = _select_device(device)
         threads = torch.get_num_threads()
         with contextlib.ExitStack() as stack:
             stack.enter_context(_patched(api, "download_pretrained_weights",
@@ -386,8 +407,9 @@ def run_totalsegmentator(image: sitk.Image, *, fast: bool, roi_subset: Sequence[
             try:
                 seg = api.totalsegmentator(
                     sitk_to_nifti(image), None, ml=True, nr_thr_resamp=1, nr_thr_saving=1,
-                    fast=fast, task="total", roi_subset=list(roi_subset) if roi_subset else None,
-                    device=ts_device, quiet=True, verbose=False, skip_saving=True,
+                    fast=fast, task="total",
+                roi_subset=list(roi_subset) if passes_roi_subset(fast, roi_subset) else None,
+                    device=device, quiet=True, verbose=False, skip_saving=True,
                     statistics=False, preview=False)
             finally:
                 torch.set_num_threads(threads)
@@ -408,7 +430,8 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     device : str
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     roi_subset : sequence of str or None
-        TotalSegmentator classes to keep; default :data:`STAGING_CLASSES`.
+        TotalSegmentator classes to keep; default :data:`STAGING_CLASSES` (handed to
+        TotalSegmentator only where that saves work, see :func:`passes_roi_subset`).
     crop : bool
         Crop to the thorax first (cheap; the main lever on run time and memory).
 
@@ -435,7 +458,8 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     else:
         box = tuple(slice(0, n) for n in ct.GetSize()[::-1])
     work = crop_image(ct, box)
-    labels_crop = run_totalsegmentator(work, fast=fast, roi_subset=roi_subset, device=device,
+    ts_device = _select_device(device)
+    labels_crop = run_totalsegmentator(work, fast=fast, roi_subset=roi_subset, device=ts_device,
                                        weights=weights)
     shape = ct.GetSize()[::-1]
     labels = np.zeros(shape, dtype=np.uint8)
@@ -449,6 +473,6 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     labels[~np.isin(labels, list(names))] = 0
     body = body_mask_on_grid(ct)
     notes = [f"TotalSegmentator total{' --fast' if fast else ''} on a crop of "
-             f"{work.GetSize()} voxels in {time.perf_counter() - t0:.1f} s"]
+             f"{work.GetSize()} voxels on {ts_device} in {time.perf_counter() - t0:.1f} s"]
     return Anatomy(labels=labels, names=names, reference=ct, backend=BACKEND,
                    extra_masks={"body": body}, notes=notes)

@@ -327,7 +327,12 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
     if not _same_grid(ct, pet_suv):
         pet_suv = resample_to(pet_suv, ct, default=0.0, pixel_type=sitk.sitkFloat32)
 
-    import torch
+    try:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(f"cannot import nnunetv2 ({exc})", path=folder,
+                         hint="reinstall nstage[models], or use --lesions suv") from exc
 
     t0 = time.perf_counter()
     dev = _torch_device(device)

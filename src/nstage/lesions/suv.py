@@ -10,6 +10,8 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
 2. Seed threshold ``T = max(floor, blood_pool_factor x blood pool + blood_pool_sd_factor x SD)``
    (never below the floor, default 2.5); inside liver and spleen the PERCIST liver level
    ``max(T, 1.5 x liver mean + 2 SD)`` applies so their physiological background does not seed.
+   Vessel lumens (aorta, pulmonary vessels, caval and brachiocephalic veins, ...) hold the
+   blood pool: nothing seeds or grows inside them.
 3. Seeds are local maxima of a mildly smoothed SUV (window ~ one PET FWHM) whose raw local
    SUVmax exceeds the threshold and whose smoothed value is at least
    ``seed_smoothed_min_fraction`` of it (isolated noisy voxels do not seed).
@@ -18,8 +20,10 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
    from the heart and belongs to the organ, while a node next to the heart (station 7/8) has its
    own maximum and basin. A seed within ``spill_margin_mm`` of the organ must also stand out from
-   the saddle towards the organ by ``spill_prominence`` of its SUV (else it is a noise bump on
-   the spill-out slope).
+   the saddle towards the organ (the highest level at which it is still connected to the organ)
+   by ``spill_prominence`` of its SUVmax, else it is a bump on the spill-out slope. Limitation:
+   a node closer than about one PET FWHM to a myocardium hotter than itself merges with it at
+   PET resolution and is not found.
 5. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
    inside its own region, where ``bg`` is the blood pool (lung background for seeds in lung,
    liver for seeds in liver/spleen); with ``grow_background_corrected = 0`` the level is the
@@ -46,6 +50,14 @@ PHYSIOLOGICAL = ("heart", "myocardium", "brain", "kidney_left", "kidney_right",
                  "urinary_bladder", "thyroid_gland")
 # Organs with a raised (PERCIST liver) threshold instead of suppression: metastases occur there.
 HIGH_BACKGROUND = ("liver", "spleen")
+# Vessel lumens hold the blood pool: no lesion seeds or grows inside them (noise in the aorta
+# would otherwise seed, and weak nodes would leak along the vessel they touch).
+BLOOD_POOL = ("aorta", "pulmonary_artery", "pulmonary_vein", "superior_vena_cava",
+              "inferior_vena_cava", "brachiocephalic_trunk", "brachiocephalic_vein_left",
+              "brachiocephalic_vein_right", "subclavian_artery_left", "subclavian_artery_right",
+              "common_carotid_artery_left", "common_carotid_artery_right", "atrial_appendage_left",
+              "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right",
+              "iliac_vena_left", "iliac_vena_right")
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -97,9 +109,10 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     ref["liver_threshold"] = float(liver_threshold)
 
     organ = anatomy.mask(*PHYSIOLOGICAL)
+    blood = anatomy.mask(*BLOOD_POOL)
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     lung = anatomy.mask("lung")
-    mask = _grow_lesions(suv, spacing, organ, high_bg, lung, threshold, liver_threshold, ref, th)
+    mask = _grow_lesions(suv, spacing, organ, blood, high_bg, lung, threshold, liver_threshold, ref, th)
     mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes)
     return LesionMask(mask=mask, backend="suv", reference_suv={k: float(v) for k, v in ref.items()
                                                                if isinstance(v, float | int)},
@@ -259,8 +272,16 @@ def _window(spacing: tuple[float, float, float], half_mm: float) -> tuple[int, i
     return tuple(2 * max(1, int(round(half_mm / s))) + 1 for s in spacing)
 
 
+def _ball_footprint(spacing: tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    """Spherical footprint (array order) of the given radius in mm, at least 3 voxels wide."""
+    h = [max(1, int(round(radius_mm / s))) for s in spacing]
+    zz, yy, xx = np.ogrid[-h[0]:h[0] + 1, -h[1]:h[1] + 1, -h[2]:h[2] + 1]
+    r2 = (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2
+    return r2 <= max(radius_mm, max(spacing)) ** 2
+
+
 def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: np.ndarray,
-                  high_bg: np.ndarray, lung: np.ndarray, threshold: float,
+                  blood: np.ndarray, high_bg: np.ndarray, lung: np.ndarray, threshold: float,
                   liver_threshold: float, ref: dict[str, float], th: dict) -> np.ndarray:
     """Union of all accepted seeds' grown outlines (array-order bool mask)."""
     out = np.zeros(suv.shape, dtype=bool)
@@ -278,16 +299,18 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
     # A seed: a local maximum of the smoothed SUV whose raw local SUVmax exceeds the threshold
     # (the value positivity is judged on) while the smoothed value is not far below it (a
     # single noisy voxel in the blood pool is not a lesion).
-    raw_max = ndi.maximum_filter(suv[box], size=win)
-    is_peak = ((sb == ndi.maximum_filter(sb, size=win)) & (raw_max > seed_thr)
-               & (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box])
+    # A ball, not a box: a box's corners reach into the spill-out of a nearby hot organ.
+    ball = _ball_footprint(spacing, th["peak_window_mm"])
+    raw_max = ndi.maximum_filter(suv[box], footprint=ball)
+    is_peak = ((sb == ndi.maximum_filter(sb, footprint=ball)) & (raw_max > seed_thr)
+               & (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box] & ~blood[box])
     seeds = np.argwhere(is_peak) + np.array([s.start for s in box])
     order = np.argsort(-smooth[tuple(seeds.T)], kind="stable")
     for seed in seeds[order]:
         p = tuple(int(v) for v in seed)
         if out[p]:
             continue
-        region_box = _grow_one(p, suv, smooth, spacing, organ, high_bg, lung, threshold, ref, th, win)
+        region_box = _grow_one(p, suv, smooth, spacing, organ, blood, high_bg, lung, threshold, ref, th, win)
         if region_box is not None:
             region, sl = region_box
             out[sl] |= region
@@ -300,7 +323,8 @@ def _pad(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> t
 
 
 def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
-              spacing: tuple[float, float, float], organ: np.ndarray, high_bg: np.ndarray,
+              spacing: tuple[float, float, float], organ: np.ndarray, blood: np.ndarray,
+              high_bg: np.ndarray,
               lung: np.ndarray, threshold: float, ref: dict[str, float], th: dict,
               win: tuple[int, int, int]):
     """Outline of the lesion around seed ``p``: ``(mask, box)`` or None when rejected.
@@ -318,23 +342,17 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
                    for c, h, n in zip(p, half, suv.shape, strict=True))
         q = tuple(c - s.start for c, s in zip(p, sl, strict=True))
         s_raw, s_sm, org = suv[sl], smooth[sl], organ[sl]
-        own = ~org
+        own = ~org & ~blood[sl]
         if (org & (s_sm > threshold)).any():
             # A hot organ in reach: split by watershed so its spill-out stays its own.
             markers = np.zeros(s_sm.shape, dtype=np.int32)
             markers[org] = 2
             markers[q] = 1
             basins = watershed(-s_sm, markers=markers, mask=s_sm > min(threshold, peak) * 0.5)
-            own = (basins == 1) & ~org
+            own = (basins == 1) & ~org & ~blood[sl]
             near = ndi.distance_transform_edt(~org, sampling=spacing)[q] <= th["spill_margin_mm"]
-            if near:
-                organ_side = ndi.binary_dilation(basins == 2, structure=_FULL) & (basins == 1)
-                if organ_side.any():
-                    # Judged on the unsmoothed SUV: smoothing flattens small nodes more than
-                    # the spill-out slope.
-                    saddle = float(s_raw[organ_side].max())
-                    if peak - saddle < th["spill_prominence"] * peak:
-                        return None
+            if near and peak - _pass_height(s_raw, org, q, peak) < th["spill_prominence"] * peak:
+                return None
         if corrected:
             bg = _local_background(q, s_raw, own, org, peak, spacing, threshold)
             level = bg + frac * (peak - bg)
@@ -351,6 +369,25 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
         if not at_edge or half_mm >= 160.0:
             return region, sl
         half_mm *= 2
+
+
+def _pass_height(s_raw: np.ndarray, org: np.ndarray, q: tuple[int, int, int],
+                 peak: float, steps: int = 10) -> float:
+    """Highest SUV level at which the seed is still connected to the organ (the saddle).
+
+    Bisection on ``{SUV >= level}``: a node next to the heart is separated from it by a
+    valley, a bump on the organ's spill-out slope is connected almost up to its own value.
+    Judged on the unsmoothed SUV, because smoothing flattens small nodes more than the slope.
+    """
+    lo, hi = 0.0, float(peak)
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lab, _ = ndi.label(s_raw >= mid, structure=_FULL)
+        if lab[q] and (lab[org] == lab[q]).any():
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarray,

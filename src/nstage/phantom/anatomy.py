@@ -100,6 +100,11 @@ def body_params(z: float, whole_body: bool) -> list[tuple[float, float, float, f
     return out
 
 
+def _cavity_taper(z):
+    """Relative width of the thoracic cavity at level z: the rib cage widens downwards."""
+    return 0.78 + 0.22 * smoothstep((60.0 - np.asarray(z, float)) / 140.0)
+
+
 def diaphragm_z(x, y):
     """Upper surface of the diaphragm (z, mm) at (x, y): right dome higher (liver)."""
     right = -100.0 - (x + 60.0) ** 2 / 180.0 - (y + 5.0) ** 2 / 220.0
@@ -137,7 +142,7 @@ class Airways:
 
 
 def build_airways(top_z: float) -> Airways:
-    zs = np.linspace(CRICOID_Z, 1.0, 40)
+    zs = np.linspace(CRICOID_Z, 10.0, 40)
     tx, ty = trachea_center(zs)
     trachea = Tube.through(np.stack([tx, ty, zs], 1), TRACHEA_LUMEN_R, smooth=False)
     # larynx and pharynx above the cricoid: narrower, bending forward
@@ -145,7 +150,7 @@ def build_airways(top_z: float) -> Airways:
     lx, ly = trachea_center(np.full_like(lz, CRICOID_Z))
     ly = ly - 0.25 * (lz - CRICOID_Z)
     larynx = Tube.through(np.stack([lx, ly, lz], 1), 7.0, smooth=False)
-    carina = np.array([0.0, 0.2, 4.0])
+    carina = np.array([0.0, 0.2, 8.0])
 
     def ray(start, direction, length):
         d = np.asarray(direction, float)
@@ -153,10 +158,10 @@ def build_airways(top_z: float) -> Airways:
         return np.asarray(start, float) + d * length
 
     r_end = ray(carina, (-0.5, 0.1, -0.866), 22.0)
-    l_end = ray(carina, (0.766, 0.12, -0.643), 45.0)
+    l_end = ray(carina, (0.766, 0.12, -0.643), 50.0)
     main_right = Tube.through([carina, r_end], 6.5, smooth=False)
     main_left = Tube.through([carina, l_end], 6.0, smooth=False)
-    bi_end = ray(r_end, (-0.2, 0.15, -0.97), 12.0)
+    bi_end = ray(r_end, (-0.2, 0.15, -0.97), 22.0)
     lobar = {
         "rul": Tube.through([r_end, ray(r_end, (-0.95, 0.05, 0.3), 18.0),
                              ray(r_end, (-0.95, 0.05, 0.3), 30.0) + [0, 0, 8]], [4.0, 3.5, 2.5]),
@@ -189,9 +194,9 @@ class Vessels:
 
 
 def build_vessels(whole_body: bool) -> Vessels:
-    aorta_pts = [(10, -30, -50), (0, -42, -30), (-6, -46, -10), (-8, -44, 10), (-7, -40, 25),
-                 (0, -38, 33), (12, -32, 37), (22, -20, 37), (28, -6, 33), (28, 8, 27),
-                 (25, 20, 18), (23, 28, 5), (22, 32, -15), (21, 33, -60), (18, 33, -110),
+    aorta_pts = [(10, -30, -50), (0, -42, -30), (-6, -46, -10), (-8, -44, 8), (-7, -40, 21),
+                 (0, -38, 29), (12, -32, 33), (22, -20, 33), (28, -6, 29), (28, 8, 23),
+                 (25, 20, 14), (23, 28, 3), (22, 32, -15), (21, 33, -60), (18, 33, -110),
                  (10, 31, -160), (5, 28, -230), (3, 26, -300)]
     aorta_r = [15, 15, 15, 14.5, 14, 13, 12.5, 12.5, 12.5, 12, 12, 11.5, 11.5, 11.5, 11, 10.5,
                10, 9.5]
@@ -208,15 +213,15 @@ def build_vessels(whole_body: bool) -> Vessels:
                             [11, 10.5, 10.5, 10, 9, 7, 5])
     svc = Tube.through([(-32, -34, 45), (-33, -33, 20), (-32, -30, -5), (-28, -26, -30)],
                        [9, 9.5, 10, 10], smooth=True)
-    bcv_left = Tube.through([(60, -22, 88), (42, -30, 75), (20, -40, 62), (0, -44, 55),
-                             (-18, -40, 50), (-30, -35, 46)], [6.5, 6.5, 6.5, 6.5, 7, 8])
+    bcv_left = Tube.through([(60, -22, 88), (42, -30, 76), (20, -40, 64), (0, -44, 58),
+                             (-18, -40, 52), (-30, -35, 47)], [6.5, 6.5, 6.5, 6.5, 7, 8])
     bcv_right = Tube.through([(-48, -22, 90), (-40, -28, 72), (-33, -34, 52), (-32, -34, 44)],
                              [7, 7, 8, 9])
     azygos = Tube.through([(-10, 36, -120), (-11, 35, -40), (-12, 33, 0), (-15, 24, 10),
                            (-20, 4, 13), (-26, -14, 11), (-30, -26, 9)], 4.0)
     others: dict[str, tuple[Tube, str | None]] = {}
     others["brachiocephalic_trunk"] = (
-        Tube.through([(-4, -38, 36), (-10, -32, 55), (-16, -26, 72)], 7.0),
+        Tube.through([(-4, -38, 32), (-10, -32, 55), (-16, -26, 72)], 7.0),
         "brachiocephalic_trunk")
     others["subclavian_artery_right"] = (
         Tube.through([(-16, -26, 72), (-35, -20, 80), (-60, -12, 84), (-95, -5, 80),
@@ -225,10 +230,10 @@ def build_vessels(whole_body: bool) -> Vessels:
         Tube.through([(-16, -26, 72), (-26, -22, 100), (-30, -18, 140), (-30, -15, 200)], 4.0),
         "common_carotid_artery_right")
     others["common_carotid_artery_left"] = (
-        Tube.through([(6, -36, 44), (14, -30, 65), (26, -22, 100), (30, -18, 140),
+        Tube.through([(6, -36, 38), (14, -30, 65), (26, -22, 100), (30, -18, 140),
                       (30, -15, 200)], 4.0), "common_carotid_artery_left")
     others["subclavian_artery_left"] = (
-        Tube.through([(20, -14, 42), (26, -8, 62), (34, -4, 78), (60, -2, 86), (95, 2, 82),
+        Tube.through([(20, -14, 36), (26, -8, 62), (34, -4, 78), (60, -2, 86), (95, 2, 82),
                       (130, 5, 76)], [5, 5, 5, 4.5, 4.5, 4]), "subclavian_artery_left")
     others["jugular_right"] = (Tube.through([(-48, -22, 90), (-42, -24, 130),
                                              (-40, -20, 200)], 5.5), None)
@@ -316,9 +321,11 @@ def rib_path(k: int, side: int) -> tuple[np.ndarray, float]:
                  9: 0.68, 10: 0.62, 11: 0.45, 12: 0.35}[k] * np.pi
     drop = {1: 28.0, 2: 40.0}.get(k, 55.0 + 3.0 * min(k, 8))
     th = np.linspace(0.12 * np.pi, theta_end, 40)
+    # the chest is narrower higher up, as the cavity is
+    ax_c = ax_c * _cavity_taper(z0)
     x = side * (ax_c + 4.0) * np.sin(th)
     y = cy_c + (ay_c + 4.0) * np.cos(th)
-    z = z0 - drop * (1 - np.cos(th)) / 2 * (th / theta_end)
+    z = z0 - drop * (th - th[0]) / (theta_end - th[0])
     start = np.array([[side * 14.0, yv + 16.0, z0]])
     pts = np.concatenate([start, np.stack([x, y, z], 1)], 0)
     return pts, (4.0 if k > 1 else 4.5)
@@ -380,7 +387,8 @@ def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool
     add("brachiocephalic_trunk", "brachiocephalic_trunk", 40.0, 1.7, hull=True)
     for name in ("common_carotid_artery_left", "common_carotid_artery_right",
                  "subclavian_artery_left", "subclavian_artery_right"):
-        add(name, name, 40.0, 1.7, hull=True)
+        # not part of the hull: they run out over the apices to the arms
+        add(name, name, 40.0, 1.7, hull=False)
     add("vessel", None, 40.0, 1.6)
     add("pulmonary_vein", "pulmonary_vein", 40.0, 1.7, hull=True)
     add("pulmonary_vein/hilar", "pulmonary_vein", 40.0, 1.7)
@@ -500,18 +508,19 @@ def base_layers(grid: Grid, table: TissueTable, whole_body: bool) -> np.ndarray:
             if len(parts) > 1 and abs(cx) > 1:
                 continue  # thighs: muscle only
             if z < 105.0:
-                cav = _superellipse(x, y, cx, cy - 8.0, ax - 24.0, ay - 29.0, 2.0)
+                axc = (ax - 24.0) * float(_cavity_taper(z)) if len(parts) == 1 else ax - 24.0
+                cav = _superellipse(x, y, cx, cy - 8.0, axc, ay - 29.0, 2.0)
                 if z > 75.0:
                     # thoracic inlet: cavity narrows to the apices
                     t = (z - 75.0) / 30.0
-                    cav &= (np.abs(x) < (ax - 24.0) * (1 - 0.55 * t))
+                    cav &= (np.abs(x) < axc * (1 - 0.55 * t))
                 dia = diaphragm_z(x, y)
                 sl[cav & (z >= dia)] = c_med
                 sl[cav & (z < dia)] = c_abd
     # a curved carbon table under the patient, 8 mm below the back
     ty = back + 8.0
-    tab = (y >= ty) & (y <= ty + 10.0) & (np.abs(x) < 230.0)
-    tab = tab & (y >= ty + (x / 230.0) ** 2 * 0.0)
+    curve = ty - 25.0 * (x / 220.0) ** 2  # the table top curves up at the sides
+    tab = (y >= curve) & (y <= curve + 6.0) & (np.abs(x) < 220.0)
     labels[:, tab & (labels[0] == 0)] = c_tab
     return labels
 
@@ -550,7 +559,6 @@ def paint_organs(grid: Grid, table: TissueTable, layout: Layout, labels: np.ndar
     p.ellipsoid("heart/blood", h["lv_cavity"])
     v = layout.vessels
     p.tube("inferior_vena_cava", v.others["ivc"][0])
-    p.tube("aorta", v.aorta)
     p.tube("pulmonary_artery", v.pa_trunk)
     _split_tube(p, "pulmonary_artery", "pulmonary_artery/hilar", v.pa_left, 30.0)
     _split_tube(p, "pulmonary_artery", "pulmonary_artery/hilar", v.pa_right, 30.0)
@@ -567,6 +575,8 @@ def paint_organs(grid: Grid, table: TissueTable, layout: Layout, labels: np.ndar
             p.tube(label, tube)
         else:
             p.tube("vessel", tube)
+    # after the arch branches, so they leave the arch in one piece
+    p.tube("aorta", v.aorta)
 
     # --- airways -----------------------------------------------------------------------
     a = layout.airways

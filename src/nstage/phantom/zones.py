@@ -24,8 +24,8 @@ Practical rules encoded (one per station):
 - 8R/8L: below station 7 down to the diaphragm, within 30 mm of the oesophagus.
 - 9R/9L: below the inferior pulmonary vein down to the diaphragm, medial, beyond 28 mm from the
   oesophagus.
-- 10R/10L: within 26 mm of the distal main bronchus / proximal lobar bronchi, lateral to the
-  mediastinum; below the azygos arch (R) / the left pulmonary artery top (L).
+- 10R/10L: within 26 mm of the distal main bronchus / proximal lobar bronchi, more than 25 mm
+  lateral of the tracheal centre; below the azygos arch (R) / the left pulmonary artery top (L).
 - 11-14: intrapulmonary, by distance from the hilum point (11 nearest, 14 farthest); side by x.
 """
 
@@ -216,7 +216,7 @@ def in_zone(station: str, point: Sequence[float], g: ZoneGeometry, margin: float
             return False
         d = float(np.min(np.linalg.norm(distal - np.array([x, y, z]), axis=1)))
         return (d < 26.0 - m and z < top - m and z > lv["station7_bottom"] - 35.0 + m
-                and abs(x - xc) > 30.0 + m and _side_ok(station, x, xc, m))
+                and abs(x - xc) > 25.0 + m and _side_ok(station, x, xc, m))
     if num in INTRAPULMONARY_DISTANCE_MM:
         side = "right" if station.endswith("R") else "left"
         lo, hi = INTRAPULMONARY_DISTANCE_MM[num]
