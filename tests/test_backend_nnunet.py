@@ -276,3 +276,14 @@ def test_ras_trained_model_gets_ras_arrays(tiny_models, tmp_path, monkeypatch, o
     expected_pet = sitk.GetArrayFromImage(pet)[box][:, ::-1, ::-1]
     assert np.array_equal(seen["input"][1], expected_pet)
     assert result.mask.shape == SHAPE and result.mask[BODY].all()
+
+
+@pytest.mark.models
+def test_all_present_folds_are_ensembled_unless_named(tmp_path, offline):
+    pytest.importorskip("nnunetv2")
+    from tinymodels import make_tiny_nnunet_model
+
+    folder = make_tiny_nnunet_model(tmp_path, folds=(0, 1, 2))
+    ct, pet = _images()
+    assert "folds [0, 1, 2]" in segment_nnunet(ct, pet, folder, device="cpu").notes[0]
+    assert "folds [1]" in segment_nnunet(ct, pet, folder, folds=[1], device="cpu").notes[0]

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from nstage import figure
 from nstage.figure import MAX_PANELS, Marker, nx_banner, render, spread, write_report
-from tests.figure_cases import Lesion, images, make_case, result
+from figure_cases import Lesion, images, make_case, result
 
 CASES = ("N0", "N2b", "N3", "NX")
 

@@ -274,10 +274,12 @@ def _node_entry(n: NodeResult) -> dict:
     les = n.lesion
     label = LABEL_BY_CATEGORY.get(n.category, LABEL_OTHER) if les.positive else LABEL_OTHER
     if les.positive and n.category:
-        reason = (f"{n.station.station} ({n.station.side}): {n.category}; "
-                  f"{les.positivity_reason}; {n.station.reason}")
+        reason = f"{n.category}: {les.positivity_reason}; station {n.station.reason}"
+    elif les.positive:
+        reason = (f"not counted: category depends on the side of the primary, which is unknown; "
+                  f"station {n.station.reason}")
     else:
-        reason = f"{n.station.station} ({n.station.side}): not counted; {les.positivity_reason}"
+        reason = f"not counted: {les.positivity_reason}; station {n.station.reason}"
     return {
         "id": les.id,
         "station": n.station.station,

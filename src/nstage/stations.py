@@ -404,13 +404,20 @@ def side_by_left_border(x_mm: float, landmarks: Landmarks, z_mm: float) -> Side:
     return "left" if x_mm > level.left_border_x_mm else "right"
 
 
-def bronchus_x_at(line: np.ndarray, z_mm: float) -> float:
-    """x (mm) of a main-bronchus centreline polyline (carina outwards) at level ``z_mm``.
+def bronchus_at(line: np.ndarray, z_mm: float) -> tuple[float, float]:
+    """(x, y) mm of a main-bronchus centreline polyline (carina outwards) at level ``z_mm``.
 
-    Above the carina this is the carina's x; below the last point, the last point's x.
+    Above the carina this is the carina; below the last point, the last point.
     """
     order = np.argsort(line[:, 2])
-    return float(np.interp(z_mm, line[order, 2], line[order, 0]))
+    zs = line[order, 2]
+    return (float(np.interp(z_mm, zs, line[order, 0])),
+            float(np.interp(z_mm, zs, line[order, 1])))
+
+
+def bronchus_x_at(line: np.ndarray, z_mm: float) -> float:
+    """x (mm) of a main-bronchus centreline polyline at level ``z_mm`` (see :func:`bronchus_at`)."""
+    return bronchus_at(line, z_mm)[0]
 
 
 def distance_to_polyline(point: Point, line: np.ndarray) -> float:
@@ -849,8 +856,8 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
     # Behind a bronchus the subcarinal space reaches out to its lateral wall (the bronchi lie
     # in front of the oesophagus); beside or in front of it, the centreline is the limit.
     half = s.subcarinal_max_half_width_mm
-    xr, xl = (bronchus_x_at(f.main_bronchus[k], z) for k in ("right", "left"))
-    yr, yl = (bronchus_x_at(f.main_bronchus[k][:, [1, 1, 2]], z) for k in ("right", "left"))
+    xr, yr = bronchus_at(f.main_bronchus["right"], z)
+    xl, yl = bronchus_at(f.main_bronchus["left"], z)
     wall = s.bronchus_radius_mm
     xr = max(xr - (wall if y > yr + wall else 0.0), f.carina_xyz[0] - half)
     xl = min(xl + (wall if y > yl + wall else 0.0), f.carina_xyz[0] + half)

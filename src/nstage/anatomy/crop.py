@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # HU below which a voxel counts as air/lung for the body and lung masks (soft tissue > -100,
 # aerated lung about -850, air -1000; partial volume at 2-5 mm still stays below -400).
 AIR_HU = -400.0
+# Median HU below which a border-touching air region may be outside air rather than lung.
+OUTSIDE_AIR_HU = -950.0
 # Margins of the thorax box (mm): station 1 / low neck above the lung apices, adrenals below
 # the lung bases (the issue asks 60-80 mm and 50-80 mm).
 MARGIN_ABOVE_APEX_MM = 70.0
@@ -138,8 +140,13 @@ def body_and_outside(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
         ids_all, n_all = np.unique(lab_k[sel], return_counts=True)
         ids_out, n_out = np.unique(lab_k[sel & ~hull[k]], return_counts=True)
         frac = dict(zip(ids_out.tolist(), n_out.tolist(), strict=True))
-        outside_ids.update(int(i) for i, n in zip(ids_all.tolist(), n_all.tolist(), strict=True)
-                           if frac.get(i, 0) >= 0.3 * n)
+        # Aerated lung (about -850 HU) cut by a tight field of view can lie largely outside
+        # the hull; outside air is about -1000 HU.
+        med = ndi.median(hu[k], lab_k, ids_all)
+        outside_ids.update(
+            int(i) for i, n, m in zip(ids_all.tolist(), n_all.tolist(), np.atleast_1d(med),
+                                      strict=True)
+            if frac.get(i, 0) >= 0.3 * n and (m < OUTSIDE_AIR_HU or frac.get(i, 0) >= 0.8 * n))
     outside_ids.discard(0)
     outside = np.isin(air_lab, np.fromiter(outside_ids, dtype=air_lab.dtype)) if outside_ids \
         else np.zeros_like(air)

@@ -47,8 +47,17 @@ def _temp_path(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
+def _default_mode() -> int:
+    # mkstemp creates 0600 files; outputs should get the permissions any new file gets
+    # (shared research folders, Grand Challenge's upload step), i.e. 0666 minus the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _replace(tmp: Path, path: Path) -> None:
     try:
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
