@@ -3,7 +3,7 @@
 Writes ``docs/images/anatomy-<case>.png``: an axial slice and a coronal slice through the carina
 (or the image centre when no carina is found) with every label outlined and the carina marked;
 for Lung-PET-CT-Dx A0002 the annotated tumour boxes are drawn in the axial view when they lie on
-that slice.
+that slice. The case ``phantom`` renders the default thorax phantom.
 
 Usage: ``python benchmarks/render_anatomy_overlays.py [--data ../shared/data/real] [--out docs/images]``
 """
@@ -131,10 +131,21 @@ def main() -> None:
     ap.add_argument("--data", type=Path,
                     default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images")
-    ap.add_argument("cases", nargs="*", default=list(CASES))
+    ap.add_argument("cases", nargs="*", default=[*CASES, "phantom"])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.cases:
+        if name == "phantom":
+            from nstage.phantom import PhantomSpec, make_phantom
+
+            ct = make_phantom(PhantomSpec()).ct
+            t0 = time.perf_counter()
+            work = crop(ct, thorax_box(ct))
+            anatomy = segment_classical(work)
+            lms = find(anatomy)
+            print(f"phantom: {time.perf_counter() - t0:.1f} s -> "
+                  f"{render(name, work, anatomy, lms, args.out)}")
+            continue
         path = args.data / CASES[name]
         if not path.exists():
             print(f"{name}: {path} missing, skipped")

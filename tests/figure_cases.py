@@ -196,3 +196,27 @@ def make_case(name: str, **image_kw) -> Case:
         raise ValueError(f"unknown case {name!r}")
     ct, pet = images(list(lesions.values()), **image_kw)
     return Case(name, ct, pet, res, lesions)
+
+
+#: Phantom studies staged by the real pipeline (classical anatomy, SUV lesions) for the slow
+#: report test and the example figures in docs/images (PhantomSpec keyword arguments).
+PHANTOM_CASES: dict[str, dict] = {
+    "N0": {"nodes": (), "primary_side": "right", "seed": 2},
+    "N2b": {"nodes": ("4R", "7"), "primary_side": "right", "seed": 3},
+    "N3": {"nodes": ("4R", "4L", "10L"), "primary_side": "left", "seed": 5},
+    "NX": {"nodes": (), "primary_side": "none", "seed": 6},  # no primary: NX
+}
+
+
+def stage_phantom(name: str):
+    """Make the phantom of :data:`PHANTOM_CASES` ``name`` and stage it; returns
+    (StageResult, Phantom)."""
+    from nstage.phantom import PhantomSpec, make_phantom
+    from nstage.pipeline import RunOptions, stage_study
+    from nstage.study import ImageGeometry, Study, StudyMeta
+
+    phantom = make_phantom(PhantomSpec(**PHANTOM_CASES[name]))
+    study = Study(phantom.ct, phantom.pet, ImageGeometry.of(phantom.ct),
+                  StudyMeta(ct_source=f"phantom {name}", pet_source=f"phantom {name}",
+                            suv_source="phantom (SUVbw by construction)"))
+    return stage_study(study, RunOptions(anatomy="classical", lesions="suv")), phantom

@@ -90,6 +90,17 @@ def test_other_structures_found_on_phantom(classical_on_phantom):
     assert ys["sternum"] < ys["trachea"] < ys["spine"]
 
 
+def test_bones_and_vessels_overlap_phantom_truth(phantom, classical_on_phantom):
+    _, _, full = classical_on_phantom
+    truth = phantom.anatomy
+    # "spine" expands to TotalSegmentator's per-vertebra classes in the truth (GROUPS).
+    for name, min_dice in (("spine", 0.6), ("sternum", 0.6), ("clavicula_left", 0.5),
+                           ("clavicula_right", 0.5), ("aorta", 0.4)):
+        assert dice(full.mask(name), truth.mask(name)) > min_dice, name
+    heart = truth.mask("heart")
+    assert (full.mask("heart") & heart).sum() >= 0.7 * heart.sum()
+
+
 def test_segment_dispatch(phantom, monkeypatch, tmp_path):
     small = crop(phantom.ct, (slice(40, 80), slice(40, 220), slice(20, 236)))
     with pytest.raises(UsageError):

@@ -16,10 +16,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from figure_cases import Lesion, images, make_case, result
 
 from nstage import figure
 from nstage.figure import MAX_PANELS, Marker, nx_banner, render, spread, write_report
-from figure_cases import Lesion, images, make_case, result
 
 CASES = ("N0", "N2b", "N3", "NX")
 
@@ -307,3 +307,41 @@ def test_hand_written_results_match_the_schema():
     assert res["n_stage"] == "N3" and res["nodes"][0]["n_category"] == "N3"
     ct, pet = images([], size_xyz=(16, 16, 8))
     assert ct.GetSize() == pet.GetSize() == (16, 16, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: phantoms staged by the real pipeline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["N0", "N2b", "N3", "NX"])
+def test_report_of_a_staged_phantom(name, tmp_path):
+    """Phantom -> pipeline (classical anatomy, SUV lesions) -> report: the marks sit on the
+    PET uptake of the pipeline's own work images and near the phantom's true lesions."""
+    from figure_cases import stage_phantom
+
+    staged, phantom = stage_phantom(name)
+    res = staged.result
+    assert res["n_stage_9th"] == name, (
+        f"the pipeline staged the {name} phantom as {res['n_stage_9th']}; reasons {res['reasons']}")
+    paths = write_report(staged, tmp_path)  # what nstage run / inference.py write
+    assert all(p.stat().st_size > 10_000 for p in paths.values())
+
+    t0 = time.perf_counter()
+    markers = render(res, staged.work_ct, staged.work_pet, tmp_path / "check.png", None)
+    print(f"phantom {name}: render {time.perf_counter() - t0:.2f} s, work grid "
+          f"{staged.work_ct.GetSize()}, {len(markers)} marks")
+    png = mpimg.imread(tmp_path / "check.png")[..., :3]
+    assert len(markers) == len(res["nodes"]) + (res["primary_tumor"] is not None)
+    truth = [phantom.truth["primary"]["centroid_mm"]] if phantom.truth.get("primary") else []
+    truth += [n["centroid_mm"] for n in phantom.truth["nodes"]]
+    for m in markers:
+        centre, count = _dark_centroid(png, m.png_xy)
+        assert centre is not None and count >= 40, f"{m.label}: no PET uptake under the mark"
+        assert np.hypot(*np.subtract(centre, m.png_xy)) < 2.5, m.label
+        assert _is_hot(png, m.crop_xy), f"{m.label}: crop centre shows no PET uptake"
+        nearest = min(np.linalg.norm(np.subtract(m.centroid_mm, t)) for t in truth)
+        assert nearest < 15.0, f"{m.label}: {nearest:.0f} mm from the nearest true lesion"
+    if name == "NX":
+        assert markers == [] and res["reasons"]
+        assert _red_text_pixels(png, 0.15, 0.21) > 300

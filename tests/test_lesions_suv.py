@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -133,3 +134,110 @@ def test_core_import_does_not_need_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- phantoms
+
+phantom = pytest.importorskip("nstage.phantom")
+
+PHANTOM_CASES = {
+    "4R+7 right, all confounders": dict(nodes=("4R", "7"), primary_side="right", seed=0,
+                                        confounders=frozenset(phantom.CONFOUNDERS)),
+    "10L+9L left, all confounders": dict(nodes=("10L", "9L"), primary_side="left", seed=8,
+                                         confounders=frozenset(phantom.CONFOUNDERS)),
+    "2R+4L left, myocardium": dict(nodes=("2R", "4L"), primary_side="left", seed=2,
+                                   confounders=frozenset({"hot-myocardium", "brown-fat"})),
+}
+
+
+def _noise_sd(suv: float) -> float:
+    # The phantom's PET noise model (nstage/phantom/pet.py): sd = 0.09 sqrt(2.2 SUV).
+    return 0.09 * math.sqrt(2.2 * max(suv, 0.02))
+
+
+@pytest.fixture(scope="module", params=list(PHANTOM_CASES), ids=list(PHANTOM_CASES))
+def phantom_run(request):
+    from nstage.findings import classify, measure
+    from nstage.geometry import resample_to
+    from nstage.landmarks import find
+
+    ph = phantom.make_phantom(phantom.PhantomSpec(**PHANTOM_CASES[request.param]))
+    pet = resample_to(ph.pet, ph.ct, pixel_type=sitk.sitkFloat32)
+    lm = segment_suv(ph.ct, pet, ph.anatomy)
+    labels, lesions = measure(lm, ph.ct, pet, ph.anatomy, return_labels=True, pet_native=ph.pet)
+    found = classify(lesions, ph.anatomy, find(ph.anatomy))
+    return ph, lm, labels, lesions, found
+
+
+def _nearest(lesions, point, tol=10.0):
+    p = np.asarray(point)
+    best = min(lesions, key=lambda le: np.linalg.norm(np.asarray(le.centroid_mm) - p),
+               default=None)
+    if best is None or np.linalg.norm(np.asarray(best.centroid_mm) - p) > tol:
+        return None
+    return best
+
+
+def _native_max_in_truth(ph, label_value: int) -> float:
+    """Max of the (noisy) PET on its own grid over voxels centred in the true lesion."""
+    from nstage.geometry import mm_to_index
+
+    where = np.argwhere(ph.lesion_labels == label_value)
+    corners = index_to_mm(ph.ct, np.array([where.min(axis=0), where.max(axis=0)]))
+    pk = mm_to_index(ph.pet, corners)
+    lo = np.maximum(np.floor(pk.min(axis=0)).astype(int) - 1, 0)
+    hi = np.ceil(pk.max(axis=0)).astype(int) + 2
+    arr = sitk.GetArrayFromImage(ph.pet)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    kji = np.stack(np.meshgrid(*[np.arange(a, a + n) for a, n in zip(lo, arr.shape, strict=True)],
+                               indexing="ij"), axis=-1).reshape(-1, 3)
+    idx = np.rint(mm_to_index(ph.ct, index_to_mm(ph.pet, kji))).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.array(ph.lesion_labels.shape)), axis=1)
+    inside = np.zeros(len(idx), dtype=bool)
+    inside[ok] = ph.lesion_labels[tuple(idx[ok].T)] == label_value
+    return float(arr.reshape(-1)[inside].max())
+
+
+@pytest.mark.slow
+def test_phantom_primary_and_counted_nodes_found(phantom_run):
+    from nstage.positivity import assess
+
+    ph, lm, _, lesions, found = phantom_run
+    truth = ph.truth["primary"]
+    prim = _nearest(lesions, truth["centroid_mm"])
+    assert prim is not None and found.primary is prim and prim.side == truth["side"]
+    for node in (n for n in ph.truth["nodes"] if n["counts"]):
+        les = _nearest(lesions, node["centroid_mm"])
+        assert les is not None and les.kind == "node", f"{node['station']} not a node candidate"
+        positive, _, reason = assess(les, lm.reference_suv)
+        assert positive, f"{node['station']}: {reason}"
+        # The measurement finds the hottest PET voxel of the node (on the PET's own grid) ...
+        native = _native_max_in_truth(ph, node["label_value"])
+        assert les.suv_max >= native * 0.95
+        # ... which is the phantom's noise-free blurred SUVmax within 5% plus the noise of
+        # the hottest voxel (2.5 SD of the phantom's noise model at that SUV).
+        allow = 0.05 + 2.5 * _noise_sd(node["suv_max_blurred"]) / node["suv_max_blurred"]
+        if not les.contiguous_with:  # a node touching the primary also holds its spill-out
+            assert les.suv_max == pytest.approx(node["suv_max_blurred"], rel=allow)
+            assert les.short_axis_mm == pytest.approx(node["short_axis_mm"], abs=2.0)
+
+
+@pytest.mark.slow
+def test_phantom_confounders_not_counted(phantom_run):
+    from nstage.positivity import assess
+
+    ph, lm, _, lesions, found = phantom_run
+    counted = [np.asarray(n["centroid_mm"]) for n in ph.truth["nodes"] if n["counts"]]
+    for les in found.nodes:
+        if assess(les, lm.reference_suv)[0]:
+            d = min(np.linalg.norm(np.asarray(les.centroid_mm) - c) for c in counted)
+            assert d <= 10.0, f"positive node candidate at {les.centroid_mm}: {les.kind_reason}"
+    # Hot myocardium is never part of a lesion.
+    assert not (lm.mask & ph.anatomy.mask("heart")).any()
+    for conf in ph.truth["confounders"]:
+        if conf["name"] == "distant-lesion":
+            les = _nearest(lesions, conf["centroid_mm"], tol=12.0)
+            assert les is not None and les.kind == "other"
+        if conf["name"] == "brown-fat":
+            for c in conf["centroids_mm"]:
+                les = _nearest(lesions, c, tol=15.0)
+                assert les is None or les.kind == "other"

@@ -421,3 +421,12 @@ def test_6_in_front_of_the_arch_and_3p_beside_the_oesophagus():
     assert assign(node(18, 16, 25), marks).station == "3p"
     assert assign(node(30, 6, 25), marks).station == "6"
     assert assign(node(22, 6, 10), marks).station == "4L"
+
+
+def test_5_is_anterolateral_3a_only_behind_the_sternum():
+    marks = chest()
+    # AP window lies in front-left of the trachea: 31 mm anterior to its wall, still 5.
+    assert assign(node(30, -40, 10), marks).station == "5"
+    # The same spot against the sternum is prevascular; far anterior (60 mm) too.
+    assert assign(measured(30, -40, 10, lung=5.0, sternum=4.0), marks).station == "3a"
+    assert assign(node(30, -70, 10), marks).station == "3a"

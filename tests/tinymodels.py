@@ -126,7 +126,8 @@ def write_model_folder(trainer_dir: Path, *, dataset_json: dict, plans: dict, tr
         plans_manager, configuration, n_in, n_out, enable_deep_supervision=False)
     state = network.state_dict()
     if favour_label is not None:
-        bias_keys = [k for k in state if k.startswith("decoder.seg_layers.") and k.endswith(".bias")]
+        bias_keys = [k for k in state
+                     if k.startswith("decoder.seg_layers.") and k.endswith(".bias")]
         last = max(bias_keys, key=lambda k: int(k.split(".")[2]))
         state[last] = torch.zeros_like(state[last])
         state[last][int(favour_label)] = 1000.0
@@ -203,9 +204,9 @@ def make_tiny_totalseg_weights(weights_root: Path, fast: bool = True, *,
     trainer names and label counts under ``weights_root``; return the trainer folders.
 
     ``with_crop_model`` adds the 6 mm model (298) TotalSegmentator runs first when it is given a
-    ``roi_subset``. Each model is biased towards the class named ``favour`` (or, for a part model without it,
-    that part's first class), so the run yields a non-empty, deterministic label map and the 6 mm
-    region model finds the region of interest.
+    ``roi_subset``. Each model is biased towards the class named ``favour`` (or, for a part model
+    without it, that part's first class), so the run yields a non-empty, deterministic label map
+    and the 6 mm region model finds the region of interest.
     """
     folders = []
     for spec in totalseg_model_specs(fast, with_crop_model=with_crop_model):

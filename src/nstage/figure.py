@@ -27,6 +27,7 @@ opacity rising from SUV 1 to 4) so cases can be compared.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +228,7 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
         Outputs, each written atomically (temporary name, then rename). ``pdf_path`` None:
         PNG only.
     dpi : int
-        PNG resolution (A4 landscape: 120 dpi gives 1403 x 992 pixels).
+        PNG resolution (A4 landscape: 120 dpi gives 1402 x 992 pixels).
 
     Returns
     -------
@@ -235,10 +236,10 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
         The primary and positive nodes as drawn, with PNG pixel positions on the MIP and of
         their crop centres.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure on an Agg canvas: no pyplot, so no global backend switch and no figure
+    # registry to leak into when this runs inside someone else's session.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ct = canonical(ct)
     pet = canonical(pet)
@@ -248,7 +249,8 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
     pet_arr = sitk.GetArrayViewFromImage(pet)
     marks = _marks(result)
 
-    fig = plt.figure(figsize=FIGSIZE, dpi=dpi)
+    fig = Figure(figsize=FIGSIZE, dpi=dpi)
+    FigureCanvasAgg(fig)
     try:
         body_top = _header(fig, result)
         ax_mip = fig.add_axes((0.015, 0.30, 0.41, body_top - 0.33))
@@ -283,7 +285,7 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
             pdf_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic(fig, pdf_path, dpi)
     finally:
-        plt.close(fig)
+        fig.clear()
     return [m.marker for m in marks]
 
 
@@ -482,7 +484,7 @@ def _mip(fig, ax, pet: sitk.Image, pet_arr: np.ndarray, result: dict,
         lx = x0 - 0.03 * width if on_left else x1 + 0.03 * width
         for m, ly in zip(group, ys, strict=True):
             text = "T primary" if m.marker.kind == "primary" else (
-                f"{m.marker.number} {m.marker.label} {m.marker.kind}")
+                f"#{m.marker.number} {m.marker.label} {m.marker.kind}")
             _badge(ax, lx, ly, text, m.marker.kind, 7.5, ha="right" if on_left else "left",
                    va="center", zorder=5)
             ax.annotate("", xy=(m.marker.centroid_mm[0], m.marker.centroid_mm[2]),
@@ -546,7 +548,7 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
     top = body_top - 0.025  # room for the first row's titles
     ncols, nrows = 3, 2
     cell_w, cell_h = (right - left) / ncols, (top - bottom) / nrows
-    text_h = 0.085  # figure fraction under each image for the numbers and rules
+    text_h = 0.09  # figure fraction under each image for the numbers and rules
     fig_w, fig_h = fig.get_size_inches()
     img_h = cell_h - text_h - 0.03
     img_w = img_h * fig_h / fig_w  # square in inches
@@ -625,8 +627,9 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
     cbar.ax.tick_params(labelsize=7, length=2, pad=1)
     fig.text(left + 0.2, 0.236,
              f"Axial CT/PET fusion, {CROP_MM:.0f} mm field centred on each lesion (dashed "
-             f"ring), bar 20 mm.\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET clear "
-             f"below SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior.",
+             f"ring).\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET clear "
+             f"below SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior, "
+             "white bar 20 mm.",
              fontsize=7, va="top", linespacing=1.2)
     return axes
 
@@ -634,7 +637,7 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
 def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
     """Title and text lines (wrapped to the panel width) of one crop."""
     entry = m.entry
-    width = 46
+    width = 37  # characters of 6.5 pt text across one crop column (about 2 in)
     if m.marker.kind == "primary":
         where = " ".join(w for w in (entry.get("side"), entry.get("lobe"),
                                      "lobe" if entry.get("lobe") else "lung") if w)
@@ -643,7 +646,7 @@ def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
                  f"SA {_fmt(entry.get('short_axis_mm'), 1, ' mm')}", where]
         return title, lines
     station = str(entry.get("station") or "?")
-    title = f"{m.marker.number}  {station}  {m.marker.kind}"
+    title = f"#{m.marker.number}  station {station}  {m.marker.kind}"
     lines = [f"SUVmax {_fmt(entry.get('suv_max'))} | SA "
              f"{_fmt(entry.get('short_axis_mm'), 1, ' mm')} | P {_fmt(entry.get('probability'), 2)}"]
     rules: list[str] = []
@@ -656,18 +659,27 @@ def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
 
 
 def _node_rule(entry: dict, trace_rule: str) -> list[str]:
-    """Why a node counted: the category rule, then the positivity and station reasons."""
+    """Why a node counted, one item per reason: the category rule (from the staging trace),
+    the positivity reasons, the station confidence, then the station reasons.
+
+    The node ``reason`` is ``"; "``-separated; a leading "4R (right): N2" or "N2: " repeats
+    the panel title and is dropped.
+    """
     reason = " ".join(str(entry.get("reason") or "").split())
     station = str(entry.get("station") or "")
     parts = [p.strip() for p in reason.split("; ") if p.strip()]
-    # The pipeline starts with "4R (right): N2", which the panel title already says.
-    if parts and parts[0].startswith(f"{station} ("):
+    if parts and parts[0].startswith(f"{station} (") and len(parts[0]) <= len(station) + 24:
         parts = parts[1:]
+    if parts:
+        parts[0] = re.sub(r"^(N[0-3X?][ab]?|not counted)\s*:\s*", "", parts[0])
+
+    def is_station_reason(p: str) -> bool:
+        return p.startswith((f"{station} (", f"station {station} ("))
+
     conf = entry.get("station_confidence")
     if conf is not None:
         approx = " (approximated landmarks)" if entry.get("station_approximated") else ""
-        # Before the station reason (which starts with the station again), else last.
-        at = next((n for n, p in enumerate(parts) if p.startswith(f"{station} (")), len(parts))
+        at = next((n for n, p in enumerate(parts) if is_station_reason(p)), len(parts))
         parts.insert(at, f"station confidence {_fmt(conf, 2)}{approx}")
     if trace_rule:
         # Without the 9th edition note after "; ": the header gives N2a/N2b.
@@ -684,7 +696,7 @@ def _trace_text(fig, result: dict, marks: list[_Mark]) -> None:
         lines.append(("NX because:" if is_nx else "Limitations:", "#b00000", "bold"))
         lines.extend((f"  - {r}", "#b00000", "normal") for r in reasons)
     if len(marks) > MAX_PANELS:
-        rest = ", ".join(f"{m.marker.number} {m.marker.label} {m.marker.kind}"
+        rest = ", ".join(f"#{m.marker.number} {m.marker.label} {m.marker.kind}"
                          for m in marks[MAX_PANELS:])
         lines.append((f"Not shown as crops (see the MIP and the table): {rest}", "black",
                       "bold"))
@@ -698,7 +710,7 @@ def _trace_text(fig, result: dict, marks: list[_Mark]) -> None:
         lines.append(("No positive regional node: N0.", "black", "bold"))
     wrapped: list[tuple[str, str, str]] = []
     for text, colour, weight in lines:
-        for i, part in enumerate(textwrap.wrap(text, 118) or [""]):
+        for i, part in enumerate(textwrap.wrap(text, 100) or [""]):
             wrapped.append((part if i == 0 else "      " + part, colour, weight))
     y, step, limit = 0.18, 0.0163, 10
     for text, colour, weight in wrapped[:limit]:

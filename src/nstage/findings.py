@@ -15,9 +15,10 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.signal import fftconvolve
 from skimage.measure import regionprops
+from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
-from nstage.geometry import Point, index_to_mm, spacing_zyx, voxel_volume_ml
+from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
 from nstage.thresholds import resolve
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Lesion:
         ``"hilar"``/``"mediastinal"``): for the primary, its direct extension into nodes.
     symmetric_hilar : bool
         One of a bilateral, similar, mildly avid hilar pair (likely reactive).
+    contiguous_with : tuple of int
+        Ids of lesions touching this one (pieces of one FDG-avid region split at an SUV saddle).
     """
 
     id: int
@@ -112,6 +115,7 @@ class Lesion:
     extension_centroid_mm: Point | None = None
     extension_zone: str | None = None
     symmetric_hilar: bool = False
+    contiguous_with: tuple[int, ...] = ()
 
 
 @dataclass
@@ -143,13 +147,90 @@ ORGANS_NOT_NODES = ("liver", "spleen", "kidney_left", "kidney_right", "adrenal_g
                     "myocardium", "spinal_cord")
 
 
-def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected components (26-connectivity) of a lesion mask: ``(labels int32, count)``.
+def label_lesions(mask: np.ndarray, suv: np.ndarray | None = None,
+                  spacing: tuple[float, float, float] | None = None,
+                  split_saddle_fraction: float | None = None,
+                  min_piece_ml: float = 0.0) -> tuple[np.ndarray, int]:
+    """Lesion label map (int32, array order) and count; values are :attr:`Lesion.id`.
 
-    Component numbers are the :attr:`Lesion.id` values :func:`measure` reports.
+    Connected components (26-connectivity). With ``suv`` (same grid) and ``spacing`` (mm, array
+    order), a component holding several SUV maxima is split along the watershed of the
+    (1 mm-smoothed) SUV where the saddle between two maxima is below ``split_saddle_fraction``
+    of the lower maximum: a node touching the primary at PET resolution becomes its own lesion,
+    while noise maxima inside one heterogeneous tumour (saddles close to the peaks) merge back.
+    Pieces under ``min_piece_ml`` join their neighbour.
     """
     labels, n = ndi.label(np.asarray(mask, dtype=bool), structure=_FULL)
-    return labels.astype(np.int32, copy=False), int(n)
+    labels = labels.astype(np.int32, copy=False)
+    if suv is None or spacing is None or split_saddle_fraction is None or n == 0:
+        return labels, int(n)
+    out = np.zeros_like(labels)
+    count = 0
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    footprint = _ball(4.0, spacing) > 0
+    for cid, sl in enumerate(ndi.find_objects(labels), start=1):
+        comp = labels[sl] == cid
+        pieces = _split_component(comp, suv[sl], spacing, footprint, split_saddle_fraction,
+                                  int(np.ceil(min_piece_ml / vox_ml)))
+        k = int(pieces.max())
+        out[sl][comp] = pieces[comp] + count
+        count += k
+    return out, count
+
+
+def _split_component(comp: np.ndarray, s: np.ndarray, spacing, footprint: np.ndarray,
+                     frac: float, min_vox: int) -> np.ndarray:
+    """Pieces 1..k of one component (see :func:`label_lesions`)."""
+    one = comp.astype(np.int32)
+    if comp.sum() < 2 * max(min_vox, 1):
+        return one
+    sm = ndi.gaussian_filter(s.astype(np.float32), [1.0 / v for v in spacing], mode="nearest")
+    sm_in = np.where(comp, sm, -np.inf)
+    peaks = np.argwhere((sm_in == ndi.maximum_filter(sm_in, footprint=footprint)) & comp)
+    if len(peaks) < 2:
+        return one
+    markers = np.zeros(comp.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    basins = watershed(-sm, markers=markers, mask=comp)
+    height = {i + 1: float(sm[tuple(p)]) for i, p in enumerate(peaks)}
+    size = np.bincount(basins.ravel(), minlength=len(peaks) + 1)
+    saddles: dict[tuple[int, int], float] = {}
+    for ax in range(3):
+        a, b = np.moveaxis(basins, ax, 0), np.moveaxis(sm, ax, 0)
+        l1, l2 = a[:-1], a[1:]
+        m = (l1 != l2) & (l1 > 0) & (l2 > 0)
+        if not m.any():
+            continue
+        v = np.minimum(b[:-1], b[1:])[m]
+        for x, y, z in zip(l1[m].tolist(), l2[m].tolist(), v.tolist(), strict=True):
+            key = (x, y) if x < y else (y, x)
+            if z > saddles.get(key, -np.inf):
+                saddles[key] = z
+    parent = list(range(len(peaks) + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    top = dict(height)
+    vol = {i: int(size[i]) for i in height}
+    # Highest saddles first: the classic prominence merge.
+    for (x, y), z in sorted(saddles.items(), key=lambda t: -t[1]):
+        rx, ry = root(x), root(y)
+        if rx == ry:
+            continue
+        lower = min(top[rx], top[ry])
+        if z >= frac * lower or min(vol[rx], vol[ry]) < min_vox:
+            parent[ry] = rx
+            top[rx] = max(top[rx], top[ry])
+            vol[rx] += vol[ry]
+    roots = sorted({root(i) for i in height})
+    remap = np.zeros(len(peaks) + 1, dtype=np.int32)
+    for i in height:
+        remap[i] = roots.index(root(i)) + 1
+    return remap[basins]
 
 
 class _Context:
@@ -208,7 +289,8 @@ def _between_lungs(right: np.ndarray, left: np.ndarray) -> np.ndarray:
 
 
 def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
-            thresholds: dict | None = None, *, return_labels: bool = False):
+            thresholds: dict | None = None, *, return_labels: bool = False,
+            pet_native: sitk.Image | None = None):
     """Measure every connected lesion.
 
     Parameters
@@ -226,6 +308,11 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
         ``classification``).
     return_labels : bool
         Also return the component label map (int32, array order) whose values are the ids.
+    pet_native : SimpleITK.Image, optional
+        The PET (SUVbw) on its own reconstruction grid. When given, SUVmax and its point are
+        read from the PET voxels whose centres lie in the lesion (and the CT-grid maximum, if
+        higher): linear resampling onto a finer CT grid lowers the maximum of a small node by
+        up to ~10% (the peak falls between CT sample points).
 
     Returns
     -------
@@ -251,13 +338,14 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
     """
     th = resolve(thresholds)
     mth, cth = th["measurement"], th["classification"]
-    labels, n = label_lesions(lesion_mask.mask)
-    if n == 0:
-        return (labels, []) if return_labels else []
     suv = sitk.GetArrayFromImage(pet_suv).astype(np.float32, copy=False)
     suv = np.where(np.isfinite(suv), suv, 0.0)
-    hu = sitk.GetArrayFromImage(ct)
     spacing = spacing_zyx(ct)
+    labels, n = label_lesions(lesion_mask.mask, suv, spacing, mth["split_saddle_fraction"],
+                              mth["min_piece_ml"])
+    if n == 0:
+        return (labels, []) if return_labels else []
+    hu = sitk.GetArrayFromImage(ct)
     vox_ml = voxel_volume_ml(ct)
     objs = ndi.find_objects(labels)
     search = float(mth["distance_search_mm"])
@@ -273,7 +361,45 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
                     for o, p, N in zip(obj, pad, labels.shape, strict=True))
         out.append(_measure_one(lid, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ctx,
                                 mth, search))
+    if pet_native is not None:
+        _native_maxima(out, labels, n, ct, pet_native)
     return (labels, out) if return_labels else out
+
+
+def _native_maxima(lesions: list[Lesion], labels: np.ndarray, n: int, ct: sitk.Image,
+                   pet: sitk.Image) -> None:
+    """Raise SUVmax (and its point) to the hottest native PET voxel centred in each lesion."""
+    lo_mm, hi_mm = (index_to_mm(ct, np.argwhere(labels).min(axis=0)),
+                    index_to_mm(ct, np.argwhere(labels).max(axis=0)))
+    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
+                        for c in (lo_mm[2], hi_mm[2])])
+    pk = mm_to_index(pet, corners)
+    size = np.array(pet.GetSize()[::-1])
+    lo = np.clip(np.floor(pk.min(axis=0)).astype(int) - 1, 0, size)
+    hi = np.clip(np.ceil(pk.max(axis=0)).astype(int) + 2, 0, size)
+    if np.any(hi <= lo):
+        return
+    arr = sitk.GetArrayViewFromImage(pet)[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    kji = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)],
+                               indexing="ij"), axis=-1).reshape(-1, 3)
+    xyz = index_to_mm(pet, kji)
+    ct_idx = np.rint(mm_to_index(ct, xyz)).astype(int)
+    ok = np.all((ct_idx >= 0) & (ct_idx < np.array(labels.shape)), axis=1)
+    lab = np.zeros(len(kji), dtype=np.int32)
+    lab[ok] = labels[tuple(ct_idx[ok].T)]
+    vals = np.asarray(arr, dtype=np.float64).reshape(-1)
+    vals = np.where(np.isfinite(vals), vals, -np.inf)
+    sel = lab > 0
+    if not sel.any():
+        return
+    best = np.full(n + 1, -np.inf)
+    np.maximum.at(best, lab[sel], vals[sel])
+    for les in lesions:
+        v = best[les.id]
+        if np.isfinite(v) and v > les.suv_max:
+            hit = np.flatnonzero(sel & (lab == les.id) & (vals == v))[0]
+            les.suv_max = float(v)
+            les.max_point_mm = tuple(float(c) for c in xyz[hit])
 
 
 def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -343,6 +469,8 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
     h = hu[box]
     core = comp & (s >= mth["core_fraction"] * suv_max) & (h > -500)
     core_hu = float(np.median(h[core])) if core.any() else float("nan")
+    grown = ndi.binary_dilation(comp, structure=_FULL)
+    touching = tuple(int(v) for v in np.unique(labels[box][grown]) if v and v != lid)
     ext = comp & (med | hil) & ~ctx.groups["lung"][box]
     ext_ml = float(ext.sum()) * vox_ml
     ext_c = ext_zone = None
@@ -354,7 +482,7 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
         tlg=suv_mean * volume, short_axis_mm=short_ax, long_axis_mm=long_ax,
         centroid_mm=centroid, max_point_mm=max_pt, inside=inside, distance_mm=distance,
         surround=surround, zones=zones, core_hu=core_hu, extension_ml=ext_ml,
-        extension_centroid_mm=ext_c, extension_zone=ext_zone)
+        extension_centroid_mm=ext_c, extension_zone=ext_zone, contiguous_with=touching)
 
 
 def _axes(comp: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
@@ -493,7 +621,9 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        from a lung metastasis / second nodule by size and position: short axis at most
        ``intrapulmonary_node_max_short_axis_mm`` AND within ``intrapulmonary_node_max_hilum_mm``
        of the airway beyond the trachea or the pulmonary vessels (nodes sit along the
-       bronchovascular bundles, nodules anywhere). Else, in the other lung with MTV of at least
+       bronchovascular bundles, nodules anywhere); or, up to ``hilar_node_max_short_axis_mm``,
+       touching those hilar structures (within ``abut_mm``: a hilar node the lung mask wraps
+       around). Else, in the other lung with MTV of at least
        ``second_primary_min_volume_ml`` (the largest such): a second primary
        (``second_primary=True``); else an additional lung nodule (T descriptor or M1a, not N).
     4. Every other lesion is a regional node candidate: ``supraclavicular`` above the lung
@@ -501,7 +631,9 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        landmark within ``hilar_zone_mm`` + 10 mm, or mostly in the hilar zone), else
        ``mediastinal``. (The zone is descriptive; the IASLC station comes from
        :mod:`nstage.stations`.)
-    5. Direct extension: when the primary has at least ``direct_extension_min_ml`` outside lung
+    5. Direct extension: a node candidate touching the primary (one FDG-avid region split at
+       an SUV saddle, see :func:`label_lesions`) is flagged ``direct_extension``; and when the
+       primary itself has at least ``direct_extension_min_ml`` outside lung
        parenchyma inside a nodal zone, the primary is flagged and that part is added as a node
        candidate (same id, centroid of the extension, ``direct_extension=True``).
     6. Symmetric hilar uptake: hilar candidates on both sides, all below
@@ -550,11 +682,13 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
                                f"{primary.side} lung")
         for les in pulmonary[1:]:
             near = _hilar_distance(les)
-            if (les.short_axis_mm <= cth["intrapulmonary_node_max_short_axis_mm"]
-                    and near <= cth["intrapulmonary_node_max_hilum_mm"]):
+            if ((les.short_axis_mm <= cth["intrapulmonary_node_max_short_axis_mm"]
+                 and near <= cth["intrapulmonary_node_max_hilum_mm"])
+                    or (les.short_axis_mm <= cth["hilar_node_max_short_axis_mm"]
+                        and near <= cth["abut_mm"])):
                 les.kind, les.zone = "node", "intrapulmonary"
-                les.kind_reason = (f"intrapulmonary node (stations 11-14): small ({les.short_axis_mm:.0f} mm "
-                                   f"short axis) and {near:.0f} mm from the bronchi/pulmonary vessels")
+                les.kind_reason = (f"node inside the lung contour (stations 10-14): {les.short_axis_mm:.0f} mm "
+                                   f"short axis, {near:.0f} mm from the bronchi/pulmonary vessels")
                 nodes.append(les)
             elif (second is None and les.side != primary.side
                   and les.volume_ml >= cth["second_primary_min_volume_ml"]):
@@ -587,6 +721,11 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
     else:
         notes.append("no FDG-avid lesion in or next to the lungs: no primary tumour found")
 
+    if primary is not None:
+        for les in nodes:
+            if primary.id in les.contiguous_with and not les.direct_extension:
+                les.direct_extension = True
+                les.kind_reason += "; contiguous with the primary tumour (direct extension)"
     _flag_symmetric_hilar(nodes, pth, notes)
     return Findings(primary=primary, second_primary=second, nodes=nodes, others=others,
                     notes=notes)

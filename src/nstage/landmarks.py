@@ -135,9 +135,9 @@ APPROX_MM = {
     CLAVICLE_TOP: -10.0,  # clavicles' top below the lower lung apex (apex 2-3 cm above them)
 }
 _APPROX_WHY = {
-    AORTIC_ARCH_TOP: "no aorta segmented: carina + 45 mm (arch top typically at T3-T4, one to "
+    AORTIC_ARCH_TOP: "arch not measured (no aorta above the carina): carina + 45 mm (arch top typically at T3-T4, one to "
                      "two vertebrae above the carina)",
-    AORTIC_ARCH_BOTTOM: "no aorta segmented: carina + 15 mm (the arch's lower border lies just "
+    AORTIC_ARCH_BOTTOM: "arch not measured (no aorta above the carina): carina + 15 mm (the arch's lower border lies just "
                         "above the carina, over the left main bronchus)",
     LEFT_PA_TOP: "no pulmonary artery segmented: carina level (the left PA crosses over the left "
                  "main bronchus just below the carina)",
@@ -466,6 +466,13 @@ def find(anatomy) -> Landmarks:
     # Manubrium and clavicles.
     for name, struct in ((MANUBRIUM_TOP, "sternum"), (CLAVICLE_TOP, "clavicles")):
         m = anatomy.mask(struct)
+        if m.any() and name == MANUBRIUM_TOP:
+            # The jugular notch is midline: ignore sternoclavicular parts off the sternum's
+            # median column (a CT-only sternum mask may hold the clavicle heads).
+            xs = np.nonzero(m)[2]
+            half = 12.0 / ref.GetSpacing()[0]
+            cols = np.abs(np.arange(m.shape[2]) - np.median(xs)) <= half
+            m = m & cols[None, None, :]
         if m.any():
             _, k1 = z_range(m)
             edge = " (top of the image)" if k1 == m.shape[0] - 1 else ""

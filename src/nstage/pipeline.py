@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nstage import __version__, staging
+from nstage.anatomy.base import Anatomy
 from nstage.findings import Findings, Lesion
 from nstage.stations import StationAssignment
 from nstage.study import Study
@@ -117,11 +118,22 @@ def _pet_coverage(work_pet: sitk.Image, study: Study, work_ct: sitk.Image) -> fl
     return float(sitk.GetArrayViewFromImage(inside).mean())
 
 
-def stage_study(study: Study, options: RunOptions = RunOptions()) -> StageResult:
+def stage_study(study: Study, options: RunOptions = RunOptions(),
+                anatomy: Anatomy | None = None) -> StageResult:
     """Run the whole analysis on a loaded study; never writes files.
 
     Returns NX with reasons (not an exception) when the study is readable but
     cannot be staged: thorax not in view, PET not covering the thorax, no primary.
+
+    Parameters
+    ----------
+    study : Study
+    options : RunOptions
+    anatomy : Anatomy, optional
+        A given anatomy (e.g. a phantom's ground truth) used instead of running the
+        ``options.anatomy`` backend, to separate station logic from segmentation errors.
+        It must be on the full CT grid (``study.ct``) or already on the thoracic work grid;
+        a full-grid anatomy is cropped to the work box here.
     """
     from nstage import anatomy as anatomy_mod
     from nstage import findings as findings_mod
@@ -147,8 +159,11 @@ def stage_study(study: Study, options: RunOptions = RunOptions()) -> StageResult
         )
 
     with timer.step("anatomy"):
-        anatomy = anatomy_mod.segment(work_ct, backend=options.anatomy, fast=options.fast,
-                                      device=options.device)
+        if anatomy is None:
+            anatomy = anatomy_mod.segment(work_ct, backend=options.anatomy, fast=options.fast,
+                                          device=options.device)
+        else:
+            anatomy = _anatomy_on_work_grid(anatomy, study.ct, work_ct, box)
     lung_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
     thorax_in_view = min(lung_ml.values()) >= MIN_LUNG_VOLUME_ML
     if not thorax_in_view:
@@ -233,6 +248,24 @@ def stage_study(study: Study, options: RunOptions = RunOptions()) -> StageResult
     )
     return StageResult(result=result, overlay=overlay, study=study, work_ct=work_ct,
                        work_pet=work_pet, box=box, findings=found, nodes=node_results)
+
+
+def _anatomy_on_work_grid(anatomy: Anatomy, full_ct: sitk.Image, work_ct: sitk.Image,
+                          box: tuple[slice, slice, slice]) -> Anatomy:
+    """A given anatomy on the work grid: cropped by ``box`` when it is on the full CT grid."""
+    work_shape = work_ct.GetSize()[::-1]
+    if anatomy.labels.shape == work_shape:
+        return anatomy
+    if anatomy.labels.shape != full_ct.GetSize()[::-1]:
+        raise ValueError(f"given anatomy of shape {anatomy.labels.shape} is on neither the CT "
+                         f"grid {full_ct.GetSize()[::-1]} nor the work grid {work_shape}")
+    return replace(
+        anatomy,
+        labels=np.ascontiguousarray(anatomy.labels[box]),
+        reference=work_ct,
+        extra_masks={k: np.ascontiguousarray(m[box]) for k, m in anatomy.extra_masks.items()},
+        notes=list(anatomy.notes),
+    )
 
 
 def _category_of(station: str, primary_side: str, rules: staging.StagingRules) -> str | None:

@@ -8,18 +8,20 @@ and the :class:`~nstage.landmarks.Landmarks` go in; a :class:`StationAssignment`
 
 How a node is placed, in order:
 
-1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical), below
-   the diaphragm away from the lungs or inside an abdominal organ (abdominal), or lateral to
-   the lungs without touching them (axillary / chest wall).
-2. Intrapulmonary (11-14): inside the lung, or touching it beyond the hilar zone.
+1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical); inside an
+   abdominal organ, or below the diaphragm dome away from the lung bases (abdominal); far
+   lateral, not in the lung and not between the lungs (axillary / chest wall / pleura).
+2. Intrapulmonary (11-14): inside the (hole-filled) lung or rimmed by it, outside the hilar
+   zone around the main bronchus; 11 / 12 / 13 / 14 by distance from the bronchus's end.
 3. Station 1: between the manubrium top and the trachea top; side by the tracheal midline.
-4. Above the carina: 6 (left-lateral at arch levels), 3a (prevascular), 3p (retrotracheal),
-   5 (left-lateral between arch bottom and left PA top), then the paratracheal stations split
-   by the LEFT tracheal border: 2R / 4R / 10R by the brachiocephalic crossing and the azygos
-   lower border, 2L / 4L / 10L by the arch top and the left PA top.
-5. Below the carina: 7 between the main bronchi down to ``station7_bottom``; lateral to a
-   bronchus 10; lower down 8 next to the oesophagus, 9 lateral below the inferior pulmonary
-   vein, 10 near the hilum.
+4. Above the carina: 6 (left of the left tracheal border at arch levels, lateral to or in
+   front of the arch), 5 (left-lateral between arch bottom and left PA top), 3a
+   (prevascular), 3p (retrotracheal), then the paratracheal stations split by the LEFT
+   tracheal border: 2R / 4R / 10R by the brachiocephalic crossing and the azygos lower
+   border, 2L / 4L / 10L by the arch top and the left PA top.
+5. Below the carina: 7 between the main bronchi down to ``station7_bottom``; beside a main
+   bronchus 4R / 4L while above the station 10 upper border, else 10; lower down 8 next to
+   the oesophagus, 9 away from it below the inferior pulmonary vein, 10 near the hilum.
 
 Confidence starts at :attr:`StationSettings.base_confidence` and drops when a deciding
 landmark was approximated, when contact with lung / oesophagus was not measured, and when the
@@ -117,6 +119,9 @@ class StationSettings:
         left of the left tracheal border; CT does not show it.
     para_aortic_offset_mm : float
         At arch levels a node this far left of the left tracheal border is lateral to the arch (6).
+    subaortic_anterior_max_mm : float
+        Station 5 reaches at most this far anterior to the trachea's anterior wall (the
+        pulmonary trunk and the prevascular space 3a lie in front of it).
     para_aortic_anterior_mm : float
         At arch levels a node left of the left tracheal border and this far anterior to the
         trachea is in front of the arch (6), not beside the trachea (4L).
@@ -187,6 +192,7 @@ class StationSettings:
     ligamentum_offset_mm: float = 15.0
     para_aortic_offset_mm: float = 15.0
     para_aortic_anterior_mm: float = 20.0
+    subaortic_anterior_max_mm: float = 45.0
     azygos_above_carina_mm: float = 0.0
     left_pa_above_carina_mm: float = 5.0
     crossing_above_arch_mm: float = 10.0
@@ -206,7 +212,7 @@ class StationSettings:
     subcarinal_max_half_width_mm: float = 25.0
     bronchus_radius_mm: float = 6.0
     esophagus_contact_mm: float = 15.0
-    hilar_vessel_contact_mm: float = 10.0
+    hilar_vessel_contact_mm: float = 8.0
     paraesophageal_max_mm: float = 25.0
     station1_lateral_max_mm: float = 100.0
     abdominal_lung_gap_mm: float = 15.0
@@ -383,7 +389,8 @@ def side_by_midline(x_mm: float, landmarks: Landmarks, z_mm: float) -> Side:
     """
     level = trachea_level(landmarks, z_mm)
     carina = landmarks.get(lm.CARINA)
-    if level is not None:
+    below = carina is not None and carina.point_mm is not None and z_mm < carina.z_mm
+    if level is not None and not below:
         mid = level.centre_x_mm
     elif carina is not None and carina.point_mm is not None:
         mid = carina.point_mm[0]
@@ -731,6 +738,20 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
 
     sternal = (c.sternum_distance is not None and c.sternum_distance <= s.sternum_contact_mm
                and dy_ant > 0)
+    # 5 before 3a: the AP window lies anterolateral to the trachea, in front of its wall by
+    # as much as the prevascular space; only the space behind the sternum is 3a there.
+    lig = x - (lb + s.ligamentum_offset_mm)
+    if (f.left_pa.z <= z < f.arch_bottom.z and lig > 0 and not sternal
+            and dy_ant < s.subaortic_anterior_max_mm):
+        margins = [("4L/5", lig), ("5/6", f.arch_bottom.z - z, f.arch_bottom),
+                   ("5/10L", z - f.left_pa.z, f.left_pa)]
+        if dy_ant > s.prevascular_min_mm:
+            margins.append(("5/3a", s.subaortic_anterior_max_mm - dy_ant))
+        return _Decision("5", "left", [
+            f"subaortic (AP window): {x - lb:.0f} mm left of the left tracheal border, lateral "
+            "to the ligamentum arteriosum line, between arch bottom and left PA top"],
+            [*border_ref, f.arch_bottom, f.left_pa], margins, extra_used=used)
+
     if dy_ant >= s.prevascular_min_mm or sternal:
         why = (f"{c.sternum_distance:.0f} mm from the sternum" if sternal
                else f"{dy_ant:.0f} mm anterior to the trachea")
@@ -749,16 +770,6 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
             [*border_ref, f.carina], [("3p/paratracheal", min(side_margin,
                                                               dy_post - s.retrotracheal_min_mm))],
             extra_used=("trachea_posterior_wall",))
-
-    lig = x - (lb + s.ligamentum_offset_mm)
-    if f.left_pa.z <= z < f.arch_bottom.z and lig > 0:
-        return _Decision("5", "left", [
-            f"subaortic (AP window): {x - lb:.0f} mm left of the left tracheal border, lateral "
-            "to the ligamentum arteriosum line, between arch bottom and left PA top"],
-            [*border_ref, f.arch_bottom, f.left_pa],
-            [("4L/5", lig), ("5/6", f.arch_bottom.z - z, f.arch_bottom),
-             ("5/10L", z - f.left_pa.z, f.left_pa)],
-            extra_used=used)
 
     border = [("R/L (left tracheal border)", abs(x - lb), *border_ref[:1])]
     where = f"{abs(x - lb):.0f} mm {'left' if left_of_border else 'right'} of the left " \

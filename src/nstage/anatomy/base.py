@@ -25,6 +25,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "airway": ("trachea", "airway", "main_bronchus_left", "main_bronchus_right"),
     "clavicles": ("clavicula_left", "clavicula_right"),
+    # The classical backend labels the whole column "spine"; TotalSegmentator one per vertebra.
+    "spine": ("spine", *(f"vertebrae_C{i}" for i in range(1, 8)),
+              *(f"vertebrae_T{i}" for i in range(1, 13)),
+              *(f"vertebrae_L{i}" for i in range(1, 6)), "vertebrae_S1", "sacrum"),
     "kidneys": ("kidney_left", "kidney_right"),
 }
 

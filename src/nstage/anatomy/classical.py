@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
-from skimage.morphology import convex_hull_image
 
 from nstage.anatomy.base import Anatomy
-from nstage.anatomy.crop import body_and_outside, lung_candidates, resample_spacing
+from nstage.anatomy.crop import body_and_outside, fast_hull, lung_candidates, resample_spacing
 from nstage.geometry import canonical, resample_to
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ WORK_SPACING_MM = 2.5
 LABELS: dict[int, str] = {
     1: "lung_left", 2: "lung_right", 3: "trachea", 4: "main_bronchus_left",
     5: "main_bronchus_right", 6: "airway", 7: "spine", 8: "sternum", 9: "clavicula_left",
-    10: "clavicula_right", 11: "mediastinum", 12: "heart", 13: "aorta",
+    10: "clavicula_right", 11: "mediastinum", 12: "heart", 13: "aorta", 14: "esophagus",
 }
 VALUE = {n: v for v, n in LABELS.items()}
 
@@ -54,6 +53,10 @@ AIRWAY_THRESHOLDS_THICK_HU = (-850.0, -900.0, -950.0, -975.0)
 AIRWAY_MAX_ML = 250.0
 CONN26 = np.ones((3, 3, 3), dtype=bool)
 BONE_HU = 150.0
+# With iodinated contrast the blood pool reaches 300-600 HU (measured on the TotalSegmentator
+# contrast crops at 2.5 mm); only cortical bone stays above this.
+BONE_HU_CONTRAST = 650.0
+CONTRAST_BLOOD_HU = 120.0
 # Typical adult main-bronchus lengths (left ~45-50 mm, right ~20-25 mm; Gray's Anatomy): the
 # part of each bronchial tree within this distance of the carina is called main bronchus.
 MAIN_BRONCHUS_MM = {"left": 48.0, "right": 28.0}
@@ -267,6 +270,28 @@ def _split_lungs(lungs: np.ndarray, mid_x_vox: float, g: _Grid) -> tuple[np.ndar
 
 # ----------------------------------------------------------------------------- bones
 
+def _is_contrast(g: _Grid, lungs: np.ndarray) -> bool:
+    """True when the soft tissue between the lungs (heart, great vessels) is contrast-bright.
+
+    Median HU of the non-fat tissue (> 0 HU, < 1000 HU) inside the per-slice convex hull of the
+    lungs, in front of the posterior lung border, over the middle third of the lungs' height:
+    blood is 30-60 HU without contrast, 150-600 HU with it.
+    """
+    ks = np.nonzero(lungs.any(axis=(1, 2)))[0]
+    if ks.size < 3:
+        return False
+    lo, hi = ks[0] + np.ptp(ks) // 3, ks[0] + 2 * np.ptp(ks) // 3 + 1
+    vals = []
+    for k in range(lo, hi):
+        if lungs[k].sum() < 10:
+            continue
+        inner = fast_hull(lungs[k]) & ~lungs[k]
+        v = g.hu[k][inner]
+        vals.append(v[(v > 0) & (v < 1000)])
+    vals = np.concatenate(vals) if vals else np.zeros(0)
+    return bool(vals.size > 50 and np.median(vals) > CONTRAST_BLOOD_HU)
+
+
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     return np.stack([ndi.binary_fill_holes(s) for s in mask])
 
@@ -284,7 +309,7 @@ def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
     if behind_j is not None:
         # The vertebral bodies lie behind the trachea and oesophagus.
         cand[:, :int(behind_j)] = False
-    cand = ndi.binary_closing(cand, structure=_ball(1, 2, 2))
+    cand = _fill_slices(ndi.binary_closing(cand, structure=_ball(1, 2, 2)))
     # Contrast-filled vessels (aorta next to the vertebrae) touch the column only narrowly:
     # erode in-plane, keep the largest component, grow back within the candidates.
     core = _largest(ndi.binary_erosion(cand, structure=_disk(1)[None]))
@@ -348,7 +373,7 @@ def _mediastinum(g: _Grid, lungs: np.ndarray, body: np.ndarray, block: np.ndarra
     for k in range(lungs.shape[0]):
         if lungs[k].sum() < 10:
             continue
-        hull = convex_hull_image(lungs[k])
+        hull = fast_hull(lungs[k])
         m = hull & body[k] & ~block[k]
         sj = np.nonzero(spine[k].any(axis=1))[0]
         if sj.size:
@@ -391,20 +416,49 @@ def _inscribed(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, f
     return float(j), float(i), float(dt.flat[m])
 
 
+def _round_section(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, float],
+                   within_mm: float, rmin: float, rmax: float
+                   ) -> tuple[float, float, float] | None:
+    """Closest compact, round 2D component (radius rmin-rmax mm) to ``near`` (j, i)."""
+    lab, n = ndi.label(ndi.binary_opening(mask2d))
+    best, best_d = None, within_mm
+    for sl, c in zip(ndi.find_objects(lab), range(1, n + 1), strict=True):
+        m = lab[sl] == c
+        area = m.sum() * sp[0] * sp[1]
+        r = np.sqrt(area / np.pi)
+        h, w = m.shape[0] * sp[0], m.shape[1] * sp[1]
+        if not (rmin <= r <= rmax) or area < 0.6 * h * w or max(h, w) > 1.5 * min(h, w):
+            continue
+        jj, ii = np.nonzero(m)
+        cj, ci = jj.mean() + sl[0].start, ii.mean() + sl[1].start
+        d = np.hypot((cj - near[0]) * sp[0], (ci - near[1]) * sp[1])
+        if d < best_d:
+            best, best_d = (float(cj), float(ci), float(r)), d
+    return best
+
+
 def _aorta(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
-           medi: np.ndarray, carina_k: int | None) -> tuple[np.ndarray, dict]:
-    """Descending aorta, arch and ascending aorta as traced disks (working grid)."""
+           medi: np.ndarray | None, carina_k: int | None, *, contrast: bool = False,
+           carina_ji: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+    """Descending aorta, arch and ascending aorta as traced disks (working grid).
+
+    The trace starts left-anterior of the vertebral body about 30 mm below the carina (or,
+    without a spine, 25 mm behind and 20 mm left of the carina), then follows the largest
+    inscribed circle of blood-like voxels slice by slice.
+    """
     info: dict = {}
     hu = g.hu
     nz = hu.shape[0]
     aorta = np.zeros_like(lungs)
-    # Blood is 30-60 HU without contrast, > 150 with it; fat (-100) and lung are excluded, bone
-    # (spine) removed. Low-dose noise is averaged by the 2.5 mm grid.
-    soft = (hu > -30.0) & (hu < 700.0) & ~ndi.binary_dilation(lungs | airway, _ball(0, 1, 1)) \
+    # Blood is 30-60 HU without contrast (fat -100 and lung excluded), 150-600 HU with it.
+    # Low-dose noise is averaged by the 2.5 mm grid.
+    lo_hu, hi_hu = (150.0, 1000.0) if contrast else (-30.0, 700.0)
+    soft = (hu > lo_hu) & (hu < hi_hu) & ~ndi.binary_dilation(lungs | airway, _ball(0, 1, 1)) \
         & ~ndi.binary_dilation(spine, _ball(0, 1, 1))
-    spine_k = [k for k in range(nz) if spine[k].any()]
-    if not spine_k:
-        g.notes.append("aorta not traced: no spine to start from")
+    if medi is None:
+        medi = np.ones_like(lungs)
+    if not spine.any() and carina_ji is None:
+        g.notes.append("aorta not traced: neither spine nor carina to start from")
         return aorta, info
     sp2 = (g.sp[1], g.sp[2])
     rmin, rmax = 7.0, 20.0
@@ -417,12 +471,16 @@ def _aorta(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
     # Starting point: the best circle left-anterior of the vertebral body near k_start.
     best = None
     for k in range(max(0, k_start - g.mm(10.0, 0)), min(nz, k_start + g.mm(10.0, 0) + 1)):
-        if not spine[k].any():
+        if spine[k].any():
+            sj, si = np.nonzero(spine[k])
+            near = (sj.min(), si.mean() + 25.0 / g.sp[2])
+        elif carina_ji is not None:
+            near = (carina_ji[0] + 25.0 / g.sp[1], carina_ji[1] + 20.0 / g.sp[2])
+        else:
             continue
-        sj, si = np.nonzero(spine[k])
-        front_j, cx = sj.min(), si.mean()
-        near = (front_j, cx + 25.0 / g.sp[2])
-        c = _inscribed(soft[k], sp2, near, 25.0)
+        c = _round_section(soft[k], sp2, near, 30.0, rmin, rmax) if contrast else None
+        if c is None:
+            c = _inscribed(soft[k], sp2, near, 25.0)
         if c and rmin <= c[2] <= rmax and (best is None or c[2] > best[1][2]):
             best = (k, c)
     if best is None:
@@ -437,6 +495,13 @@ def _aorta(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
             c = _inscribed(soft[k], sp2, prev[:2], 8.0 + 0.5 * g.sp[0])
             if c is None or c[2] < 0.6 * prev[2] or c[2] > min(rmax, 1.5 * prev[2]):
                 break
+            if (carina_k is None or k < carina_k) and spine[k].any():
+                # Below the arch the descending aorta stays left-anterior of the vertebral
+                # body; a trace drifting away has slipped into the heart or oesophagus.
+                sj, si = np.nonzero(spine[k])
+                if not (c[1] >= si.mean() and sj.min() - 35.0 / g.sp[1] <= c[0]
+                        <= sj.mean() + 5.0 / g.sp[1]):
+                    break
             path[k] = c
             prev = c
             k += step
@@ -481,6 +546,58 @@ def _aorta(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
     if not asc:
         g.notes.append("ascending aorta not found; aorta is the descending part only")
     return aorta, info
+
+
+# ----------------------------------------------------------------------------- oesophagus
+
+def _esophagus(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
+               aorta: np.ndarray, trachea: np.ndarray, carina_k: int | None) -> np.ndarray:
+    """Oesophagus as a traced tube of soft tissue (or collapsed air) in front of the spine.
+
+    Expected centre per slice: above the carina midway between the trachea's back wall and the
+    vertebral body, below it in front of the vertebral body and right of the descending aorta.
+    The largest inscribed circle (radius 3-12 mm) of non-fat, non-bone tissue within 10 mm of
+    that point is taken; centres are median-smoothed along z.
+    """
+    hu = g.hu
+    out = np.zeros_like(lungs)
+    tissue = ((hu > -60.0) & (hu < 250.0)) | ((hu < -500.0) & ~ndi.binary_dilation(
+        lungs | airway, _ball(0, 2, 2)))
+    tissue &= ~ndi.binary_dilation(lungs | airway | spine | aorta, _ball(0, 1, 1))
+    sp2 = (g.sp[1], g.sp[2])
+    found: dict[int, tuple[float, float, float]] = {}
+    for k in range(hu.shape[0]):
+        if not spine[k].any() or lungs[k].sum() < 10:
+            continue
+        sj, si = np.nonzero(spine[k])
+        # Front of the vertebral body: the central columns only (not ribs or processes).
+        mid = np.abs(si - np.median(si)) * g.sp[2] <= 10.0
+        front = float(sj[mid].min())
+        if trachea[k].any() and (carina_k is None or k > carina_k):
+            tj, ti = np.nonzero(trachea[k])
+            near = (0.5 * (tj.max() + front), ti.mean() + 5.0 / g.sp[2])
+        else:
+            near = (front - 10.0 / g.sp[1], si.mean())
+            aj, ai = np.nonzero(aorta[k])
+            desc = aj >= front - 40.0 / g.sp[1]  # the descending aorta, not the ascending
+            aj, ai = aj[desc], ai[desc]
+            if aj.size:
+                near = (0.5 * (near[0] + aj.mean()), min(near[1], ai.mean() - 15.0 / g.sp[2]))
+        c = _inscribed(tissue[k], sp2, near, 10.0)
+        log.debug("esophagus k=%d near=%s circle=%s", k, near, c)
+        if c is not None and 3.0 <= c[2] <= 12.0:
+            found[k] = c
+    if len(found) < 3:
+        return out
+    ks = np.array(sorted(found))
+    cj = ndi.median_filter(np.array([found[k][0] for k in ks]), size=5, mode="nearest")
+    ci = ndi.median_filter(np.array([found[k][1] for k in ks]), size=5, mode="nearest")
+    jj, ii = np.indices(hu.shape[1:])
+    for k, j0, i0 in zip(ks, cj, ci, strict=True):
+        r = min(found[k][2] + 2.0, 10.0)
+        out[k] = (np.hypot((jj - j0) * g.sp[1], (ii - i0) * g.sp[2]) <= r) & ~(
+            lungs[k] | airway[k] | spine[k] | aorta[k])
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -534,11 +651,27 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
         left, right = _split_lungs(lungs, mid_x_vox, g)
     lungs = left | right
 
-    bone = (hu > BONE_HU) & body
+    contrast = _is_contrast(g, lungs)
+    if contrast:
+        g.notes.append("contrast-enhanced CT: bone taken above "
+                       f"{BONE_HU_CONTRAST:.0f} HU (vessels are above {BONE_HU:.0f} HU)")
+        bone = (hu > BONE_HU_CONTRAST) & body
+    else:
+        bone = (hu > BONE_HU) & body
     behind_j = None
     if "trachea" in aw and aw["trachea"].any():
         behind_j = np.nonzero(aw["trachea"])[1].mean() + 12.0 / g.sp[1]
-    spine = _spine(g, bone, body, mid_x_vox, behind_j) if body.any() else np.zeros_like(bone)
+    aorta = ainfo = None
+    carina_ji = None if carina_kji is None else (float(carina_kji[1]), float(carina_kji[2]))
+    if contrast:
+        # Contrast blood is as bright as bone: find the aorta first and keep it out of the spine.
+        aorta, ainfo = _aorta(g, lungs, airway, np.zeros_like(lungs), None, carina_k,
+                              contrast=True, carina_ji=carina_ji)
+        spine_bone = (hu > BONE_HU) & body & ~ndi.binary_dilation(aorta, structure=_ball(1, 2, 2))
+    else:
+        spine_bone = bone
+    spine = _spine(g, spine_bone, body, mid_x_vox, behind_j) if body.any() \
+        else np.zeros_like(bone)
     if not spine.any():
         g.notes.append("spine not found")
     top_k = hu.shape[0] - 1 if apex_k is None else min(hu.shape[0] - 1, apex_k + g.mm(10.0, 0))
@@ -556,7 +689,7 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
         hull = np.zeros_like(cand)
         for k in range(low_k, hu.shape[0]):
             if lungs[k].sum() >= 10:
-                hull[k] = convex_hull_image(lungs[k])
+                hull[k] = fast_hull(lungs[k])
         clav = _clavicles(g, bone & ~hull, spine | sternum, mid_x_vox, ant_limit, low_k)
     else:
         g.notes.append("clavicles not searched: the lung apices are not in view")
@@ -565,10 +698,14 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
     block = lungs | airway | spine | sternum | bone
     medi = _mediastinum(g, lungs, body, block, spine)
     heart = _heart(g, medi, spine, carina_k, lungs)
-    aorta, ainfo = _aorta(g, lungs, airway, spine, medi, carina_k)
+    if aorta is None:
+        aorta, ainfo = _aorta(g, lungs, airway, spine, medi, carina_k, carina_ji=carina_ji)
 
+    eso = _esophagus(g, lungs, airway, spine, aorta, aw.get("trachea", np.zeros_like(lungs)),
+                     carina_k)
     lab = np.zeros(hu.shape, np.uint8)
-    order = [("mediastinum", medi), ("heart", heart), ("aorta", aorta), ("spine", spine),
+    order = [("mediastinum", medi), ("heart", heart), ("esophagus", eso), ("aorta", aorta),
+             ("spine", spine),
              ("sternum", sternum), ("clavicula_left", clav["left"]),
              ("clavicula_right", clav["right"]), ("lung_left", left), ("lung_right", right),
              ("airway", aw.get("rest", np.zeros_like(lungs))),
@@ -577,7 +714,7 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
              ("trachea", aw.get("trachea", np.zeros_like(lungs)))]
     for name, m in order:
         lab[m] = VALUE[name]
-    for name in ("clavicula_left", "clavicula_right", "heart", "aorta"):
+    for name in ("clavicula_left", "clavicula_right", "heart", "aorta", "esophagus"):
         if not (lab == VALUE[name]).any():
             g.notes.append(f"{name} not found")
 

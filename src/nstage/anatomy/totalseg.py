@@ -254,7 +254,7 @@ def sitk_to_nifti(image: sitk.Image):
 
 
 def nifti_labels_to_array(seg, reference: sitk.Image) -> np.ndarray:
-    """The label data of a NIfTI that shares ``reference``'s grid, as a ``[z, y, x]`` uint8 array."""
+    """The label data of a NIfTI sharing ``reference``'s grid, as a ``[z, y, x]`` uint8 array."""
     data = np.asarray(seg.dataobj)
     out = np.ascontiguousarray(np.rint(data).astype(np.uint8).transpose(2, 1, 0))
     if out.shape != reference.GetSize()[::-1]:
@@ -438,13 +438,14 @@ def segment_totalseg(ct: sitk.Image, *, fast: bool = False, device: str = "auto"
     Returns
     -------
     Anatomy
-        Labels on ``ct``'s full (canonical) grid with TotalSegmentator's ``total`` label values and names,
-        ``backend="totalsegmentator"``, the body mask in ``extra_masks["body"]``.
+        Labels on ``ct``'s full (canonical) grid with TotalSegmentator's ``total`` label values
+        and names, ``backend="totalsegmentator"``, the body mask in ``extra_masks["body"]``.
 
     Raises
     ------
     ModelError
-        When a needed model folder is missing (before anything heavy is loaded).
+        When a needed model folder is missing (before anything heavy is loaded) or the
+        ``models`` extra is not installed.
     """
     weights = check_totalseg_weights(fast, roi_subset)
     if ct.GetDimension() != 3:

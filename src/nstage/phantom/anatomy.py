@@ -24,6 +24,10 @@ from skimage.morphology import convex_hull_image
 from nstage.phantom.shapes import Ellipsoid, Grid, Tube, rotation, smoothstep
 from nstage.phantom.tissues import TissueTable
 
+# Reference uptake (SUV) of the blood pool (all vessels and heart chambers) and the liver.
+BLOOD_SUV = 1.7
+LIVER_SUV = 2.2
+
 # Design levels (mm, anatomical frame).
 CARINA_Z = 0.0
 CRICOID_Z = 125.0
@@ -163,8 +167,10 @@ def build_airways(top_z: float) -> Airways:
     main_left = Tube.through([carina, l_end], 6.0, smooth=False)
     bi_end = ray(r_end, (-0.2, 0.15, -0.97), 22.0)
     lobar = {
-        "rul": Tube.through([r_end, ray(r_end, (-0.95, 0.05, 0.3), 18.0),
-                             ray(r_end, (-0.95, 0.05, 0.3), 30.0) + [0, 0, 8]], [4.0, 3.5, 2.5]),
+        # right upper-lobe bronchus: lateral, rising only a little (it stays below the carina)
+        "rul": Tube.through([r_end, ray(r_end, (-0.98, 0.05, 0.05), 18.0),
+                             ray(r_end, (-0.98, 0.05, 0.05), 30.0) + [0, 0, 2]],
+                            [4.0, 3.5, 2.5]),
         "bi": Tube.through([r_end, bi_end], 5.5, smooth=False),
         "rml": Tube.through([bi_end, ray(bi_end, (-0.4, -0.85, -0.35), 16.0),
                              ray(bi_end, (-0.4, -0.85, -0.35), 30.0)], [3.5, 3.0, 2.2]),
@@ -377,28 +383,28 @@ def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool
     add("airway/wall", "airway", 60.0, 0.5)
     add("airway/lumen", "airway", -1000.0, 0.0)
     add("esophagus", "esophagus", 40.0, 1.3, hull=True)
-    add("aorta", "aorta", 40.0, 1.7, hull=True)
-    add("pulmonary_artery", "pulmonary_artery", 40.0, 1.7, hull=True)
-    add("pulmonary_artery/hilar", "pulmonary_artery", 40.0, 1.7)
-    add("superior_vena_cava", "superior_vena_cava", 40.0, 1.7, hull=True)
-    add("brachiocephalic_vein_left", "brachiocephalic_vein_left", 40.0, 1.7, hull=True)
-    add("brachiocephalic_vein_right", "brachiocephalic_vein_right", 40.0, 1.7, hull=True)
+    add("aorta", "aorta", 40.0, BLOOD_SUV, hull=True)
+    add("pulmonary_artery", "pulmonary_artery", 40.0, BLOOD_SUV, hull=True)
+    add("pulmonary_artery/hilar", "pulmonary_artery", 40.0, BLOOD_SUV)
+    add("superior_vena_cava", "superior_vena_cava", 40.0, BLOOD_SUV, hull=True)
+    add("brachiocephalic_vein_left", "brachiocephalic_vein_left", 40.0, BLOOD_SUV, hull=True)
+    add("brachiocephalic_vein_right", "brachiocephalic_vein_right", 40.0, BLOOD_SUV, hull=True)
     add("azygos", None, 40.0, 1.6, hull=True)
-    add("brachiocephalic_trunk", "brachiocephalic_trunk", 40.0, 1.7, hull=True)
+    add("brachiocephalic_trunk", "brachiocephalic_trunk", 40.0, BLOOD_SUV, hull=True)
     for name in ("common_carotid_artery_left", "common_carotid_artery_right",
                  "subclavian_artery_left", "subclavian_artery_right"):
         # not part of the hull: they run out over the apices to the arms
-        add(name, name, 40.0, 1.7, hull=False)
+        add(name, name, 40.0, BLOOD_SUV, hull=False)
     add("vessel", None, 40.0, 1.6)
-    add("pulmonary_vein", "pulmonary_vein", 40.0, 1.7, hull=True)
-    add("pulmonary_vein/hilar", "pulmonary_vein", 40.0, 1.7)
-    add("inferior_vena_cava", "inferior_vena_cava", 40.0, 1.7)
-    add("heart/blood", "heart", 40.0, 1.75, hull=True)
+    add("pulmonary_vein", "pulmonary_vein", 40.0, BLOOD_SUV, hull=True)
+    add("pulmonary_vein/hilar", "pulmonary_vein", 40.0, BLOOD_SUV)
+    add("inferior_vena_cava", "inferior_vena_cava", 40.0, BLOOD_SUV)
+    add("heart/blood", "heart", 40.0, BLOOD_SUV, hull=True)
     add("heart/myocardium", "heart", 45.0, myocardium_suv, hull=True)
     add("thyroid_gland", "thyroid_gland", 95.0, 1.4, hull=True)
     add("spinal_canal", None, 15.0, 0.6)
     add("spinal_cord", "spinal_cord", 35.0, 1.0)
-    add("liver", "liver", 55.0, 2.2)
+    add("liver", "liver", 55.0, LIVER_SUV)
     add("spleen", "spleen", 45.0, 1.9)
     add("stomach", "stomach", 30.0, 1.6)
     add("stomach/air", "stomach", -1000.0, 0.0)
@@ -426,7 +432,7 @@ def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool
             add(f"hip_{side}", f"hip_{side}", 450.0, 1.0)
             add(f"femur_{side}/cortex", f"femur_{side}", 1100.0, 0.5)
             add(f"femur_{side}/marrow", f"femur_{side}", 150.0, 0.8)
-            add(f"iliac_artery_{side}", f"iliac_artery_{side}", 40.0, 1.7)
+            add(f"iliac_artery_{side}", f"iliac_artery_{side}", 40.0, BLOOD_SUV)
             add(f"iliac_vena_{side}", f"iliac_vena_{side}", 40.0, 1.6)
 
 
@@ -503,17 +509,19 @@ def base_layers(grid: Grid, table: TissueTable, whole_body: bool) -> np.ndarray:
         sl = labels[k]
         sl[body] = c_fat
         sl[inner] = c_mus
-        for cx, cy, ax, ay, p in parts:
+        for cx, cy, ax, ay, _p in parts:
             back = max(back, cy + ay)
             if len(parts) > 1 and abs(cx) > 1:
                 continue  # thighs: muscle only
             if z < 105.0:
                 axc = (ax - 24.0) * float(_cavity_taper(z)) if len(parts) == 1 else ax - 24.0
-                cav = _superellipse(x, y, cx, cy - 8.0, axc, ay - 29.0, 2.0)
+                ayc = ay - 29.0
                 if z > 75.0:
-                    # thoracic inlet: cavity narrows to the apices
-                    t = (z - 75.0) / 30.0
-                    cav &= (np.abs(x) < axc * (1 - 0.55 * t))
+                    # thoracic inlet: the cavity narrows smoothly up to the apices
+                    t = float(smoothstep((z - 75.0) / 30.0))
+                    axc *= 1.0 - 0.45 * t
+                    ayc *= 1.0 - 0.25 * t
+                cav = _superellipse(x, y, cx, cy - 8.0, axc, ayc, 2.0)
                 dia = diaphragm_z(x, y)
                 sl[cav & (z >= dia)] = c_med
                 sl[cav & (z < dia)] = c_abd
@@ -710,8 +718,10 @@ def _paint_spine(p: Painter, zlo: float, zhi: float) -> None:
         arch_z = (z >= bot + 2.0) & (z <= top + 1.0)
         ring = (dcanal <= rc + 4.5) & (dcanal > rc) & arch_z & (y > yz + ry - 3.0)
         zmid = 0.5 * (top + bot)
-        tp = (np.abs(np.abs(x) - (rc + 14.0)) <= 12.0) & (np.abs(y - (cy + 2.0)) <= 4.5) \
-            & (np.abs(z - zmid) <= 5.0)
+        # transverse processes: short, sloping backwards
+        tp_len = 12.0 if cervical else 18.0
+        tp = (np.abs(x) > rc) & (np.abs(x) < rc + tp_len) \
+            & (np.abs(y - (cy + 0.4 * (np.abs(x) - rc))) <= 3.5) & (np.abs(z - zmid) <= 4.0)
         sp_len = 28.0 if not cervical else 18.0
         t = np.clip((y - cy - rc) / sp_len, 0, 1)
         sp = (np.abs(x) <= 3.5) & (y > cy + rc) & (y < cy + rc + sp_len) \
@@ -784,7 +794,7 @@ def carve_lungs(grid: Grid, table: TissueTable, labels: np.ndarray,
     codes = {n: table.code(n) for n in ("lung_upper_lobe_right", "lung_middle_lobe_right",
                                         "lung_lower_lobe_right", "lung_upper_lobe_left",
                                         "lung_lower_lobe_left")}
-    dil = max(1, int(round(2.0 / grid.spacing[0])))
+    dil = max(1, int(round(3.0 / grid.spacing[0])))
     struct = ndimage.generate_binary_structure(2, 1)
     for k in ks:
         z = zs[k]

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nstage.phantom import anatomy as A
-from nstage.phantom.pet import FWHM_MM, recovery_coefficient, synthesize
+from nstage.phantom.pet import FWHM_MM, local_clean_pet, recovery_coefficient, synthesize
 from nstage.phantom.shapes import Ellipsoid, Grid, rotation
 from nstage.phantom.spec import Phantom, PhantomSpec
 from nstage.phantom.tissues import TissueTable
@@ -28,8 +28,8 @@ from nstage.phantom.zones import (
 )
 
 WORLD_OFFSET = np.array([0.8, -12.5, -745.0])  # anatomical frame -> scanner mm (plus jitter)
-BLOOD_POOL_SUV = 1.75
-LIVER_SUV = 2.2
+BLOOD_POOL_SUV = A.BLOOD_SUV
+LIVER_SUV = A.LIVER_SUV
 LOBE_CODES = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right",
               "lung_upper_lobe_left", "lung_lower_lobe_left")
 
@@ -194,9 +194,30 @@ class _Placer:
         return bool(m.size and np.isin(self.labels[sl][m], codes).any())
 
     def place(self, predicate, box, short_axis_mm: float, free: np.ndarray,
-              adjacent: np.ndarray | None, grow: float = 2.5, min_short: float = 10.0,
-              n: int = 1500) -> Ellipsoid | None:
+              adjacent: np.ndarray | None, grow: float = 2.5,
+              min_short: float = 10.0) -> Ellipsoid | None:
+        """An ellipsoid of short axis ``short_axis_mm`` (shrunk in 2 mm steps down to
+        ``min_short`` when there is no room) whose centre satisfies ``predicate`` and which,
+        grown by ``grow`` mm, covers only ``free`` tissue codes.
+
+        Candidate centres come from the distance transform of the free tissue in ``box``, so
+        a node is found whenever there is room; tight spots (free space just large enough)
+        are tried first, which puts nodes against the structures they sit next to, and
+        candidates touching ``adjacent`` codes are preferred.
+        """
+        from scipy import ndimage
+
+        g = self.grid
         lo, hi = np.asarray(box[0], float), np.asarray(box[1], float)
+        sl, x, y, z = g.box(lo, hi)
+        if any(s.stop <= s.start for s in sl):
+            return None
+        freemask = np.isin(self.labels[sl], free)
+        step = 2 if freemask.size > 3_000_000 else 1
+        sub = freemask[::step, ::step, ::step]
+        sp = (g.spacing[2] * step, g.spacing[1] * step, g.spacing[0] * step)
+        dt = ndimage.distance_transform_edt(sub, sampling=sp)
+        zs, ys, xs = z.ravel()[::step], y.ravel()[::step], x.ravel()[::step]
         sizes = [short_axis_mm]
         s = short_axis_mm
         while s - 2.0 >= min_short - 1e-6:
@@ -204,10 +225,18 @@ class _Placer:
             sizes.append(s)
         for size in sizes:
             a = size / 2.0
-            for attempt in range(2 if adjacent is not None else 1):
-                pts = lo + (hi - lo) * self.rng.random((n, 3))
-                ok = [p for p in pts if predicate(p)]
-                for c in ok[:400]:
+            need = 1.3 * a + grow
+            kk, jj, ii = np.nonzero(dt >= need)
+            if not len(kk):
+                continue
+            order = self.rng.permutation(len(kk))[:6000]
+            pts = np.stack([xs[ii[order]], ys[jj[order]], zs[kk[order]]], 1)
+            tight = dt[kk[order], jj[order], ii[order]] < need + 4.0
+            ok = np.asarray(predicate(pts), bool)
+            cands = np.concatenate([pts[ok & tight], pts[ok & ~tight]])
+            passes = 2 if adjacent is not None else 1
+            for attempt in range(passes):
+                for c in cands[:300]:
                     radii = (a, a * self.rng.uniform(1.0, 1.3), a * self.rng.uniform(1.0, 1.25))
                     rot = tuple(map(tuple, rotation(yaw_deg=float(self.rng.uniform(0, 180)))))
                     e = Ellipsoid(tuple(float(v) for v in c), radii, rot)
@@ -314,7 +343,8 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         short = float(rng.uniform(6.0, 8.0))
         target = float(rng.uniform(1.5, 1.8))
         suv = _activity_for(target, short / 2.0, 0.4)
-        node_node(st, "confounder", False, short, suv, min_short=6.0)
+        rec = node_node(st, "confounder", False, short, suv, min_short=6.0)
+        rec["target_blurred_max"] = target
     if "distant-lesion" in spec.confounders and not whole:
         name = str(rng.choice(["T7", "T8", "T9"]))
         zc = A.VERTEBRAE[name]
@@ -337,7 +367,8 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         target = float(rng.uniform(2.0, 2.3))
         suv = _activity_for(target, short / 2.0, 0.6)
         for st in ("10R", "10L"):
-            node_node(st, "confounder", False, short, suv, min_short=8.0)
+            rec = node_node(st, "confounder", False, short, suv, min_short=8.0)
+            rec["target_blurred_max"] = target
     primary = None
     if spec.primary_side != "none":
         lobe = f"lung_{spec.primary_lobe}_lobe_{spec.primary_side}"
@@ -408,6 +439,9 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     pet_origin = centre - pet_extent / 2 + np.asarray(gs.pet_spacing) / 2 + np.array(
         [1.3, -0.9, 0.7])
     pet_ref = _image(np.zeros(gs.pet_size[::-1], np.float32), pet_origin, gs.pet_spacing)
+    for rec in lesions:
+        if "target_blurred_max" in rec:
+            _calibrate(rec, labels, ct, table, pet_ref, offset)
     pet, clean = synthesize(labels, ct, table.lut("suv"), pet_ref, rng)
     timings["pet"] = time.perf_counter() - t3
 
@@ -419,6 +453,36 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     truth["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return Phantom(spec=spec, ct=ct, pet=pet, anatomy=anat, truth=truth,
                    lesion_labels=lesion_labels, timings_s=timings)
+
+
+def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable,
+               pet_ref: sitk.Image, offset: np.ndarray) -> None:
+    """Set a lesion's activity so that its blurred, noise-free PET maximum (as the truth
+    reports it) hits ``rec["target_blurred_max"]``: the blur is linear in the activity, so two
+    local evaluations and one correction suffice."""
+    e: Ellipsoid = rec["ellipsoid"]
+    key = table.tissues[rec["code"]].key
+    centre = np.asarray(e.center) + offset
+
+    def peak(activity: float) -> float:
+        table.set_suv(key, activity)
+        vals, pts = local_clean_pet(labels, ct, table.lut("suv"), pet_ref, centre,
+                                    half_mm=max(e.radii) + 6.0)
+        q = pts - offset
+        inside = e.inside(q[:, 0], q[:, 1], q[:, 2], grow_mm=2.0)
+        return float(vals[inside].max() if inside.any() else vals.max())
+
+    target = rec["target_blurred_max"]
+    p0, p1 = peak(0.0), peak(10.0)
+    a = 10.0 * (target - p0) / max(p1 - p0, 1e-6)
+    for _ in range(3):
+        got = peak(a)
+        if abs(got - target) < 0.01:
+            break
+        a *= target / max(got, 1e-6) if got > p0 else 1.5
+    a = max(a, 0.0)
+    table.set_suv(key, a)
+    rec["suv"] = a
 
 
 def _activity_for(target_max: float, radius_mm: float, background: float) -> float:

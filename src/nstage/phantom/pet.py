@@ -56,8 +56,7 @@ def synthesize(labels: np.ndarray, ct: sitk.Image, lut: np.ndarray, pet_ref: sit
         Noise standard deviation relative to the signal at SUV 2.2 (liver).
     """
     sx, sy, sz = ct.GetSpacing()
-    block = (max(1, int(round(3.0 / sz))), max(1, int(round(3.0 / sy))),
-             max(1, int(round(3.0 / sx))))
+    block = _block_of(ct)
     act = _block_mean(labels, lut.astype(np.float32), block)
     inter = sitk.GetImageFromArray(act)
     spacing = (sx * block[2], sy * block[1], sz * block[0])
@@ -82,6 +81,58 @@ def synthesize(labels: np.ndarray, ct: sitk.Image, lut: np.ndarray, pet_ref: sit
     pet = sitk.GetImageFromArray(noisy)
     pet.CopyInformation(pet_ref)
     return pet, clean
+
+
+def _block_of(ct: sitk.Image) -> tuple[int, int, int]:
+    sx, sy, sz = ct.GetSpacing()
+    return (max(1, int(round(3.0 / sz))), max(1, int(round(3.0 / sy))),
+            max(1, int(round(3.0 / sx))))
+
+
+def local_clean_pet(labels: np.ndarray, ct: sitk.Image, lut: np.ndarray, pet_ref: sitk.Image,
+                    center_xyz, half_mm: float = 30.0,
+                    fwhm_mm: float = FWHM_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free PET near one point, computed exactly as :func:`synthesize` does globally.
+
+    Returns the PET values of the PET voxels within ``half_mm`` of ``center_xyz`` (world mm)
+    and their world positions (``(n, 3)``), far enough from the crop edges that the blur
+    matches the whole-image result. Used to calibrate lesion activities cheaply.
+    """
+    from nstage.geometry import index_to_mm, mm_to_index
+
+    block = _block_of(ct)
+    c = np.asarray(center_xyz, float)
+    margin = half_mm + 4.0 * fwhm_mm
+    lo = np.floor(mm_to_index(ct, c - margin)).astype(int)
+    hi = np.ceil(mm_to_index(ct, c + margin)).astype(int)
+    lo = np.maximum(lo - lo % np.array(block), 0)
+    hi = np.minimum(hi, np.array(labels.shape))
+    sub = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    act = _block_mean(sub, lut.astype(np.float32), block)
+    sx, sy, sz = ct.GetSpacing()
+    spacing = (sx * block[2], sy * block[1], sz * block[0])
+    origin = index_to_mm(ct, lo) + 0.5 * (np.asarray(spacing) - np.array([sx, sy, sz]))
+    sigma_mm = fwhm_mm / 2.3548
+    blurred = ndimage.gaussian_filter(
+        act, sigma=(sigma_mm / spacing[2], sigma_mm / spacing[1], sigma_mm / spacing[0]),
+        mode="nearest", truncate=3.0)
+    inter = sitk.GetImageFromArray(blurred.astype(np.float32))
+    inter.SetSpacing(spacing)
+    inter.SetOrigin(tuple(float(v) for v in origin))
+    plo = np.maximum(np.floor(mm_to_index(pet_ref, c - half_mm)).astype(int), 0)
+    phi = np.minimum(np.ceil(mm_to_index(pet_ref, c + half_mm)).astype(int) + 1,
+                     np.array(pet_ref.GetSize()[::-1]))
+    if np.any(phi <= plo):
+        return np.zeros(0, np.float32), np.zeros((0, 3))
+    ref = sitk.Image([int(v) for v in (phi - plo)[::-1]], sitk.sitkFloat32)
+    ref.SetSpacing(pet_ref.GetSpacing())
+    ref.SetOrigin(tuple(float(v) for v in index_to_mm(pet_ref, plo)))
+    out = sitk.GetArrayFromImage(sitk.Resample(inter, ref, sitk.Transform(), sitk.sitkLinear,
+                                               0.0, sitk.sitkFloat32))
+    kk, jj, ii = np.meshgrid(*[np.arange(a, b) for a, b in zip(plo, phi, strict=True)],
+                             indexing="ij")
+    pts = index_to_mm(pet_ref, np.stack([kk, jj, ii], -1))
+    return out.ravel(), pts.reshape(-1, 3)
 
 
 def recovery_coefficient(radius_mm: float, fwhm_mm: float = FWHM_MM) -> float:

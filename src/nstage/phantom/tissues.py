@@ -54,6 +54,13 @@ class TissueTable:
         self._codes[key] = len(self.tissues) - 1
         return self._codes[key]
 
+    def set_suv(self, key: str, suv: float) -> None:
+        """Change the activity of a registered tissue (used to calibrate lesions)."""
+        from dataclasses import replace
+
+        c = self._codes[key]
+        self.tissues[c] = replace(self.tissues[c], suv=float(suv))
+
     def code(self, key: str) -> int:
         return self._codes[key]
 

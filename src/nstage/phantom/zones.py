@@ -73,6 +73,17 @@ class ZoneGeometry:
     hilum: dict[str, tuple[float, float, float]]
     extras: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # sorted copies for fast interpolation by level
+        t = np.asarray(self.trachea, float)
+        self._tr = t[np.argsort(t[:, 2])]
+        e = np.asarray(self.esophagus, float)
+        self._oe = e[np.argsort(e[:, 2])]
+        self._br = {}
+        for k, b in self.bronchi.items():
+            b = np.asarray(b, float)
+            self._br[k] = b[np.argsort(b[:, 2])]
+
     # -- construction -------------------------------------------------------------------
     def shifted(self, offset: Sequence[float]) -> ZoneGeometry:
         """The same geometry translated by ``offset`` (x, y, z) mm."""
@@ -120,108 +131,114 @@ class ZoneGeometry:
         """Zone geometry of a phantom from its truth.json (world mm, LPS)."""
         return cls.from_dict(truth["zones"])
 
-    # -- helpers ------------------------------------------------------------------------
-    def trachea_at(self, z: float) -> tuple[float, float, float]:
-        """Trachea centre x, y and outer radius (mm) at level z (clamped to its extent)."""
-        t = self.trachea[np.argsort(self.trachea[:, 2])]
-        return (float(np.interp(z, t[:, 2], t[:, 0])), float(np.interp(z, t[:, 2], t[:, 1])),
-                float(np.interp(z, t[:, 2], t[:, 3])))
+    # -- helpers (vectorised over z) ---------------------------------------------------
+    def trachea_at(self, z):
+        """Trachea centre x, y and outer radius (mm) at level(s) z (clamped to its extent)."""
+        t = self._tr
+        return np.interp(z, t[:, 2], t[:, 0]), np.interp(z, t[:, 2], t[:, 1]), \
+            np.interp(z, t[:, 2], t[:, 3])
 
-    def esophagus_at(self, z: float) -> tuple[float, float]:
-        e = self.esophagus[np.argsort(self.esophagus[:, 2])]
-        return float(np.interp(z, e[:, 2], e[:, 0])), float(np.interp(z, e[:, 2], e[:, 1]))
+    def esophagus_at(self, z):
+        e = self._oe
+        return np.interp(z, e[:, 2], e[:, 0]), np.interp(z, e[:, 2], e[:, 1])
 
-    def bronchus_x_at(self, side: str, z: float) -> float:
-        """x (mm) of the main-bronchus centreline at level z (the lowest point below its end)."""
-        b = self.bronchi[side]
-        zs = b[:, 2]
-        if z <= zs.min():
-            return float(b[np.argmin(zs), 0])
-        order = np.argsort(zs)
-        return float(np.interp(z, zs[order], b[order, 0]))
-
-    def L(self, name: str) -> float:  # noqa: N802 - short accessor for levels
-        return self.levels[name]
+    def bronchus_x_at(self, side: str, z):
+        """x (mm) of the main-bronchus centreline at level(s) z (its lowest point below)."""
+        b = self._br[side]
+        return np.interp(z, b[:, 2], b[:, 0])
 
 
-def _side_ok(code: str, x: float, xref: float, m: float) -> bool:
+def _side_ok(code: str, x, xref, m: float):
     if code.endswith("R"):
         return x < xref - m
     if code.endswith("L"):
         return x > xref + m
-    return True
+    return np.ones(np.shape(x), bool)
 
 
-def in_zone(station: str, point: Sequence[float], g: ZoneGeometry, margin: float = 0.0) -> bool:
+def in_zone(station: str, point, g: ZoneGeometry, margin: float = 0.0):
     """True when ``point`` (x, y, z mm) lies in ``station``'s zone by at least ``margin`` mm.
 
-    ``station`` is a canonical IASLC code (``"4R"``, ``"3a"``, ``"10L"`` ...).
+    ``station`` is a canonical IASLC code (``"4R"``, ``"3a"``, ``"10L"`` ...). ``point`` may
+    also be an ``(n, 3)`` array; then a boolean array is returned.
     """
-    x, y, z = (float(v) for v in point)
-    m = float(margin)
+    p = np.asarray(point, float)
+    scalar = p.ndim == 1
+    p = np.atleast_2d(p)
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    out = _zone(station, x, y, z, g, float(margin))
+    return bool(out[0]) if scalar else out
+
+
+def _zone(station, x, y, z, g, m):
     lv = g.levels
     xc, yc, rt = g.trachea_at(z)
     x_lb = xc + rt  # LEFT lateral border of the trachea (the 2R/4R vs 2L/4L split)
-    band = (yc - rt - 18.0 + m) <= y <= (yc + rt - m)
+    band = ((yc - rt - 18.0 + m) <= y) & (y <= (yc + rt - m))
+
+    def between(v, lo, hi):
+        return (v > lo + m) & (v < hi - m)
+
     num = int(station.rstrip("RLap"))
     if num == 1:
-        return (lv["manubrium_top"] + m < z < lv["cricoid"] - m and abs(x - xc) < 75.0 - m
-                and yc - 40.0 + m < y < yc + 45.0 - m and _side_ok(station, x, xc, m))
+        return (between(z, lv["manubrium_top"], lv["cricoid"]) & (np.abs(x - xc) < 75.0 - m)
+                & between(y, yc - 40.0, yc + 45.0) & _side_ok(station, x, xc, m))
     if station == "2R":
-        return (lv["brachiocephalic_crossing"] + m < z < lv["manubrium_top"] - m
-                and xc - 45.0 + m < x < x_lb - m and band)
+        return (between(z, lv["brachiocephalic_crossing"], lv["manubrium_top"])
+                & between(x, xc - 45.0, x_lb) & band)
     if station == "2L":
-        return (lv["aortic_arch_top"] + m < z < lv["manubrium_top"] - m
-                and x_lb + m < x < xc + 45.0 - m and band)
+        return (between(z, lv["aortic_arch_top"], lv["manubrium_top"])
+                & between(x, x_lb, xc + 45.0) & band)
     if station == "3a":
-        return (lv["carina"] + m < z < lv["manubrium_top"] - m
-                and y < yc - rt - 22.0 - m and xc - 25.0 + m < x < xc + 12.0 - m)
+        return (between(z, lv["carina"], lv["manubrium_top"]) & (y < yc - rt - 22.0 - m)
+                & between(x, xc - 25.0, xc + 12.0))
     if station == "3p":
-        return (lv["carina"] + m < z < lv["cricoid"] - m and y > yc + rt + m
-                and abs(x - xc) < 25.0 - m and y < yc + rt + 40.0 - m)
+        return (between(z, lv["carina"], lv["cricoid"]) & between(y, yc + rt, yc + rt + 40.0)
+                & (np.abs(x - xc) < 25.0 - m))
     if station == "4R":
-        return (lv["carina"] + m < z < lv["brachiocephalic_crossing"] - m
-                and xc - 45.0 + m < x < x_lb - m and band)
+        return (between(z, lv["carina"], lv["brachiocephalic_crossing"])
+                & between(x, xc - 45.0, x_lb) & band)
     if station == "4L":
-        return (lv["left_pulmonary_artery_top"] + m < z < lv["aortic_arch_top"] - m
-                and x_lb + m < x < g.ligamentum_x - m and band)
+        return (between(z, lv["left_pulmonary_artery_top"], lv["aortic_arch_top"])
+                & between(x, x_lb, g.ligamentum_x) & band)
     if station == "5":
-        return (lv["left_pulmonary_artery_top"] + m < z < lv["aortic_arch_bottom"] - m
-                and g.ligamentum_x + m < x < xc + 70.0 - m and yc - 40.0 + m < y < yc + 20.0 - m)
+        return (between(z, lv["left_pulmonary_artery_top"], lv["aortic_arch_bottom"])
+                & between(x, g.ligamentum_x, xc + 70.0) & between(y, yc - 40.0, yc + 20.0))
     if station == "6":
-        return (lv["aortic_arch_bottom"] + m < z < lv["aortic_arch_top"] - m
-                and xc + 18.0 + m < x < xc + 75.0 - m and y < yc - 15.0 - m)
+        return (between(z, lv["aortic_arch_bottom"], lv["aortic_arch_top"])
+                & between(x, xc + 18.0, xc + 75.0) & (y < yc - 15.0 - m))
     if station == "7":
         xr = g.bronchus_x_at("right", z)
         xl = g.bronchus_x_at("left", z)
         cy = g.trachea_at(lv["carina"])[1]
-        return (lv["station7_bottom"] + m < z < lv["carina"] - m and xr + m < x < xl - m
-                and cy - 15.0 + m < y < cy + 25.0 - m)
+        return (between(z, lv["station7_bottom"], lv["carina"]) & between(x, xr, xl)
+                & between(y, cy - 15.0, cy + 25.0))
     if num == 8:
         xe, ye = g.esophagus_at(z)
-        return (lv["diaphragm_medial"] + m < z < lv["station7_bottom"] - m
-                and np.hypot(x - xe, y - ye) < 30.0 - m and _side_ok(station, x, xe, m))
+        return (between(z, lv["diaphragm_medial"], lv["station7_bottom"])
+                & (np.hypot(x - xe, y - ye) < 30.0 - m) & _side_ok(station, x, xe, m))
     if num == 9:
         xe, ye = g.esophagus_at(z)
         d = np.hypot(x - xe, y - ye)
-        return (lv["diaphragm_medial"] + m < z < lv["inferior_pulmonary_vein"] - m
-                and 28.0 + m < d < 75.0 - m and y > yc - 10.0 + m
-                and _side_ok(station, x, xc, m))
+        return (between(z, lv["diaphragm_medial"], lv["inferior_pulmonary_vein"])
+                & between(d, 28.0, 75.0) & (y > yc - 10.0 + m) & _side_ok(station, x, xc, m))
+    pts = np.stack([x, y, z], 1)
     if num == 10:
         side = "right" if station.endswith("R") else "left"
         top = lv["azygos_arch_bottom"] if side == "right" else lv["left_pulmonary_artery_top"]
-        b = g.bronchi[side]
-        distal = b[np.abs(b[:, 0] - xc) >= 20.0]
+        b = np.asarray(g.bronchi[side], float)
+        xc0 = g.trachea_at(lv["carina"])[0]
+        distal = b[np.abs(b[:, 0] - xc0) >= 20.0]
         if not len(distal):
-            return False
-        d = float(np.min(np.linalg.norm(distal - np.array([x, y, z]), axis=1)))
-        return (d < 26.0 - m and z < top - m and z > lv["station7_bottom"] - 35.0 + m
-                and abs(x - xc) > 25.0 + m and _side_ok(station, x, xc, m))
+            return np.zeros(len(x), bool)
+        d = np.min(np.linalg.norm(pts[:, None, :] - distal[None], axis=2), axis=1)
+        return ((d < 26.0 - m) & between(z, lv["station7_bottom"] - 35.0, top)
+                & (np.abs(x - xc) > 25.0 + m) & _side_ok(station, x, xc, m))
     if num in INTRAPULMONARY_DISTANCE_MM:
         side = "right" if station.endswith("R") else "left"
         lo, hi = INTRAPULMONARY_DISTANCE_MM[num]
-        d = float(np.linalg.norm(np.array([x, y, z]) - np.asarray(g.hilum[side])))
-        return lo + m < d < hi - m and abs(x - xc) > 30.0 + m and _side_ok(station, x, xc, m)
+        d = np.linalg.norm(pts - np.asarray(g.hilum[side], float), axis=1)
+        return between(d, lo, hi) & (np.abs(x - xc) > 30.0 + m) & _side_ok(station, x, xc, m)
     raise ValueError(f"no zone defined for station {station!r}")
 
 

@@ -1,0 +1,244 @@
+"""End to end on a real CT: Lung-PET-CT-Dx A0002 with a synthetic PET made here.
+
+The CT is real (30 axial slices at 8 mm, 0.65 mm pixels, from the upper abdomen to the
+thoracic inlet; carina at z = 232 mm); its tumour is a right hilar / right paramediastinal
+mass annotated with per-slice boxes. The PET is synthetic: body background SUV 0.8, lungs
+0.3, blood pool 1.8 in the descending aorta, the annotated tumour SUV 10, and nodes placed
+at stations chosen by looking at the CT (axial slices rendered and read by eye, positions
+in mm LPS: +x patient left, +y posterior, +z superior), blurred with a 7 mm FWHM Gaussian
+on a 4 mm PET grid. Node voxels in fat are given soft-tissue HU in the CT (a node is soft
+tissue), nothing else of the CT changes.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import real_path
+
+from nstage.geometry import canonical
+from nstage.pipeline import RunOptions, stage_study
+from nstage.study import ImageGeometry, Study, StudyMeta
+
+DEFAULTS = RunOptions(anatomy="classical", lesions="suv", report=False)
+PET_SPACING_MM = 4.0
+PET_FWHM_MM = 7.0
+SUV_BODY, SUV_LUNG, SUV_BLOOD, SUV_TUMOUR = 0.8, 0.3, 1.8, 10.0
+
+
+@dataclass(frozen=True)
+class PlacedNode:
+    """A synthetic node: IASLC station, centre (mm LPS), diameter (mm), activity (SUV)."""
+
+    station: str
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float = 14.0
+    suv: float = 9.0
+
+
+# Read on the rendered axial slices of A0002 (see the module docstring):
+# - z = 216-224 mm, 8-16 mm below the carina: the right main / intermediate bronchus at
+#   (-28, -110), the left main bronchus running laterally at y = -118, the descending aorta
+#   at (22, -103); the subcarinal space behind and between the bronchi, in front of the
+#   oesophagus and the T5 body (y > -90), at (-4, -106).
+SUBCARINAL = PlacedNode("7", (-4.0, -106.0, 220.0))
+# - Heart and great vessels (non-contrast CT: blood and myocardium ~40 HU, mediastinal fat
+#   ~-100 HU): the soft tissue in front of the vertebral bodies (y < -92) between the lungs,
+#   from the heart (z = 176) up to the aortic arch and the great vessels (z = 280), takes
+#   the blood pool (SUV 1.8); that holds the ascending aorta at (-27, -142), the arch at
+#   z = 240-256 and the descending aorta at (22, -103).
+BLOOD_BOX_MM = ((-80.0, 70.0), (-200.0, -92.0), (176.0, 280.0))  # x, y, z ranges
+
+
+def _read_a0002() -> tuple[sitk.Image, list[tuple[np.ndarray, np.ndarray]]]:
+    """Canonical CT of A0002 and its tumour boxes as (min xyz, max xyz) mm per slice."""
+    import pydicom
+
+    from nstage.io import read_ct
+
+    case = real_path("lung-pet-ct-dx-A0002")
+    ct_dir, box_dir = case / "ct", real_path("lung-pet-ct-dx-A0002", "tumor-boxes")
+    ct = canonical(read_ct(ct_dir)[0])
+    headers = {}
+    for f in sorted(ct_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        headers[ds.SOPInstanceUID] = ds
+    boxes = []
+    for xml in sorted(box_dir.glob("*.xml")):
+        ds = headers.get(xml.stem)
+        if ds is None:  # boxes of slices that are not part of this 30-slice extract
+            continue
+        bb = ET.parse(xml).getroot().find("object/bndbox")
+        x0, y0, x1, y1 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+        pos = np.array([float(v) for v in ds.ImagePositionPatient])
+        row, col = (float(v) for v in ds.PixelSpacing)
+        # axial slices with identity in-plane orientation: columns along +x, rows along +y
+        boxes.append((pos + np.array([x0 * col, y0 * row, 0.0]),
+                      pos + np.array([x1 * col, y1 * row, 0.0])))
+    assert boxes, "no tumour box matches a slice of the CT"
+    return ct, boxes
+
+
+def _grid_mm(img: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable z, y, x coordinates (mm) of a canonical image's voxels."""
+    o, s, n = img.GetOrigin(), img.GetSpacing(), img.GetSize()
+    x = o[0] + s[0] * np.arange(n[0])
+    y = o[1] + s[1] * np.arange(n[1])
+    z = o[2] + s[2] * np.arange(n[2])
+    return z[:, None, None], y[None, :, None], x[None, None, :]
+
+
+def _with_nodes(ct: sitk.Image, nodes: list[PlacedNode]) -> sitk.Image:
+    """The CT with node voxels that are fat or air-free soft tissue set to 35 HU."""
+    a = sitk.GetArrayFromImage(ct).astype(np.int16)
+    z, y, x = _grid_mm(ct)
+    for n in nodes:
+        cx, cy, cz = n.centre_mm
+        ball = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= (n.diameter_mm / 2) ** 2
+        a[ball & (a < 20)] = 35
+    out = sitk.GetImageFromArray(a)
+    out.CopyInformation(ct)
+    return out
+
+
+def synthetic_pet(ct: sitk.Image, boxes, nodes: list[PlacedNode]) -> sitk.Image:
+    """SUV activity from the CT (body, lungs), aorta, tumour boxes and nodes; blurred; 4 mm."""
+    from scipy import ndimage
+
+    a = sitk.GetArrayFromImage(ct)
+    z, y, x = _grid_mm(ct)
+    body = ndimage.binary_fill_holes(a > -400, structure=np.ones((1, 3, 3), bool))
+    body = ndimage.binary_opening(body, structure=np.ones((1, 5, 5), bool))
+    act = np.where(body, SUV_BODY, 0.0).astype(np.float32)
+    act[body & (a < -400)] = SUV_LUNG
+    (x0, x1), (y0, y1), (z0, z1) = BLOOD_BOX_MM
+    blood = (((x >= x0) & (x <= x1)) & ((y >= y0) & (y <= y1)) & ((z >= z0) & (z <= z1))
+             & (a > -20) & (a < 120))
+    act[blood & body] = SUV_BLOOD
+    for lo, hi in boxes:
+        k = int(round((lo[2] - ct.GetOrigin()[2]) / ct.GetSpacing()[2]))
+        in_box = (x[0] >= lo[0]) & (x[0] <= hi[0]) & (y[0] >= lo[1]) & (y[0] <= hi[1])
+        # the tumour is the soft tissue inside the box (not the lung around it, not bone)
+        act[k][in_box & (a[k] > -400) & (a[k] < 150)] = SUV_TUMOUR
+    for n in nodes:
+        cx, cy, cz = n.centre_mm
+        act[(x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= (n.diameter_mm / 2) ** 2] = n.suv
+    # Blur on a fine isotropic grid (the 8 mm slices are too coarse for a 7 mm PSF), then
+    # sample onto the 4 mm PET grid.
+    src = sitk.GetImageFromArray(act)
+    src.CopyInformation(ct)
+    fine = [2.0, 2.0, 2.0]
+    size = [int(np.ceil(n * s / f)) for n, s, f in zip(ct.GetSize(), ct.GetSpacing(), fine,
+                                                       strict=True)]
+    fine_img = sitk.Resample(src, size, sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), fine,
+                             ct.GetDirection(), 0.0, sitk.sitkFloat32)
+    sigma = PET_FWHM_MM / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    blurred = sitk.SmoothingRecursiveGaussian(fine_img, sigma)
+    pet_size = [int(np.ceil(n * s / PET_SPACING_MM)) for n, s in zip(ct.GetSize(),
+                                                                     ct.GetSpacing(), strict=True)]
+    origin = [o - s / 2 + PET_SPACING_MM / 2 for o, s in zip(ct.GetOrigin(), ct.GetSpacing(),
+                                                            strict=True)]
+    pet = sitk.Resample(blurred, pet_size, sitk.Transform(), sitk.sitkLinear, origin,
+                        [PET_SPACING_MM] * 3, ct.GetDirection(), 0.0, sitk.sitkFloat32)
+    return sitk.Maximum(pet, 0.0)
+
+
+def _stage(nodes: list[PlacedNode]):
+    ct, boxes = _read_a0002()
+    ct = _with_nodes(ct, nodes)
+    pet = synthetic_pet(ct, boxes, nodes)
+    study = Study(ct=ct, pet=pet, ct_geometry=ImageGeometry.of(ct),
+                  meta=StudyMeta(ct_source="Lung-PET-CT-Dx A0002 CT",
+                                 pet_source="synthetic PET (test)",
+                                 suv_source="synthetic PET made in SUV"))
+    return stage_study(study, DEFAULTS), boxes
+
+
+def _describe(staged) -> str:
+    r = staged.result
+    parts = [f"{r['n_stage']}/{r['n_stage_9th']} reasons {r['reasons']}"]
+    for key in ("nodes", "negative_node_candidates", "other_lesions"):
+        parts += [f"{key}: {n.get('station')} {n['centroid_mm']} SUVmax {n['suv_max']}: "
+                  f"{n['reason']}" for n in r[key]]
+    return "\n".join(parts)
+
+
+# - z = 304 mm, above the manubrium top (z = 296) at the thoracic inlet: left of the trachea
+#   (-13, -128), lateral to the left common carotid, in the low neck fat: a left
+#   supraclavicular (1L) node, N3 for a right primary.
+SUPRACLAVICULAR_LEFT = PlacedNode("1L", (22.0, -122.0, 304.0))
+
+_CACHE: dict = {}
+
+
+def _staged(nodes: tuple[PlacedNode, ...]):
+    if nodes not in _CACHE:
+        _CACHE.clear()  # one staged study at a time (memory)
+        _CACHE[nodes] = _stage(list(nodes))
+    return _CACHE[nodes]
+
+
+# Diagnosed 2026-11-26 (classical anatomy, SUV lesions); see the report of the E2E tests.
+PRIMARY_NOT_FOUND = (
+    "findings.classify: A0002's right paramediastinal/hilar tumour (2 components, 50 + 31 ml, "
+    "short axis 30 mm) lies 56-71% inside the classical 'mediastinum' mask and only 1-6% in "
+    "the lung, so it is classified as mediastinal nodes (10R), no primary is found and the "
+    "primary side is unknown"
+)
+SUBCARINAL_CALLED_10L = (
+    "landmarks.find: station7_bottom is measured at z=224 mm, one 8 mm slice below the carina "
+    "(z=232), from the 'distal end of the left main bronchus', so a node 12 mm below the "
+    "carina between the main bronchi is assigned 10L instead of 7"
+)
+
+
+def test_a0002_placed_lesions_are_found_where_they_were_placed() -> None:
+    """Lesion detection on the real CT: the tumour and the node, and nothing else."""
+    staged, boxes = _staged((SUBCARINAL,))
+    r = staged.result
+    found = [*r["nodes"], *r["negative_node_candidates"], *r["other_lesions"]]
+    if r["primary_tumor"] is not None:
+        found.append(r["primary_tumor"])
+    placed = np.asarray(SUBCARINAL.centre_mm)
+    near_node = [f for f in found
+                 if np.linalg.norm(np.subtract(f["centroid_mm"], placed)) < 5.0]
+    assert len(near_node) == 1, _describe(staged)
+    assert near_node[0]["suv_max"] > 4.0, _describe(staged)
+    lo = np.min([b[0] for b in boxes], axis=0) - 10.0
+    hi = np.max([b[1] for b in boxes], axis=0) + 10.0
+    in_tumour = [f for f in found if np.all(np.asarray(f["centroid_mm"]) >= lo)
+                 and np.all(np.asarray(f["centroid_mm"]) <= hi) and f not in near_node]
+    assert in_tumour and max(f["suv_max"] for f in in_tumour) > 8.0, _describe(staged)
+    # Body background (0.8), lungs (0.3) and the blood pool (1.8) make no lesion of their own.
+    stray = [f for f in found if f not in near_node and f not in in_tumour
+             and (f["volume_ml"] or 0) < 100]
+    assert not stray, _describe(staged)
+    assert abs(r["reference_suv"]["blood_pool"] - SUV_BLOOD) < 0.5, r["reference_suv"]
+
+
+@pytest.mark.xfail(strict=True, reason=f"{PRIMARY_NOT_FOUND}; {SUBCARINAL_CALLED_10L}")
+def test_a0002_subcarinal_node_stages_n2a() -> None:
+    """Right primary + one subcarinal node: N2 (8th), N2a (9th), station 7 counted."""
+    staged, _ = _staged((SUBCARINAL,))
+    r = staged.result
+    assert r["primary_tumor"] is not None and r["primary_tumor"]["side"] == "right", \
+        _describe(staged)
+    assert r["primary_side_used"] == "right", _describe(staged)
+    assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["7"], \
+        _describe(staged)
+    assert (r["n_stage"], r["n_stage_9th"]) == ("N2", "N2a"), _describe(staged)
+
+
+@pytest.mark.xfail(strict=True, reason=f"{PRIMARY_NOT_FOUND}; {SUBCARINAL_CALLED_10L}")
+def test_a0002_contralateral_supraclavicular_node_stages_n3() -> None:
+    """Right primary + subcarinal + left supraclavicular node: N3 by station 1."""
+    staged, _ = _staged((SUBCARINAL, SUPRACLAVICULAR_LEFT))
+    r = staged.result
+    assert r["primary_side_used"] == "right", _describe(staged)
+    assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["1L", "7"], \
+        _describe(staged)
+    assert (r["n_stage"], r["n_stage_9th"]) == ("N3", "N3"), _describe(staged)
