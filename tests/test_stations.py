@@ -430,3 +430,34 @@ def test_5_is_anterolateral_3a_only_behind_the_sternum():
     # The same spot against the sternum is prevascular; far anterior (60 mm) too.
     assert assign(measured(30, -40, 10, lung=5.0, sternum=4.0), marks).station == "3a"
     assert assign(node(30, -70, 10), marks).station == "3a"
+
+
+def test_direct_extension_is_placed_by_its_own_position():
+    # findings.classify copies the primary's contact fields onto its extension node (mostly
+    # inside the lung); the extension itself lies outside the parenchyma.
+    marks = chest()
+    ext = measured(-16, 2, 20, lung=0.0, inside_lung="lung_upper_lobe_right", fraction=0.9)
+    assert assign(ext, marks).station == "11R"  # read as a lung lesion
+    ext.direct_extension = True
+    ext.extension_zone = "mediastinal"
+    r = assign(ext, marks)
+    assert r.station == "4R" and r.side == "right"
+
+
+@pytest.mark.parametrize("missing", [*LEVELS, *POINTS, "bronchi", "trachea"])
+def test_any_missing_landmark_still_assigns_and_says_so(missing):
+    marks = chest(drop=(missing,))
+    if missing == "bronchi":
+        marks.bronchi = {}
+    if missing == "trachea":
+        marks.trachea = []
+    grid = [(x, y, z) for x in (-60, -15, 0, 15, 40) for y in (-40, 0, 25)
+            for z in (90, 50, 20, 2, -10, -35, -70)]
+    for p in grid:
+        r = assign(node(*p), marks)
+        assert r.station is None or r.station in STATIONS
+        assert 0.0 <= r.confidence <= 1.0 and "\n" not in r.reason
+    # A 4R node stays 4R whatever single landmark is missing, except the ones that bound it.
+    r4 = assign(node(-16, 2, 20), marks)
+    if missing not in (lm.BRACHIOCEPHALIC_CROSSING, lm.AZYGOS_BOTTOM):
+        assert r4.station == "4R", r4.reason

@@ -117,7 +117,7 @@ def test_phantom_nodes_same_n_for_both_primary_sides(phantom_cases):
 
 
 def test_phantom_reasons_name_landmarks(phantom_cases):
-    for marks, node, lesion in phantom_cases:
+    for marks, _node, lesion in phantom_cases:
         got = assign(lesion, marks)
         assert "landmarks:" in got.reason and "\n" not in got.reason
         assert got.landmarks_used

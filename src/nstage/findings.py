@@ -71,7 +71,8 @@ class Lesion:
         Fraction of the lesion in derived zones: ``"mediastinal"`` (between the two lungs in
         its axial row, outside lung), ``"hilar"`` (within ``classification.hilar_zone_mm`` of
         the main bronchi / airway beyond the trachea / pulmonary vessels, outside lung),
-        ``"nodal"`` (either).
+        ``"nodal"`` (either), ``"lung_filled"`` (the lung masks with holes filled per axial
+        slice: a nodule surrounded by parenchyma is in the lung).
     core_hu : float
         Median CT density (HU) of the lesion's core (SUV >= 80% of SUVmax, air/lung excluded);
         NaN when the core is all air/lung. High values mean calcified / dense.
@@ -242,14 +243,16 @@ class _Context:
         self.labels = anatomy.labels
         self.names = anatomy.names
         shape = anatomy.labels.shape
-        # Lungs hole-filled per axial slice: a soft-tissue nodule inside the parenchyma counts
-        # as inside the lung whichever backend (lobes with or without tumours) made the mask.
         self.groups: dict[str, np.ndarray] = {}
         for side in ("lung_left", "lung_right"):
-            m = np.zeros(shape, dtype=bool)
-            m[zslab] = ndi.binary_fill_holes(anatomy.mask(side)[zslab], structure=_INPLANE)
-            self.groups[side] = m
+            self.groups[side] = anatomy.mask(side)
         self.groups["lung"] = self.groups["lung_left"] | self.groups["lung_right"]
+        # Lungs hole-filled per axial slice: a soft-tissue nodule inside the parenchyma lies
+        # in the lung whichever backend (lobes with or without tumours) made the mask.
+        self.lung_filled = np.zeros(shape, dtype=bool)
+        for side in ("lung_left", "lung_right"):
+            self.lung_filled[zslab] |= ndi.binary_fill_holes(self.groups[side][zslab],
+                                                             structure=_INPLANE)
         for name in GROUPS:
             if name not in self.groups:
                 m = anatomy.mask(name)
@@ -258,7 +261,7 @@ class _Context:
         for name, m in anatomy.extra_masks.items():
             if name not in self.groups and m.any():
                 self.groups[name] = m.astype(bool, copy=False)
-        lung = self.groups["lung"]
+        lung = self.lung_filled
         self.mediastinal = _between_lungs(self.groups["lung_right"], self.groups["lung_left"]) & ~lung
         # Exact class names (not the "airway" group, which includes the trachea).
         hilar_values = [v for v, nm in anatomy.names.items() if nm in HILAR_STRUCTURES]
@@ -328,8 +331,9 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
           exact for discs and ellipses, smooth for irregular outlines (no Feret extremes).
         - centroid and SUVmax point, mm LPS.
         - ``inside`` / ``surround``: fractions in each anatomy structure (names, groups
-          ``lung_left``/``lung_right``/``lung`` (hole-filled per slice), ``airway``, and
-          extra masks such as ``body``); only non-zero entries.
+          ``lung_left``/``lung_right``/``lung``, ``airway``, and extra masks such as
+          ``body``), as segmented (a nodule the lung mask leaves out is not inside it; see
+          ``zones["lung_filled"]``); only non-zero entries.
         - ``distance_mm``: smallest voxel-centre distance between the lesion and each
           structure within ``measurement.distance_search_mm`` (0 when overlapping, about one
           voxel when touching). One Euclidean distance transform per lesion (distance *from the
@@ -439,7 +443,7 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
         cnt_sh = np.bincount(lab[shell], minlength=int(lab.max()) + 1)
         for v, dmin in zip(present, np.atleast_1d(near), strict=True):
             name = ctx.names.get(v, f"label_{v}")
-            if name in ctx.groups:  # a backend's whole-lung label: the filled group replaces it
+            if name in ctx.groups:  # a backend's whole-lung label: reported as the group
                 continue
             if cnt_in[v]:
                 inside[name] = float(cnt_in[v] / n_in)
@@ -463,15 +467,16 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
             distance[name] = dmin
 
     med, hil = ctx.mediastinal[box], ctx.hilar[box]
+    filled = ctx.lung_filled[box]
     zones = {"mediastinal": float(med[comp].mean()), "hilar": float(hil[comp].mean()),
-             "nodal": float((med | hil)[comp].mean())}
+             "nodal": float((med | hil)[comp].mean()), "lung_filled": float(filled[comp].mean())}
     zones = {k: v for k, v in zones.items() if v}
     h = hu[box]
     core = comp & (s >= mth["core_fraction"] * suv_max) & (h > -500)
     core_hu = float(np.median(h[core])) if core.any() else float("nan")
     grown = ndi.binary_dilation(comp, structure=_FULL)
     touching = tuple(int(v) for v in np.unique(labels[box][grown]) if v and v != lid)
-    ext = comp & (med | hil) & ~ctx.groups["lung"][box]
+    ext = comp & (med | hil) & ~filled
     ext_ml = float(ext.sum()) * vox_ml
     ext_c = ext_zone = None
     if ext.any():
@@ -612,7 +617,8 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        than ``below_diaphragm_mm`` below the lowest lung base (abdominal); above the station 1
        limit (top of the trachea when a measured landmark exists, else lung apex +
        ``neck_above_apex_mm``: cervical); lateral to the lungs at its level (axilla/chest wall).
-    2. Pulmonary (at least ``lung_fraction_min`` inside the hole-filled lung, or a surrounding
+    2. Pulmonary (at least ``lung_fraction_min`` inside the hole-filled lung
+       (``zones["lung_filled"]``), or a surrounding
        shell at least ``lung_shell_min`` lung unless most of the lesion lies between the two
        lungs' medial borders, where the lung apices wrap around upper paratracheal nodes): the
        primary is the pulmonary lesion with the largest TLG (SUVmean x MTV: most avid and
@@ -658,7 +664,7 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
             les.side = _side_of_x(x, frame.midline_x(z))
             others.append(les)
             continue
-        lung_in = les.inside.get("lung", 0.0)
+        lung_in = max(les.inside.get("lung", 0.0), les.zones.get("lung_filled", 0.0))
         lung_sh = les.surround.get("lung", 0.0)
         between = les.zones.get("mediastinal", 0.0)
         if lung_in >= cth["lung_fraction_min"] or (lung_sh >= cth["lung_shell_min"]
@@ -748,7 +754,8 @@ def _outside_reason(les: Lesion, frame: _Frame, cth: dict) -> str | None:
                 "(possible M1), not a regional node")
     if z > frame.neck_top:
         return (f"cervical above station 1 (above the {frame.neck_source}): not a regional node")
-    lung = max(les.inside.get("lung", 0.0), les.surround.get("lung", 0.0))
+    lung = max(les.inside.get("lung", 0.0), les.zones.get("lung_filled", 0.0),
+               les.surround.get("lung", 0.0))
     if frame.has_lungs and lung < cth["lung_fraction_min"]:
         lo, hi = frame.lateral_range(z) if z <= frame.lung_top else (frame.lung_xmin,
                                                                      frame.lung_xmax)

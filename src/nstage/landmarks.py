@@ -336,6 +336,8 @@ def find(anatomy) -> Landmarks:
         out.points[CARINA] = _lm(CARINA, carina[2], "measured",
                                  "most cranial level where the airway divides into two branches",
                                  carina)
+    elif trachea.any() and z_range(trachea)[0] == 0:
+        out.notes.append("carina not in view: the trachea reaches the lower edge of the image")
     elif trachea.any():
         k0, _ = z_range(trachea)
         jj, ii = np.nonzero(trachea[k0])

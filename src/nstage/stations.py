@@ -484,10 +484,17 @@ def _contacts(lesion: Lesion) -> _Contacts:
                    + [max(shell.get(names[0], 0.0), sum(shell.get(n, 0.0) for n in names[1:]))
                       for names in _LUNG_PARTS.values()])
     zones = getattr(lesion, "zones", None) or {}
+    mediastinal, hilar = zones.get("mediastinal", 0.0), zones.get("hilar", 0.0)
+    if lesion.direct_extension:
+        # The part of the primary outside the lung parenchyma (``findings.classify``): its
+        # contact fields are the whole tumour's, so only its position counts here.
+        lung_inside = dict.fromkeys(lung_inside, 0.0)
+        surround, lung_distance = 0.0, (0.0 if measured else None)
+        zone = getattr(lesion, "extension_zone", None)
+        mediastinal, hilar = float(zone == "mediastinal"), float(zone == "hilar")
     vessels = [dist[n] for n in HILAR_VESSELS if n in dist]
-    return _Contacts(measured, lung_inside, surround, zones.get("mediastinal", 0.0),
-                     zones.get("hilar", 0.0), min(vessels) if vessels else None,
-                     lung_distance, eso, sternum,
+    return _Contacts(measured, lung_inside, surround, mediastinal, hilar,
+                     min(vessels) if vessels else None, lung_distance, eso, sternum,
                      organ if organ[1] > 0 else None)
 
 

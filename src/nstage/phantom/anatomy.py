@@ -780,7 +780,8 @@ def carve_lungs(grid: Grid, table: TissueTable, labels: np.ndarray,
                 extra_hull: np.ndarray | None = None) -> np.ndarray:
     """Lungs: the thoracic cavity outside the mediastinal hull, below the apices and above
     the diaphragm, split into lobes by the fissures. Returns a lobe-code map (0 elsewhere)."""
-    hull_codes = table.codes_where(lambda t: t.hull)
+    hull_lut = np.zeros(256, bool)
+    hull_lut[table.codes_where(lambda t: t.hull)] = True
     cav_code = table.code("mediastinal_fat")
     zs = grid.axis("z")
     x = grid.axis("x")[None, :]
@@ -801,15 +802,21 @@ def carve_lungs(grid: Grid, table: TissueTable, labels: np.ndarray,
         cav = labels[k] == cav_code
         if not cav.any():
             continue
-        med = np.isin(labels[k], hull_codes)
+        med = hull_lut[labels[k]]
         if extra_hull is not None:
             med |= extra_hull[k]
         region = cav & (z > dia) & (z < apex)
         if not region.any():
             continue
         if med.any():
-            hull = convex_hull_image(med)
-            hull = ndimage.binary_dilation(hull, struct, iterations=dil)
+            # hull on the bounding box of the mediastinal structures only (speed)
+            jj = np.nonzero(med.any(axis=1))[0]
+            ii = np.nonzero(med.any(axis=0))[0]
+            j0, j1 = max(jj[0] - dil - 1, 0), jj[-1] + dil + 2
+            i0, i1 = max(ii[0] - dil - 1, 0), ii[-1] + dil + 2
+            hull = np.zeros_like(med)
+            crop = convex_hull_image(med[j0:j1, i0:i1])
+            hull[j0:j1, i0:i1] = ndimage.binary_dilation(crop, struct, iterations=dil)
             region &= ~hull
         if not region.any():
             continue

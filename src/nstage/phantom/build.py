@@ -18,7 +18,7 @@ from nstage.phantom import anatomy as A
 from nstage.phantom.pet import FWHM_MM, local_clean_pet, recovery_coefficient, synthesize
 from nstage.phantom.shapes import Ellipsoid, Grid, rotation
 from nstage.phantom.spec import Phantom, PhantomSpec
-from nstage.phantom.tissues import TissueTable
+from nstage.phantom.tissues import TissueTable, codes_mask
 from nstage.phantom.zones import (
     ZoneGeometry,
     in_zone,
@@ -75,8 +75,14 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     def codes(*keys):
         return [table.code(k) for k in keys]
 
+    # every landmark lies between the diaphragm and the neck: measure on that slab only
+    slab = np.nonzero((zs > -150.0) & (zs < 180.0))[0]
+    k_lo, k_hi = int(slab[0]), int(slab[-1]) + 1
+    lab = labels[k_lo:k_hi]
+    zs = zs[k_lo:k_hi]
+
     def zmax(mask_codes, sel=None):
-        m = np.isin(labels, mask_codes)
+        m = codes_mask(lab, mask_codes)
         if sel is not None:
             m &= sel
         ks = np.nonzero(m.any(axis=(1, 2)))[0]
@@ -90,7 +96,7 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     for k in np.argsort(-zs):
         if zs[k] > 40 or zs[k] < -40:
             continue
-        _, n = ndimage.label(np.isin(labels[k], lumen_codes))
+        _, n = ndimage.label(codes_mask(lab[k], lumen_codes))
         if n >= 2:
             carina_z = float(zs[k])
             break
@@ -101,7 +107,7 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     for k in np.argsort(-zs):
         if zs[k] > arch_top or zs[k] < -20:
             continue
-        sl = labels[k] == aorta
+        sl = lab[k] == aorta
         sl[:, xs > 90] = False
         _, n = ndimage.label(sl)
         if n >= 2:
@@ -110,7 +116,7 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     pa = table.code("pulmonary_artery")
     lpa_top = zmax([pa], (xs > 15.0)[None, None, :])
     bcv = table.code("brachiocephalic_vein_left")
-    m = labels == bcv
+    m = lab == bcv
     cross = np.zeros_like(m)
     for k, z in enumerate(zs):
         if not m[k].any():
@@ -120,7 +126,7 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     ks = np.nonzero(cross.any(axis=(1, 2)))[0]
     bcv_cross = float(zs[ks.min()]) if len(ks) else float("nan")
     az = table.code("azygos")
-    m = (labels == az) & (ys < 10.0)[None, :, None]
+    m = (lab == az) & (ys < 10.0)[None, :, None]
     ks = np.nonzero(m.any(axis=(1, 2)))[0]
     azygos_bottom = float(zs[ks.min()]) if len(ks) else carina_z + 5.0
     manubrium_top = zmax(codes("sternum/cortex", "sternum/marrow"))
@@ -373,7 +379,9 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     if spec.primary_side != "none":
         lobe = f"lung_{spec.primary_lobe}_lobe_{spec.primary_side}"
         lobe_code = np.array([table.code(lobe)])
-        k, j, i = np.nonzero(labels == lobe_code[0])
+        kz = np.nonzero((grid.axis("z") > -200.0) & (grid.axis("z") < 120.0))[0]
+        k, j, i = np.nonzero(labels[kz[0]:kz[-1] + 1] == lobe_code[0])
+        k = k + kz[0]
         diam = float(rng.uniform(20.0, 40.0))
         primary = None
         for d in (diam, diam * 0.8, 20.0, 16.0):
@@ -498,7 +506,7 @@ def _ct_from_labels(labels: np.ndarray, hu_lut: np.ndarray, table: TissueTable, 
 
     out = np.empty(labels.shape, np.int16)
     lung_codes = np.array([table.code(k) for k in LOBE_CODES])
-    lung = np.isin(labels, lung_codes)
+    lung = codes_mask(labels, lung_codes)
     ks = np.nonzero(lung.any(axis=(1, 2)))[0]
     texture = None
     if len(ks):
@@ -514,12 +522,18 @@ def _ct_from_labels(labels: np.ndarray, hu_lut: np.ndarray, table: TissueTable, 
         dots = rng.random(shape, dtype=np.float32) < 0.0025
         dots = ndimage.binary_dilation(dots, iterations=1) & (tex > 0.3)
         texture = (box, (18.0 * tex + 650.0 * dots).astype(np.float32))
-    chunk = 32
-    for k0 in range(0, labels.shape[0], chunk):
-        k1 = min(labels.shape[0], k0 + chunk)
-        hu = hu_lut[labels[k0:k1]]
-        hu += 12.0 * rng.standard_normal(hu.shape, dtype=np.float32)
-        out[k0:k1] = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    # CT noise (sd 12 HU) from a bank of noise slices, each slice shifted at random: the same
+    # statistics as fresh noise at a fraction of the cost on whole-body volumes
+    nz, ny, nx = labels.shape
+    bank = (12.0 * rng.standard_normal((min(nz, 24), ny, nx), dtype=np.float32))
+    picks = rng.integers(0, len(bank), nz)
+    shifts = rng.integers(0, max(ny, nx), (nz, 2))
+    for k in range(nz):
+        hu = hu_lut[labels[k]]
+        hu += np.roll(bank[picks[k]], (int(shifts[k, 0]), int(shifts[k, 1])), axis=(0, 1))
+        np.rint(hu, out=hu)
+        np.clip(hu, -1024, 3071, out=hu)
+        out[k] = hu
     if texture is not None:
         box, tex = texture
         sub = out[box]
@@ -545,7 +559,7 @@ def _export_anatomy(labels: np.ndarray, table: TissueTable, ct: sitk.Image, anat
         if t.label:
             lut[c] = value_of[t.label]
     out = lut[labels]
-    body = ~np.isin(labels, [0, table.code("table")])
+    body = ~codes_mask(labels, [0, table.code("table")])
     anat = anatomy_cls(labels=out, names={v: n for n, v in value_of.items()}, reference=ct,
                        backend="phantom-truth", extra_masks={"body": body})
     myo = labels == table.code("heart/myocardium")
