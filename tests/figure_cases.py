@@ -215,7 +215,16 @@ def stage_phantom(name: str):
     from nstage.pipeline import RunOptions, stage_study
     from nstage.study import ImageGeometry, Study, StudyMeta
 
-    phantom = make_phantom(PhantomSpec(**PHANTOM_CASES[name]))
+    kwargs = dict(PHANTOM_CASES[name])
+    for attempt in range(5):
+        try:
+            phantom = make_phantom(PhantomSpec(**{**kwargs, "seed": kwargs["seed"] + attempt}))
+            break
+        except RuntimeError as exc:
+            # The phantom layout sometimes finds no room for a node at one seed; these tests
+            # are about the report, so take the next seed rather than fail on that.
+            if "no room" not in str(exc) or attempt == 4:
+                raise
     study = Study(phantom.ct, phantom.pet, ImageGeometry.of(phantom.ct),
                   StudyMeta(ct_source=f"phantom {name}", pet_source=f"phantom {name}",
                             suv_source="phantom (SUVbw by construction)"))
