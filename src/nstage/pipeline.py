@@ -417,22 +417,35 @@ def _lobe_of(lesion: Lesion) -> str | None:
     return best.split("_")[1]  # lung_upper_lobe_left -> upper
 
 
-def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions) -> dict:
-    """Write n-stage.json and the overlay (and the visual report) atomically."""
+def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions,
+                  started: float | None = None) -> dict:
+    """Write the overlay, the visual report and n-stage.json, each atomically.
+
+    The result is validated against the schema before anything is written, and the JSON
+    goes last: its presence means the case finished (``nstage batch`` resumes on it).
+    A failure to draw the visual report is recorded in ``notes``, not fatal: the report
+    is an extra, the JSON and overlay are the contract.
+    """
     from nstage.io import write_json_atomic, write_label_image
     from nstage.schema import validate_result
 
     out_dir = Path(out_dir)
+    validate_result(staged.result)
     t0 = time.perf_counter()
     write_label_image(staged.overlay, staged.study.ct, staged.study.ct_geometry,
                       out_dir / OUTPUT_OVERLAY)
     if options.report:
         from nstage.figure import write_report
 
-        write_report(staged, out_dir)
-    staged.result["timings_s"]["write"] = round(time.perf_counter() - t0, 3)
-    validate_result(staged.result)
-    # The JSON goes last: its presence means the case finished (batch resumes on it).
+        try:
+            write_report(staged, out_dir)
+        except Exception as exc:  # the figure must never cost the user the result
+            staged.result["notes"].append(
+                f"visual report not written: {type(exc).__name__}: {' '.join(str(exc).split())}")
+    timings = staged.result["timings_s"]
+    timings["write"] = round(time.perf_counter() - t0, 3)
+    if started is not None:
+        timings["total"] = round(time.perf_counter() - started, 3)
     write_json_atomic(staged.result, out_dir / OUTPUT_JSON)
     return staged.result
 
@@ -447,7 +460,10 @@ def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
         CT and PET (files or DICOM folders), or a Grand Challenge input folder / DICOM
         study folder as ``ct`` with ``pet=None``.
     out_dir : path
-        Receives ``n-stage.json`` and ``images/n-staging-segmentation/output.mha``.
+        Receives ``n-stage.json``, ``images/n-staging-segmentation/output.mha`` and, with
+        ``options.report``, ``n-stage-report.png`` / ``.pdf``.
+    override : nstage.io.SUVOverride, optional
+        Weight/dose/times for PET images without usable headers.
     """
     from nstage.io import load_study
 
@@ -456,9 +472,7 @@ def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
     t_load = round(time.perf_counter() - t0, 3)
     staged = stage_study(study, options)
     staged.result["timings_s"] = {"load": t_load, **staged.result["timings_s"]}
-    result = write_outputs(staged, Path(out_dir), options)
-    result["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-    return result
+    return write_outputs(staged, Path(out_dir), options, started=t0)
 
 
 def options_with(options: RunOptions, **changes) -> RunOptions:

@@ -25,9 +25,11 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    a node closer than about one PET FWHM to a myocardium hotter than itself merges with it at
    PET resolution and is not found.
 5. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
-   inside its own region, where ``bg`` is the blood pool (lung background for seeds in lung,
-   liver for seeds in liver/spleen); with ``grow_background_corrected = 0`` the level is the
-   plain ``grow_fraction x SUVmax``.
+   inside its own region (SUVmax = hottest voxel within the seed's ball), where ``bg`` is the
+   local background: the median SUV 5-12 mm around the lesion's half-maximum core (lung for a
+   lung nodule, fat and vessels for a mediastinal node). With background-corrected 41% the
+   outline of a blurred sphere of 10-30 mm matches its diameter within about 1-2 mm. With
+   ``grow_background_corrected = 0`` the level is the plain ``grow_fraction x SUVmax``.
 6. Components whose core (SUV >= 80% of their max) is fat on CT are brown fat and dropped;
    components under ``min_volume_ml`` are dropped as noise.
 """
@@ -112,7 +114,7 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     blood = anatomy.mask(*BLOOD_POOL)
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     lung = anatomy.mask("lung")
-    mask = _grow_lesions(suv, spacing, organ, blood, high_bg, lung, threshold, liver_threshold, ref, th)
+    mask = _grow_lesions(suv, spacing, organ, blood, high_bg, threshold, liver_threshold, th)
     mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes)
     return LesionMask(mask=mask, backend="suv", reference_suv={k: float(v) for k, v in ref.items()
                                                                if isinstance(v, float | int)},
@@ -171,9 +173,6 @@ def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
             notes.append("liver: too little liver in view for a reference sphere")
     else:
         notes.append("liver: not in view, no liver reference")
-    lung = anatomy.mask("lung")
-    if lung.any():
-        out["lung_background"] = float(np.median(suv[lung]))
     return out
 
 
@@ -281,8 +280,8 @@ def _ball_footprint(spacing: tuple[float, float, float], radius_mm: float) -> np
 
 
 def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: np.ndarray,
-                  blood: np.ndarray, high_bg: np.ndarray, lung: np.ndarray, threshold: float,
-                  liver_threshold: float, ref: dict[str, float], th: dict) -> np.ndarray:
+                  blood: np.ndarray, high_bg: np.ndarray, threshold: float,
+                  liver_threshold: float, th: dict) -> np.ndarray:
     """Union of all accepted seeds' grown outlines (array-order bool mask)."""
     out = np.zeros(suv.shape, dtype=bool)
     hot = suv > threshold
@@ -310,7 +309,7 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
         p = tuple(int(v) for v in seed)
         if out[p]:
             continue
-        region_box = _grow_one(p, suv, smooth, spacing, organ, blood, high_bg, lung, threshold, ref, th, win)
+        region_box = _grow_one(p, suv, smooth, spacing, organ, blood, threshold, th, ball)
         if region_box is not None:
             region, sl = region_box
             out[sl] |= region
@@ -324,9 +323,7 @@ def _pad(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> t
 
 def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
               spacing: tuple[float, float, float], organ: np.ndarray, blood: np.ndarray,
-              high_bg: np.ndarray,
-              lung: np.ndarray, threshold: float, ref: dict[str, float], th: dict,
-              win: tuple[int, int, int]):
+              threshold: float, th: dict, ball: np.ndarray):
     """Outline of the lesion around seed ``p``: ``(mask, box)`` or None when rejected.
 
     Works in a box around the seed that doubles until the outline no longer touches its edge.
@@ -334,8 +331,14 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
     frac = float(th["grow_fraction"])
     corrected = bool(th["grow_background_corrected"])
     half_mm = 30.0
-    wsl = tuple(slice(max(0, c - w // 2), c + w // 2 + 1) for c, w in zip(p, win, strict=True))
-    peak = float(suv[wsl].max())
+    # Local SUVmax: the hottest raw voxel within the seed's ball (what the outline refers to).
+    h = [w // 2 for w in ball.shape]
+    lo = [max(0, c - r) for c, r in zip(p, h, strict=True)]
+    wsl = tuple(slice(a, c + r + 1) for a, c, r in zip(lo, p, h, strict=True))
+    part = suv[wsl]
+    fp = ball[tuple(slice(r - (c - a), r - (c - a) + n)
+                    for r, c, a, n in zip(h, p, lo, part.shape, strict=True))]
+    peak = float(part[fp].max())
     while True:
         half = [max(2, int(np.ceil(half_mm / s))) for s in spacing]
         sl = tuple(slice(max(0, c - h), min(n, c + h + 1))

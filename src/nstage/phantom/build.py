@@ -325,8 +325,15 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
             free, adj, grow = neck_free, None, 2.0
         else:
             free, adj, grow = med_free, hull, 1.5
-        e = placer.place(lambda p: in_zone(station, p, zg, margin=3.0), sampling_box(station, zg),
-                         short, free, adj, grow=grow, min_short=min_short)
+        def predicate(p, short=short):
+            ok = in_zone(station, p, zg, margin=3.0)
+            if station in ("3a", "3p", "4R"):
+                # keep the whole node above the carina: the subcarinal space is station 7's
+                ok &= np.atleast_2d(p)[:, 2] - 0.65 * short > zg.levels["carina"] + 1.0
+            return ok
+
+        e = placer.place(predicate, sampling_box(station, zg), short, free, adj, grow=grow,
+                         min_short=min_short)
         if e is None:
             raise RuntimeError(f"phantom: no room for a node in station {station} "
                                f"(seed {spec.seed}); this is a bug in the phantom layout")
@@ -337,7 +344,9 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     # 1) mediastinal nodes first: they shape the mediastinal pleura (lung hull)
     requested = list(spec.nodes)
     pending_lung = []
-    for st in requested:
+    # tightest zones first, so a roomy station never takes a tight one's space
+    priority = {"7": 0, "5": 1, "4L": 2, "6": 3, "3p": 4, "3a": 5}
+    for st in sorted(requested, key=lambda c: priority.get(c, 10)):
         if is_mediastinal(st):
             node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
                       float(rng.uniform(4.0, 12.0)))
