@@ -48,6 +48,8 @@ def _node_mask(ph, node) -> np.ndarray:
 
 
 def test_every_node_lies_in_its_station_zone_on_its_side(phantom):
+    counting = [n["station"] for n in phantom.truth["nodes"] if n["counts"]]
+    assert counting == list(phantom.spec.nodes)  # one node per request, in the order asked
     zg = ZoneGeometry.from_truth(phantom.truth)
     carina_x = phantom.truth["landmarks"]["carina_mm"][0]
     for node in phantom.truth["nodes"]:
@@ -271,3 +273,25 @@ def test_cli_writes_a_phantom_with_preview(tmp_path, capsys):
     assert truth["n_stage"] == "N2"  # station 7 is N2 whatever the side
     assert (out / "preview.png").stat().st_size > 10_000
     assert "N2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_whole_body_phantom_has_clinical_size_and_organs():
+    ph = make_phantom(PhantomSpec(nodes=("4R",), extent="whole-body", seed=1,
+                                  confounders=frozenset({"distant-lesion"})))
+    nx, ny, nz = ph.ct.GetSize()
+    assert (nx, ny) == (512, 512) and nz >= 500
+    px, py, pz = ph.pet.GetSize()
+    assert (px, py) == (200, 200) and pz >= 400
+    for organ in ("brain", "liver", "kidney_left", "kidney_right", "urinary_bladder",
+                  "femur_left", "trachea", "aorta"):
+        assert ph.anatomy.has(organ), organ
+    pet = sitk.GetArrayFromImage(sitk.Resample(ph.pet, ph.ct, sitk.Transform(),
+                                               sitk.sitkLinear, 0.0))
+    bladder = ndimage.binary_erosion(ph.anatomy.mask("urinary_bladder"), iterations=5)
+    brain = ndimage.binary_erosion(ph.anatomy.mask("brain"), iterations=5)
+    assert np.median(pet[bladder]) > 15.0 and 5.0 < np.median(pet[brain]) < 9.0
+    distant = [c for c in ph.truth["confounders"] if c["name"] == "distant-lesion"]
+    assert distant and "adrenal" in distant[0]["where"]
+    zg = ZoneGeometry.from_truth(ph.truth)
+    assert in_zone("4R", ph.truth["nodes"][0]["centroid_mm"], zg)

@@ -628,8 +628,8 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        ``intrapulmonary_node_max_short_axis_mm`` AND within ``intrapulmonary_node_max_hilum_mm``
        of the airway beyond the trachea or the pulmonary vessels (nodes sit along the
        bronchovascular bundles, nodules anywhere); or, up to ``hilar_node_max_short_axis_mm``,
-       touching those hilar structures (within ``abut_mm``: a hilar node the lung mask wraps
-       around). Else, in the other lung with MTV of at least
+       within ``hilar_node_max_distance_mm`` of those hilar structures (a hilar node the lung
+       mask wraps around). Else, in the other lung with MTV of at least
        ``second_primary_min_volume_ml`` (the largest such): a second primary
        (``second_primary=True``); else an additional lung nodule (T descriptor or M1a, not N).
     4. Every other lesion is a regional node candidate: ``supraclavicular`` above the lung
@@ -691,7 +691,7 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
             if ((les.short_axis_mm <= cth["intrapulmonary_node_max_short_axis_mm"]
                  and near <= cth["intrapulmonary_node_max_hilum_mm"])
                     or (les.short_axis_mm <= cth["hilar_node_max_short_axis_mm"]
-                        and near <= cth["abut_mm"])):
+                        and near <= cth["hilar_node_max_distance_mm"])):
                 les.kind, les.zone = "node", "intrapulmonary"
                 les.kind_reason = (f"node inside the lung contour (stations 10-14): {les.short_axis_mm:.0f} mm "
                                    f"short axis, {near:.0f} mm from the bronchi/pulmonary vessels")

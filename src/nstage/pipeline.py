@@ -145,6 +145,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
 
     timer = _Timer()
     reasons: list[str] = []
+    thresholds = positivity.load_thresholds(options.thresholds)
     full_shape = study.ct.GetSize()[::-1]
 
     with timer.step("crop"):
@@ -178,15 +179,17 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     with timer.step("lesions"):
         lesion_mask = lesions_mod.segment(
             work_ct, work_pet, anatomy, backend=options.lesions, model_dir=options.lesion_model,
-            folds=options.folds, device=options.device,
+            folds=options.folds, device=options.device, thresholds=thresholds,
         )
 
     with timer.step("findings"):
+        # SUVs are measured on the PET's own grid: resampling onto the CT lowers the
+        # SUVmax of a small node by up to ~10%.
         component_labels, lesions = findings_mod.measure(
-            lesion_mask, work_ct, work_pet, anatomy, return_labels=True)
-        found = findings_mod.classify(lesions, anatomy, lms)
+            lesion_mask, work_ct, work_pet, anatomy, thresholds, return_labels=True,
+            pet_native=study.pet)
+        found = findings_mod.classify(lesions, anatomy, lms, thresholds)
 
-    thresholds = positivity.load_thresholds(options.thresholds)
     node_results: list[NodeResult] = []
     others: list[Lesion] = list(found.others)
     with timer.step("stations"):

@@ -229,6 +229,8 @@ class _Placer:
         while s - 2.0 >= min_short - 1e-6:
             s -= 2.0
             sizes.append(s)
+        if sizes[-1] > min_short:
+            sizes.append(min_short)
         for size in sizes:
             a = size / 2.0
             need = 1.3 * a + grow
@@ -346,12 +348,14 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     pending_lung = []
     # tightest zones first, so a roomy station never takes a tight one's space
     priority = {"7": 0, "5": 1, "4L": 2, "6": 3, "3p": 4, "3a": 5}
-    for st in sorted(requested, key=lambda c: priority.get(c, 10)):
+    for idx in sorted(range(len(requested)), key=lambda n: priority.get(requested[n], 10)):
+        st = requested[idx]
         if is_mediastinal(st):
-            node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
-                      float(rng.uniform(4.0, 12.0)))
+            rec = node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
+                            float(rng.uniform(4.0, 12.0)))
+            rec["order"] = idx
         else:
-            pending_lung.append(st)
+            pending_lung.append((idx, st))
     if "subthreshold-node" in spec.confounders:
         choices = [s for s in ("4R", "4L", "7", "2R", "3p", "8R") if s not in requested]
         st = str(rng.choice(choices))
@@ -375,8 +379,10 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     timings["lungs"] = time.perf_counter() - t1
 
     # 2) hilar and intrapulmonary nodes and the primary, inside the carved lungs
-    for st in pending_lung:
-        node_node(st, "node", True, float(rng.uniform(10.0, 20.0)), float(rng.uniform(4.0, 12.0)))
+    for idx, st in pending_lung:
+        rec = node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
+                        float(rng.uniform(4.0, 12.0)))
+        rec["order"] = idx
     if "hilar-symmetric" in spec.confounders:
         short = float(rng.uniform(9.0, 11.0))
         target = float(rng.uniform(2.0, 2.3))
@@ -626,22 +632,24 @@ def _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo_suv, n_categor
                 "volume_ml": round(4 / 3 * np.pi * float(np.prod(e.radii)) / 1000.0, 3),
                 "label_value": 1,
             }
-    for rec in lesions:
-        if rec["kind"] in ("node", "confounder"):
-            e = rec["ellipsoid"]
-            paint_label(rec, next_value)
-            nodes.append({
-                "station": rec["station"], "side": rec["side"],
-                "centroid_mm": world(e.center),
-                "short_axis_mm": round(2 * float(min(e.radii)), 2),
-                "radius_mm": round(float(min(e.radii)), 2),
-                "radii_mm": [round(float(r), 2) for r in e.radii],
-                "suv_max": round(rec["suv"], 3), "suv_max_blurred": blurred_max(e),
-                "counts": bool(rec["counts"]), "kind": rec["kind"],
-                "volume_ml": round(4 / 3 * np.pi * float(np.prod(e.radii)) / 1000.0, 3),
-                "label_value": next_value,
-            })
-            next_value += 1
+    # requested nodes in the order asked for, then the confounder nodes
+    node_recs = sorted((r for r in lesions if r["kind"] in ("node", "confounder")),
+                       key=lambda r: r.get("order", 10_000))
+    for rec in node_recs:
+        e = rec["ellipsoid"]
+        paint_label(rec, next_value)
+        nodes.append({
+            "station": rec["station"], "side": rec["side"],
+            "centroid_mm": world(e.center),
+            "short_axis_mm": round(2 * float(min(e.radii)), 2),
+            "radius_mm": round(float(min(e.radii)), 2),
+            "radii_mm": [round(float(r), 2) for r in e.radii],
+            "suv_max": round(rec["suv"], 3), "suv_max_blurred": blurred_max(e),
+            "counts": bool(rec["counts"]), "kind": rec["kind"],
+            "volume_ml": round(4 / 3 * np.pi * float(np.prod(e.radii)) / 1000.0, 3),
+            "label_value": next_value,
+        })
+        next_value += 1
     for rec in lesions:
         if rec["kind"] == "distant":
             e = rec["ellipsoid"]
