@@ -157,3 +157,29 @@ def nearest_truth(point, ph: Phantom) -> tuple[dict | None, float]:
         if d < dist:
             best, dist = n, d
     return best, dist
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Diagnose cases: ``python tests/e2e_cases.py [CASE_ID ...]`` prints expected vs found
+    (truth nodes with their zone margins, every lesion found with its reason) for the
+    classical and the perfect anatomy, so a failure can be traced to segmentation (only the
+    classical run fails), station logic (both fail, stations differ) or lesion detection."""
+    import sys
+
+    wanted = set(argv if argv is not None else sys.argv[1:])
+    for case in CASES:
+        if wanted and case.id not in wanted:
+            continue
+        ph = phantom_for(case)
+        for perfect in (False, True):
+            staged = stage(ph, perfect_anatomy=perfect)
+            r, t = staged.result, ph.truth
+            ok = (r["n_stage"], r["n_stage_9th"], counted_stations(r)) == (
+                t["n_stage"], t["n_stage_9th"], t["counting_stations"])
+            print(f"[{'perfect' if perfect else 'classical'}] {'OK' if ok else 'FAIL'}")
+            print(describe(case, ph, staged), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

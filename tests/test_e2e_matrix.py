@@ -105,3 +105,35 @@ def test_matrix_covers_the_categories_sides_confounders_and_boundaries() -> None
     assert any(c.nodes == ("4L",) and c.primary_side == "right" for c in CASES)
     assert any(c.nodes == ("4R",) and c.primary_side == "left" for c in CASES)
     assert {c.nodes for c in CASES} >= {("1R",), ("1L",)}
+
+
+def test_given_anatomy_is_cropped_to_the_work_box() -> None:
+    """The perfect-anatomy hook: a full-grid anatomy is cropped with the CT, masks too."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nstage.anatomy.base import Anatomy
+    from nstage.geometry import crop
+    from nstage.pipeline import _anatomy_on_work_grid
+
+    ct = sitk.Image([20, 16, 12], sitk.sitkInt16)
+    ct.SetSpacing((1.5, 1.5, 3.0))
+    ct.SetOrigin((-10.0, 5.0, -700.0))
+    labels = np.zeros((12, 16, 20), np.uint8)
+    labels[4:8, 5:9, 6:12] = 1
+    body = labels > 0
+    full = Anatomy(labels=labels, names={1: "trachea"}, reference=ct, backend="phantom-truth",
+                   extra_masks={"body": body})
+    box = (slice(2, 10), slice(3, 12), slice(4, 15))
+    work = crop(ct, box)
+    got = _anatomy_on_work_grid(full, ct, work, box)
+    assert got.labels.shape == sitk.GetArrayViewFromImage(work).shape
+    assert got.reference is work and got.backend == "phantom-truth"
+    np.testing.assert_array_equal(got.labels, labels[box])
+    np.testing.assert_array_equal(got.extra_masks["body"], body[box])
+    assert got.volume_ml("trachea") == full.volume_ml("trachea")
+    # already on the work grid: used as is; on neither grid: refused
+    assert _anatomy_on_work_grid(got, ct, work, box) is got
+    wrong = Anatomy(labels=labels[:5], names={1: "trachea"}, reference=ct, backend="x")
+    with pytest.raises(ValueError, match="neither the CT grid"):
+        _anatomy_on_work_grid(wrong, ct, work, box)

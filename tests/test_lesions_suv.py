@@ -90,6 +90,31 @@ def test_brown_fat_is_dropped():
     assert any("brown fat" in n for n in lm.notes)
 
 
+def test_unlabelled_liver_uptake_is_not_a_lesion():
+    """Anatomy without a liver (as from the classical backend): the phantom's liver (SUV about
+    2.5-3 after noise) crosses the 2.5 seed threshold, but it is organ-sized and barely above
+    it, so it is diffuse organ uptake, not a lesion. With that rule switched off it would be
+    reported, which is what the test guards against."""
+    from nstage.phantom import PhantomSpec, make_phantom
+
+    ph = make_phantom(PhantomSpec(nodes=(), primary_side="right", seed=5))
+    anatomy = ph.anatomy
+    liver = anatomy.mask("liver")
+    assert liver.sum() > 0, "phantom thorax should include the upper liver"
+    labels = anatomy.labels.copy()
+    labels[liver] = 0  # the backend found no liver
+    anatomy.labels = labels
+    pet = ph.pet
+    pet_on_ct = sitk.Resample(pet, ph.ct, sitk.Transform(), sitk.sitkLinear, 0.0,
+                              sitk.sitkFloat32)
+    lm = segment_suv(ph.ct, pet_on_ct, anatomy)
+    assert not (lm.mask & liver).any()
+    off = segment_suv(ph.ct, pet_on_ct, anatomy,
+                      thresholds={"detection": {"diffuse_min_volume_ml": 1e9}})
+    assert (off.mask & liver).any()
+    assert any("diffuse organ uptake" in n for n in lm.notes)
+
+
 def test_blood_pool_falls_back_to_mediastinum_without_aorta():
     syn = make_synthetic()
     labels = syn.anatomy.labels.copy()

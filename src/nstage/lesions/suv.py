@@ -31,7 +31,10 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    outline of a blurred sphere of 10-30 mm matches its diameter within about 1-2 mm. With
    ``grow_background_corrected = 0`` the level is the plain ``grow_fraction x SUVmax``.
 6. Components whose core (SUV >= 80% of their max) is fat on CT are brown fat and dropped;
-   components under ``min_volume_ml`` are dropped as noise.
+   components under ``min_volume_ml`` are dropped as noise; organ-sized components (at least
+   ``diffuse_min_volume_ml``) whose SUVmax stays below ``diffuse_max_threshold_ratio`` x the
+   seed threshold are diffuse organ uptake (a liver or spleen the anatomy did not label) and
+   dropped.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     lung = anatomy.mask("lung")
     mask = _grow_lesions(suv, spacing, organ, blood, high_bg, threshold, liver_threshold, th)
-    mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes)
+    mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes,
+                                      threshold)
     return LesionMask(mask=mask, backend="suv", reference_suv={k: float(v) for k, v in ref.items()
                                                                if isinstance(v, float | int)},
                       notes=notes)
@@ -413,19 +417,24 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
 
 def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray,
                                lung: np.ndarray, spacing: tuple[float, float, float],
-                               voxel_ml: float, th: dict, notes: list[str]) -> np.ndarray:
+                               voxel_ml: float, th: dict, notes: list[str],
+                               threshold: float) -> np.ndarray:
     lab, n = ndi.label(mask, structure=_FULL)
     if n == 0:
         return mask
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     keep = np.zeros(n + 1, dtype=bool)
-    n_small = n_fat = 0
+    n_small = n_fat = n_diffuse = 0
     for cid, sl in enumerate(ndi.find_objects(lab), start=1):
         if sizes[cid] * voxel_ml < th["min_volume_ml"]:
             n_small += 1
             continue
         comp = lab[sl] == cid
         s = suv[sl]
+        if (sizes[cid] * voxel_ml >= th["diffuse_min_volume_ml"]
+                and s[comp].max() < th["diffuse_max_threshold_ratio"] * threshold):
+            n_diffuse += 1
+            continue
         core = comp & (s >= th["brown_fat_core_fraction"] * s[comp].max())
         h = hu[sl][core & ~lung[sl]]
         h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
@@ -437,4 +446,8 @@ def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray
         notes.append(f"{n_small} component(s) under {th['min_volume_ml']} ml dropped as noise")
     if n_fat:
         notes.append(f"{n_fat} component(s) with fat-density cores dropped as brown fat")
+    if n_diffuse:
+        notes.append(f"{n_diffuse} organ-sized component(s) with SUVmax below "
+                     f"{th['diffuse_max_threshold_ratio']} x the threshold dropped as diffuse "
+                     "organ uptake (liver/spleen)")
     return keep[lab]
