@@ -701,8 +701,6 @@ def _paint_spine(p: Painter, zlo: float, zhi: float) -> None:
         lumbar = name.startswith("L")
         rx, ry = (12.0, 10.0) if cervical else ((24.0, 17.0) if lumbar else (19.0, 15.0))
         yb = float(spine_y(z0))
-        body = (x for x in ())  # placeholder to keep linters calm about unused names
-        del body
         lo, hi = (-rx - 40.0, yb - ry - 2, bot), (rx + 40.0, yb + ry + 75.0, top)
         sl, x, y, z = grid.box(lo, hi)
         if any(s.stop <= s.start for s in sl):
@@ -756,7 +754,7 @@ def _paint_spine(p: Painter, zlo: float, zhi: float) -> None:
 
 
 def _paint_whole_body_extras(p: Painter) -> None:
-    table = p.table
+    """Head (skull, brain), pelvis and femurs for the whole-body extent."""
     head = Ellipsoid((0.0, 2.0, 268.0), (74.0, 92.0, 102.0))
     p.ellipsoid("muscle", head)
     p.ellipsoid("fat", head, grow=0.0, only=[0])
@@ -774,7 +772,6 @@ def _paint_whole_body_extras(p: Painter) -> None:
         p.tube(f"femur_{side}/marrow", femur, grow=-5.0)
     p.ellipsoid("sacrum", Ellipsoid((0.0, 70.0, -430.0), (42.0, 18.0, 55.0),
                                     tuple(map(tuple, rotation(roll_deg=25.0)))))
-    del table
 
 
 def carve_lungs(grid: Grid, table: TissueTable, labels: np.ndarray,
