@@ -84,6 +84,47 @@ def test_nodes_are_in_the_body_and_in_or_out_of_the_lung_as_their_station_says(p
             assert lung_frac < 0.6, f"mediastinal node {st} is surrounded by lung"
         elif is_intrapulmonary(st):
             assert lung_frac > 0.8, f"intrapulmonary node {st} is not inside the lung"
+        else:
+            # hilar: against the bronchus / mediastinal soft tissue, never wrapped by lung
+            # (that would read as intrapulmonary 11-14)
+            assert lung_frac < 0.6, f"hilar node {st} is surrounded by lung ({lung_frac:.0%})"
+
+
+def test_nodes_sit_where_clinical_md_section_2_puts_their_station(phantom):
+    """The CLINICAL.md section 2 borders that a station assigner reads off the anatomy."""
+    lm = phantom.truth["landmarks"]
+    zg = ZoneGeometry.from_truth(phantom.truth)
+    carina_x, _, carina_z = lm["carina_mm"]
+    for node in phantom.truth["nodes"]:
+        st = node["station"]
+        x, y, z = node["centroid_mm"]
+        if st in ("3a", "3p", "4R", "4L", "2R", "2L"):
+            assert carina_z < z < lm["manubrium_top_z_mm"], st
+        if st == "4R":
+            # the whole node above the carina (4R reaches down to about the carina)
+            assert z - node["short_axis_mm"] / 2 > carina_z, node
+        if st == "10R":
+            # no azygos in the anatomy vocabulary: the 4R/10R border is the carina
+            assert z < carina_z - 2.0, node
+        if st == "7":
+            assert lm["station7_bottom_z_mm"] < z < carina_z
+            right, left = zg.bronchus_x_at("right", z), zg.bronchus_x_at("left", z)
+            assert right < x < left, f"7 not between the main bronchi: {node}"
+        if st.startswith("8"):
+            # IASLC: 8R / 8L by the midline, not by the oesophagus
+            off = x - carina_x
+            assert (off <= -8.0) if st == "8R" else (off >= 8.0), node
+            assert z < lm["station7_bottom_z_mm"]
+
+
+def test_station7_bronchus_line_is_the_central_airway(phantom_a):
+    """Just below the carina the right bronchus is close to the midline, not ~25 mm lateral
+    (the right upper-lobe branch must not enter the station-7 limits)."""
+    zg = ZoneGeometry.from_truth(phantom_a.truth)
+    cx, _, cz = phantom_a.truth["landmarks"]["carina_mm"]
+    assert -15.0 < zg.bronchus_x_at("right", cz - 5.0) - cx < 0.0
+    # the left main bronchus is longer and more horizontal, but still the main bronchus
+    assert 0.0 < zg.bronchus_x_at("left", cz - 5.0) - cx < 30.0
 
 
 def test_expected_n_equals_the_rules_engine_on_the_truth(phantom):
@@ -190,9 +231,12 @@ def test_pet_uptake_is_physiological_and_on_its_own_grid(phantom_a):
     assert 1.9 < np.median(on_ct[liver]) < 2.6
     assert np.median(on_ct[lung]) < 0.8
     for node in ph.truth["nodes"]:
-        assert 4.0 <= node["suv_max"] <= 12.0
+        assert 4.0 <= node["suv_max"] <= 25.0
         # partial volume: the blurred maximum is below the activity, above the blood pool
         assert 1.8 < node["suv_max_blurred"] <= node["suv_max"] + 0.05
+        if node["counts"]:
+            # metastatic nodes are clearly avid after blur and partial volume
+            assert node["suv_max_blurred"] >= 3.5, node
 
 
 def test_same_seed_same_phantom_other_seed_other_phantom():

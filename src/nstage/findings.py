@@ -140,8 +140,9 @@ LUNG_GROUPS = ("lung_left", "lung_right", "lung")
 # Structures that mark the hilum: airway beyond the trachea and the pulmonary vessels.
 HILAR_STRUCTURES = ("main_bronchus_left", "main_bronchus_right", "airway", "lung_airways",
                     "pulmonary_artery", "pulmonary_vein")
-BONE_PREFIXES = ("vertebrae_", "rib_", "sternum", "clavicula", "scapula", "humerus", "hip_",
-                 "sacrum", "femur", "skull", "costal_cartilages")
+# "spine": the classical backend labels the whole vertebral column with that one name.
+BONE_PREFIXES = ("vertebrae_", "spine", "rib_", "sternum", "clavicula", "scapula", "humerus",
+                 "hip_", "sacrum", "femur", "skull", "costal_cartilages")
 ORGANS_NOT_NODES = ("liver", "spleen", "kidney_left", "kidney_right", "adrenal_gland_left",
                     "adrenal_gland_right", "stomach", "pancreas", "gallbladder", "small_bowel",
                     "duodenum", "colon", "urinary_bladder", "brain", "thyroid_gland", "heart",

@@ -30,6 +30,13 @@ from nstage.phantom.zones import (
 WORLD_OFFSET = np.array([0.8, -12.5, -745.0])  # anatomical frame -> scanner mm (plus jitter)
 BLOOD_POOL_SUV = A.BLOOD_SUV
 LIVER_SUV = A.LIVER_SUV
+# Counted (metastatic) nodes: lowest noise-free SUVmax after blur and partial volume, well
+# above the 2.5 positivity floor so that "counts" is never a borderline call.
+COUNTED_MIN_BLURRED_SUV = 3.8
+# Hilar (10R/10L) nodes lie in the hilar fat around the bronchi and vessels, not in lung
+# parenchyma: lung within this distance (mm) of the node becomes hilar fat, so the node is
+# never wrapped by lung (that reads as intrapulmonary 11-14).
+HILAR_FAT_RIM_MM = 3.5
 LOBE_CODES = ("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right",
               "lung_upper_lobe_left", "lung_lower_lobe_left")
 
@@ -132,9 +139,10 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     manubrium_top = zmax(codes("sternum/cortex", "sternum/marrow"))
     cricoid = zmax(codes("trachea/wall", "trachea/lumen"))
     air = layout.airways
-    lll = air.lobar["lll"]
-    s7_bottom = 0.5 * ((air.ends["left_main_end"][2] + lll.radii[0])
-                       + (air.ends["bronchus_intermedius_end"][2] - air.lobar["bi"].radii[-1]))
+    # IASLC: station 7 reaches down to the upper border of the left lower-lobe bronchus (left)
+    # or the lower border of the bronchus intermedius (right); the higher of the two, where
+    # the left main bronchus ends, keeps every station-7 node unambiguous on both sides.
+    s7_bottom = float(air.ends["left_main_end"][2])
     pv_low = min(float((t.points[:, 2] - t.radii).min())
                  for n, (t, _) in layout.vessels.others.items() if n.endswith("_lower"))
     oes = layout.oesophagus
@@ -150,6 +158,11 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
     left = np.concatenate([air.main_left.points[::6], air.lobar["lul"].points[:40:6],
                            air.lobar["lll"].points[:30:6]])
     oe_pts = oes.points[::8]
+    # central airway below the carina (monotonic in z): main bronchus, then bronchus
+    # intermedius (right) / left lower-lobe bronchus (left); no lateral lobar branch
+    central = {"right": np.concatenate([air.main_right.points[::3], air.lobar["bi"].points[::3]]),
+               "left": np.concatenate([air.main_left.points[::3],
+                                       air.lobar["lll"].points[:30:3]])}
     return ZoneGeometry(
         levels={
             "cricoid": cricoid, "manubrium_top": manubrium_top,
@@ -165,6 +178,7 @@ def _measure_landmarks(grid: Grid, table: TissueTable, labels: np.ndarray,
         esophagus=oe_pts,
         hilum={"right": tuple(float(v) for v in air.ends["right_main_end"]),
                "left": tuple(float(v) for v in air.ends["left_main_end"])},
+        central_bronchi=central,
     )
 
 
@@ -327,15 +341,29 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
             free, adj, grow = neck_free, None, 2.0
         else:
             free, adj, grow = med_free, hull, 1.5
-        def predicate(p, short=short):
-            ok = in_zone(station, p, zg, margin=3.0)
-            if station in ("3a", "3p", "4R"):
-                # keep the whole node above the carina: the subcarinal space is station 7's
-                ok &= np.atleast_2d(p)[:, 2] - 0.65 * short > zg.levels["carina"] + 1.0
-            return ok
+        e = None
+        # Deterministic fallbacks when the zone is crowded (e.g. station 7 next to other
+        # nodes): smaller nodes first, then a thinner fat rim and a smaller zone margin.
+        for lo_short, g_use, margin in ((min_short, grow, 3.0),
+                                        (min(min_short, 8.0), grow, 3.0),
+                                        (min(min_short, 6.0), max(1.0, grow - 0.5), 2.0)):
+            def predicate(p, short=short, margin=margin):
+                ok = in_zone(station, p, zg, margin=margin)
+                if station in ("3a", "3p", "4R"):
+                    # keep the whole node above the carina: the subcarinal space is station 7's
+                    ok &= np.atleast_2d(p)[:, 2] - 0.65 * short > zg.levels["carina"] + 1.0
+                return ok
 
-        e = placer.place(predicate, sampling_box(station, zg), short, free, adj, grow=grow,
-                         min_short=min_short)
+            e = placer.place(predicate, sampling_box(station, zg), short, free, adj,
+                             grow=g_use, min_short=lo_short)
+            if e is not None:
+                break
+        if e is not None and station.startswith("10"):
+            # hilar fat around the node (only lung parenchyma is replaced; the bronchus wall
+            # and vessels it abuts stay)
+            sl, m = e.mask(grid, HILAR_FAT_RIM_MM)
+            t = labels[sl]
+            t[m & np.isin(t, lungs)] = med_free[0]
         if e is None:
             raise RuntimeError(f"phantom: no room for a node in station {station} "
                                f"(seed {spec.seed}); this is a bug in the phantom layout")
@@ -465,6 +493,9 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     for rec in lesions:
         if "target_blurred_max" in rec:
             _calibrate(rec, labels, ct, table, pet_ref, offset)
+        elif rec["kind"] == "node" and rec["counts"]:
+            _calibrate(rec, labels, ct, table, pet_ref, offset,
+                       floor=COUNTED_MIN_BLURRED_SUV)
     pet, clean = synthesize(labels, ct, table.lut("suv"), pet_ref, rng)
     timings["pet"] = time.perf_counter() - t3
 
@@ -479,10 +510,14 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
 
 
 def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable,
-               pet_ref: sitk.Image, offset: np.ndarray) -> None:
+               pet_ref: sitk.Image, offset: np.ndarray, floor: float | None = None) -> None:
     """Set a lesion's activity so that its blurred, noise-free PET maximum (as the truth
     reports it) hits ``rec["target_blurred_max"]``: the blur is linear in the activity, so two
-    local evaluations and one correction suffice."""
+    local evaluations and one correction suffice.
+
+    With ``floor`` (SUV) instead of a target: keep the drawn activity unless the blurred
+    maximum would fall below ``floor`` (small nodes lose most of their peak to partial
+    volume), then raise it to ``floor``."""
     e: Ellipsoid = rec["ellipsoid"]
     key = table.tissues[rec["code"]].key
     centre = np.asarray(e.center) + offset
@@ -495,7 +530,13 @@ def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable
         inside = e.inside(q[:, 0], q[:, 1], q[:, 2], grow_mm=2.0)
         return float(vals[inside].max() if inside.any() else vals.max())
 
-    target = rec["target_blurred_max"]
+    if floor is not None:
+        if peak(rec["suv"]) >= floor:
+            table.set_suv(key, rec["suv"])
+            return
+        target = floor
+    else:
+        target = rec["target_blurred_max"]
     p0, p1 = peak(0.0), peak(10.0)
     a = 10.0 * (target - p0) / max(p1 - p0, 1e-6)
     for _ in range(3):

@@ -13,20 +13,29 @@ Practical rules encoded (one per station):
 - 2L: above the aortic arch top, below the manubrium top; left of the left tracheal border.
 - 3a: prevascular: well anterior to the trachea (in front of the great vessels), carina to the
   manubrium top, near the midline.
-- 3p: posterior to the trachea, carina to cricoid.
+- 3p: posterior to the trachea, carina up to the manubrium top (above it is station 1).
 - 4R: brachiocephalic crossing down to the carina; right of the left tracheal border.
 - 4L: aortic arch top down to the top of the left pulmonary artery; between the left tracheal
   border and the ligamentum arteriosum.
 - 5: between the arch's lower border and the left pulmonary artery top, lateral to the
   ligamentum arteriosum.
 - 6: anterior-left of the ascending aorta and arch, between the arch's upper and lower borders.
-- 7: carina down to the station-7 lower border, between the main bronchi.
-- 8R/8L: below station 7 down to the diaphragm, within 30 mm of the oesophagus.
+- 7: carina down to the station-7 lower border (upper border of the left lower-lobe
+  bronchus), between the central bronchi (main bronchus, then bronchus intermedius / left
+  lower-lobe bronchus: never a lateral lobar branch), at most 22 mm from the carina's x.
+- 8R/8L: below station 7 down to the diaphragm, within 24 mm of the oesophagus centre; side by
+  the midline (IASLC), at least 8 mm right / left of the carina's x.
 - 9R/9L: below the inferior pulmonary vein down to the diaphragm, medial, beyond 28 mm from the
   oesophagus.
-- 10R/10L: within 26 mm of the distal main bronchus / proximal lobar bronchi, more than 25 mm
-  lateral of the tracheal centre; below the azygos arch (R) / the left pulmonary artery top (L).
-- 11-14: intrapulmonary, by distance from the hilum point (11 nearest, 14 farthest); side by x.
+- 10R/10L: at the hilum: within 24 mm of the central bronchus, at least 8 mm lateral of it and
+  20 mm of the tracheal centre, more than 38 mm from the oesophagus centre; from 20 mm below
+  the station-7 border up to the carina (R: below the carina and the azygos arch, as
+  ``CLINICAL.md`` takes the carina for the 4R/10R border when no azygos is segmented) / the left
+  pulmonary artery top (L). The phantom keeps them against the bronchus or mediastinal soft
+  tissue (not wrapped by lung, see :mod:`nstage.phantom.build`).
+- 11-14: intrapulmonary, beyond the hilum (more than 14 mm past the main bronchus's end along
+  the carina-hilum axis, or 29 mm from the central bronchus), by distance from the hilum point
+  in disjoint bands (11 nearest, 14 farthest); side by x.
 """
 
 from __future__ import annotations
@@ -36,9 +45,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Disjoint distance bands (mm from the hilum point) of 11-14, with a gap around 40, 55 and
+# 75 mm (a common interlobar / lobar / segmental split), so the sub-station is unambiguous.
 INTRAPULMONARY_DISTANCE_MM: dict[int, tuple[float, float]] = {
-    11: (20.0, 45.0), 12: (32.0, 58.0), 13: (48.0, 80.0), 14: (68.0, 200.0),
+    11: (18.0, 37.0), 12: (43.0, 52.0), 13: (58.0, 72.0), 14: (78.0, 200.0),
 }
+STATION8_MIDLINE_MM = 8.0  # 8R / 8L centre at least this far right / left of the midline
 
 
 @dataclass
@@ -63,6 +75,10 @@ class ZoneGeometry:
         Oesophagus centreline.
     hilum : dict of str to (x, y, z)
         Where each main bronchus enters the lung.
+    central_bronchi : dict of str to (n, 3) array, optional
+        ``"left"``/``"right"``: the central airway below the carina only (main bronchus, then
+        the left lower-lobe bronchus / bronchus intermedius), monotonic in z; the lateral
+        lobar branches of ``bronchi`` are left out. Defaults to ``bronchi`` (older truth).
     """
 
     levels: dict[str, float]
@@ -72,6 +88,7 @@ class ZoneGeometry:
     esophagus: np.ndarray
     hilum: dict[str, tuple[float, float, float]]
     extras: dict = field(default_factory=dict)
+    central_bronchi: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         # sorted copies for fast interpolation by level
@@ -83,6 +100,12 @@ class ZoneGeometry:
         for k, b in self.bronchi.items():
             b = np.asarray(b, float)
             self._br[k] = b[np.argsort(b[:, 2])]
+        if self.central_bronchi is None:
+            self.central_bronchi = {k: np.asarray(v, float) for k, v in self.bronchi.items()}
+        self._cb = {}
+        for k, b in self.central_bronchi.items():
+            b = np.asarray(b, float)
+            self._cb[k] = b[np.argsort(b[:, 2])]
 
     # -- construction -------------------------------------------------------------------
     def shifted(self, offset: Sequence[float]) -> ZoneGeometry:
@@ -102,6 +125,8 @@ class ZoneGeometry:
             esophagus=self.esophagus + o,
             hilum={k: tuple(float(a) for a in np.asarray(v) + o) for k, v in self.hilum.items()},
             extras=dict(self.extras),
+            central_bronchi={k: np.asarray(v, float) + o
+                             for k, v in (self.central_bronchi or {}).items()},
         )
 
     def to_dict(self) -> dict:
@@ -113,6 +138,8 @@ class ZoneGeometry:
             "bronchi_mm": {k: np.round(v, 2).tolist() for k, v in self.bronchi.items()},
             "esophagus_mm": np.round(self.esophagus, 2).tolist(),
             "hilum_mm": {k: [round(float(a), 2) for a in v] for k, v in self.hilum.items()},
+            "central_bronchi_mm": {k: np.round(np.asarray(v, float), 2).tolist()
+                                   for k, v in (self.central_bronchi or {}).items()},
         }
 
     @classmethod
@@ -124,6 +151,8 @@ class ZoneGeometry:
             bronchi={k: np.asarray(v, float) for k, v in d["bronchi_mm"].items()},
             esophagus=np.asarray(d["esophagus_mm"], float),
             hilum={k: tuple(v) for k, v in d["hilum_mm"].items()},
+            central_bronchi=({k: np.asarray(v, float) for k, v in d["central_bronchi_mm"].items()}
+                             if d.get("central_bronchi_mm") else None),
         )
 
     @classmethod
@@ -143,9 +172,42 @@ class ZoneGeometry:
         return np.interp(z, e[:, 2], e[:, 0]), np.interp(z, e[:, 2], e[:, 1])
 
     def bronchus_x_at(self, side: str, z):
-        """x (mm) of the main-bronchus centreline at level(s) z (its lowest point below)."""
-        b = self._br[side]
+        """x (mm) of the central bronchus centreline (main bronchus, then bronchus intermedius
+        / left lower-lobe bronchus) at level(s) z, clamped to its extent.
+
+        Only the central airway is used: interpolating through a lateral lobar branch as well
+        would put the right bronchus ~25 mm lateral just below the carina.
+        """
+        b = self._cb[side]
         return np.interp(z, b[:, 2], b[:, 0])
+
+    def carina_point(self) -> np.ndarray:
+        """(x, y, z) mm of the carina (tracheal centre at the carina level)."""
+        z = self.levels["carina"]
+        x, y, _ = self.trachea_at(z)
+        return np.array([float(x), float(y), float(z)])
+
+    def hilar_geometry(self, side: str, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For points (n, 3) mm: how far beyond the hilum point they lie along the
+        carina-to-hilum axis (negative: before it), and their distance to the central
+        bronchus polyline (sampled points, mm)."""
+        c = self.carina_point()
+        h = np.asarray(self.hilum[side], float)
+        axis = (h - c) / max(float(np.linalg.norm(h - c)), 1e-6)
+        along = (pts - h) @ axis
+        line = _densify(self._cb[side])
+        d = np.min(np.linalg.norm(pts[:, None, :] - line[None], axis=2), axis=1)
+        return along, d
+
+
+def _densify(line: np.ndarray, step: float = 1.0) -> np.ndarray:
+    """Polyline points resampled every ``step`` mm (distances to the line, not its nodes)."""
+    out = [line[:1]]
+    for a, b in zip(line[:-1], line[1:], strict=True):
+        n = max(1, int(np.ceil(np.linalg.norm(b - a) / step)))
+        t = np.linspace(0.0, 1.0, n + 1)[1:, None]
+        out.append(a + t * (b - a))
+    return np.concatenate(out)
 
 
 def _side_ok(code: str, x, xref, m: float):
@@ -193,7 +255,8 @@ def _zone(station, x, y, z, g, m):
         return (between(z, lv["carina"], lv["manubrium_top"]) & (y < yc - rt - 22.0 - m)
                 & between(x, xc - 25.0, xc + 12.0))
     if station == "3p":
-        return (between(z, lv["carina"], lv["cricoid"]) & between(y, yc + rt, yc + rt + 40.0)
+        return (between(z, lv["carina"], lv["manubrium_top"])
+                & between(y, yc + rt, yc + rt + 40.0)
                 & (np.abs(x - xc) < 25.0 - m))
     if station == "4R":
         return (between(z, lv["carina"], lv["brachiocephalic_crossing"])
@@ -208,15 +271,17 @@ def _zone(station, x, y, z, g, m):
         return (between(z, lv["aortic_arch_bottom"], lv["aortic_arch_top"])
                 & between(x, xc + 18.0, xc + 75.0) & (y < yc - 15.0 - m))
     if station == "7":
-        xr = g.bronchus_x_at("right", z)
-        xl = g.bronchus_x_at("left", z)
-        cy = g.trachea_at(lv["carina"])[1]
+        x0, cy, _ = g.trachea_at(lv["carina"])
+        xr = np.maximum(g.bronchus_x_at("right", z), x0 - 22.0)
+        xl = np.minimum(g.bronchus_x_at("left", z), x0 + 22.0)
         return (between(z, lv["station7_bottom"], lv["carina"]) & between(x, xr, xl)
                 & between(y, cy - 15.0, cy + 25.0))
     if num == 8:
         xe, ye = g.esophagus_at(z)
+        x0 = g.trachea_at(lv["carina"])[0]
         return (between(z, lv["diaphragm_medial"], lv["station7_bottom"])
-                & (np.hypot(x - xe, y - ye) < 30.0 - m) & _side_ok(station, x, xe, m))
+                & (np.hypot(x - xe, y - ye) < 24.0 - m)
+                & _side_ok(station, x, x0, m + STATION8_MIDLINE_MM))
     if num == 9:
         xe, ye = g.esophagus_at(z)
         d = np.hypot(x - xe, y - ye)
@@ -225,20 +290,27 @@ def _zone(station, x, y, z, g, m):
     pts = np.stack([x, y, z], 1)
     if num == 10:
         side = "right" if station.endswith("R") else "left"
-        top = lv["azygos_arch_bottom"] if side == "right" else lv["left_pulmonary_artery_top"]
-        b = np.asarray(g.bronchi[side], float)
-        xc0 = g.trachea_at(lv["carina"])[0]
-        distal = b[np.abs(b[:, 0] - xc0) >= 20.0]
-        if not len(distal):
-            return np.zeros(len(x), bool)
-        d = np.min(np.linalg.norm(pts[:, None, :] - distal[None], axis=2), axis=1)
-        return ((d < 26.0 - m) & between(z, lv["station7_bottom"] - 35.0, top)
-                & (np.abs(x - xc) > 25.0 + m) & _side_ok(station, x, xc, m))
+        if side == "right":
+            # CLINICAL.md: 4R reaches down to about the carina (no azygos segmented)
+            top = min(lv["azygos_arch_bottom"], lv["carina"]) - 2.0
+        else:
+            top = lv["left_pulmonary_artery_top"]
+        _, d = g.hilar_geometry(side, pts)
+        xb = g.bronchus_x_at(side, z)
+        lateral = (xb - x) if side == "right" else (x - xb)
+        xe, ye = g.esophagus_at(z)
+        return ((d < 24.0 - m) & (lateral > 8.0 + m)
+                & between(z, lv["station7_bottom"] - 20.0, top)
+                & (np.hypot(x - xe, y - ye) > 38.0 + m)
+                & (np.abs(x - xc) > 20.0 + m) & _side_ok(station, x, xc, m))
     if num in INTRAPULMONARY_DISTANCE_MM:
         side = "right" if station.endswith("R") else "left"
         lo, hi = INTRAPULMONARY_DISTANCE_MM[num]
         d = np.linalg.norm(pts - np.asarray(g.hilum[side], float), axis=1)
-        return between(d, lo, hi) & (np.abs(x - xc) > 30.0 + m) & _side_ok(station, x, xc, m)
+        along, d_bronchus = g.hilar_geometry(side, pts)
+        beyond = (along > 14.0 + m) | (d_bronchus > 29.0 + m)
+        return (between(d, lo, hi) & beyond & (np.abs(x - xc) > 30.0 + m)
+                & _side_ok(station, x, xc, m))
     raise ValueError(f"no zone defined for station {station!r}")
 
 
@@ -261,7 +333,7 @@ def sampling_box(station: str, g: ZoneGeometry) -> tuple[np.ndarray, np.ndarray]
     elif station in ("2R", "2L"):
         zlo, zhi = min(lv["brachiocephalic_crossing"], lv["aortic_arch_top"]), lv["manubrium_top"]
     elif station in ("3a", "3p"):
-        zlo, zhi = lv["carina"], lv["cricoid"] if station == "3p" else lv["manubrium_top"]
+        zlo, zhi = lv["carina"], lv["manubrium_top"]
     elif station == "4R":
         zlo, zhi = lv["carina"], lv["brachiocephalic_crossing"]
     elif station in ("4L", "5", "6"):
@@ -271,7 +343,7 @@ def sampling_box(station: str, g: ZoneGeometry) -> tuple[np.ndarray, np.ndarray]
     elif num in (8, 9):
         zlo, zhi = lv["diaphragm_medial"], lv["station7_bottom"]
     elif num == 10:
-        zlo, zhi = lv["station7_bottom"] - 35.0, lv["carina"] + 20.0
+        zlo, zhi = lv["station7_bottom"] - 20.0, lv["carina"] + 20.0
     else:
         h = np.asarray(g.hilum["right" if station.endswith("R") else "left"])
         r = INTRAPULMONARY_DISTANCE_MM[num][1]
