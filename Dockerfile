@@ -4,12 +4,12 @@
 # verified against model/totalseg-weights.sha256.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
+# TotalSegmentator: weights baked into the image, config home writable at run time.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLBACKEND=Agg \
-    # TotalSegmentator: weights baked into the image, config home writable at run time.
     TOTALSEG_WEIGHTS_PATH=/opt/totalseg/weights \
     TOTALSEG_HOME_DIR=/tmp/totalseg-home \
     nnUNet_raw=/tmp/nnunet_raw \

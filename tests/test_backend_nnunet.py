@@ -187,6 +187,24 @@ def test_model_without_models_extra_is_a_model_error(tmp_path, monkeypatch):
         segment_nnunet(*_images(), _fake_folder(tmp_path))
 
 
+def test_auto_uses_suv_when_default_model_present_but_extra_missing(tmp_path, monkeypatch):
+    """A model in /opt/ml/model/lesions must not break a core-only install: auto -> SUV."""
+    import nstage.lesions as lesions
+    import nstage.lesions.nnunet as mod
+    import nstage.lesions.suv as suv
+
+    monkeypatch.setattr(mod, "DEFAULT_MODEL_DIR", _fake_folder(tmp_path))
+    monkeypatch.setattr(mod, "nnunet_installed", lambda: False)
+    called = []
+    monkeypatch.setattr(suv, "segment_suv", lambda *a, **k: called.append("suv") or "mask")
+    ct, pet = _images()
+    assert lesions.segment(ct, pet, anatomy=None, backend="auto") == "mask"
+    assert called == ["suv"]
+    # An explicitly named model folder is what the user asked for: no silent fallback.
+    with pytest.raises(ModelError, match="not installed"):
+        lesions.segment(ct, pet, anatomy=None, backend="auto", model_dir=mod.DEFAULT_MODEL_DIR)
+
+
 def test_named_fold_must_exist(tmp_path):
     folder = _fake_folder(tmp_path)
     assert check_model_folder(folder) == [0]

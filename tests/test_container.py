@@ -33,7 +33,9 @@ socket.create_connection = _refuse
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = DOCKERFILE.read_text()
+    # Docker drops comment lines before joining continuations; so do we.
+    lines = DOCKERFILE.read_text().splitlines()
+    text = "\n".join(ln for ln in lines if not ln.lstrip().startswith("#"))
     text = re.sub(r"\\\n", " ", text)
     out = []
     for line in text.splitlines():

@@ -33,7 +33,9 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
         Label map on that grid (used by the SUV backend).
     backend : {"auto", "suv", "nnunet"}
         ``auto``: nnU-Net when :func:`~nstage.lesions.nnunet.find_lesion_model` finds a model in
-        ``model_dir`` (default ``/opt/ml/model/lesions``), else the SUV backend.
+        ``model_dir`` (default ``/opt/ml/model/lesions``), else the SUV backend. A model in the
+        default folder without torch/nnunetv2 installed also falls back to the SUV backend; an
+        explicitly given ``model_dir`` never falls back (the user asked for that model).
     model_dir : Path, optional
         nnU-Net v2 trained-model folder.
     folds : sequence, optional
@@ -53,9 +55,10 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
         raise UsageError(f"unknown lesion backend {backend!r}",
                          hint=f"use one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        from nstage.lesions.nnunet import find_lesion_model
+        from nstage.lesions.nnunet import find_lesion_model, nnunet_installed
 
-        backend = "nnunet" if find_lesion_model(model_dir) is not None else "suv"
+        found = find_lesion_model(model_dir) is not None
+        backend = "nnunet" if found and (model_dir is not None or nnunet_installed()) else "suv"
     if backend == "nnunet":
         from nstage.lesions.nnunet import segment_nnunet
 
