@@ -20,17 +20,10 @@ import time
 import pytest
 from e2e_cases import CASES, Case, counted_stations, describe, phantom_for, stage
 
-# Diagnosed causes of the cases that fail today (2026-11-26), by (case id, anatomy).
-_HEART_SWALLOWS_NODE = (
-    "anatomy.classical: the classical 'heart' mask covers about 60% of the 10R node below the "
-    "carina (N1-R-10R: 204 of 323 voxels; boundary-4R|10R-R: 145 of 225) and lesions.suv "
-    "lets no seed start inside PHYSIOLOGICAL organs, so the node (13-15 mm, SUVmax ~7) is not "
-    "found at all"
-)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("N1-R-10R", "classical"): _HEART_SWALLOWS_NODE,
-    ("boundary-4R|10R-R", "classical"): _HEART_SWALLOWS_NODE,
-}
+# Diagnosed causes of the cases that fail today, by (case id, anatomy). Empty since the
+# classical heart starts 3 cm below the carina (it swallowed the 10R nodes of
+# N1-R-10R and boundary-4R|10R-R before, 2026-11-26).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _params():

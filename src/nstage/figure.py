@@ -491,8 +491,9 @@ def _mip(fig, ax, pet: sitk.Image, pet_arr: np.ndarray, result: dict,
                         xytext=(lx, ly), zorder=4,
                         arrowprops={"arrowstyle": "-", "color": "black", "linewidth": 0.7,
                                     "shrinkA": 0, "shrinkB": 9})
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.005), ncol=6, fontsize=7,
-              frameon=False, handletextpad=0.2, columnspacing=0.9, markerscale=0.7)
+    if ax.get_legend_handles_labels()[0]:  # nothing found (NX, N0 without lesions): no key
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.005), ncol=6, fontsize=7,
+                  frameon=False, handletextpad=0.2, columnspacing=0.9, markerscale=0.7)
     # Colour bar directly under the image, at the image's width.
     ax.apply_aspect()
     pos = ax.get_position()

@@ -15,7 +15,7 @@ nearest-neighbour resampling. Steps, all thresholds in HU:
 4. bone (> 150 HU): spine (posterior midline column), sternum (anterior midline),
    clavicles (anterior, lateral, at the top of the thorax);
 5. mediastinum = convex hull of both lungs per slice minus lungs, airway and bone, in front
-   of the vertebral bodies; heart = the bulky anterior part of it below the carina; aorta =
+   of the vertebral bodies; heart = the bulky anterior part of it from 3 cm below the carina; aorta =
    the descending aorta traced as the largest round soft-tissue section left-anterior of the
    spine, followed upwards over the arch and down the ascending aorta.
 
@@ -388,7 +388,10 @@ def _heart(g: _Grid, medi: np.ndarray, spine: np.ndarray, carina_k: int | None,
     ks = np.nonzero(lungs.any(axis=(1, 2)))[0]
     if ks.size == 0:
         return np.zeros_like(medi)
-    top = carina_k - g.mm(20.0, 0) if carina_k is not None else int(ks[0] + 0.55 * np.ptp(ks))
+    # The heart (left atrium roof) starts below the subcarinal space, which reaches about
+    # 3 cm below the carina (station 7's lower border: the intermediate / lower-lobe
+    # bronchus, IASLC 2009); a higher top swallowed 10R nodes at the hilum (seen on phantoms).
+    top = carina_k - g.mm(30.0, 0) if carina_k is not None else int(ks[0] + 0.55 * np.ptp(ks))
     region = medi.copy()
     region[top:] = False
     for k in range(region.shape[0]):

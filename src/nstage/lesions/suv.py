@@ -315,6 +315,8 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
             continue
         region_box = _grow_one(p, suv, smooth, spacing, organ, blood, threshold, th, ball)
         if region_box is not None:
+            # Diffuse regions are kept here too: the other seeds of the same organ are then
+            # skipped, and the final pass drops the organ as one component.
             region, sl = region_box
             out[sl] |= region
     return out
@@ -357,7 +359,7 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
             markers[q] = 1
             basins = watershed(-s_sm, markers=markers, mask=s_sm > min(threshold, peak) * 0.5)
             own = (basins == 1) & ~org & ~blood[sl]
-            near = ndi.distance_transform_edt(~org, sampling=spacing)[q] <= th["spill_margin_mm"]
+            near = _distance_to(org, q, spacing, th["spill_margin_mm"]) <= th["spill_margin_mm"]
             if near and peak - _pass_height(s_raw, org, q, peak) < th["spill_prominence"] * peak:
                 return None
         if corrected:
@@ -369,6 +371,10 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
         if lab[q] == 0:
             return None
         region = lab == lab[q]
+        if _is_diffuse(int(region.sum()), peak, spacing, threshold, th):
+            # Organ-sized and faint: the final pass drops it as diffuse uptake; growing the
+            # box further (across a whole unlabelled liver) would change nothing but the time.
+            return region, sl
         at_edge = any(
             (region.take(0, axis=a).any() and sl[a].start > 0)
             or (region.take(-1, axis=a).any() and sl[a].stop < suv.shape[a])
@@ -408,11 +414,36 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
     lab, _ = ndi.label(own & (s_raw >= 0.5 * peak), structure=_FULL)
     core = lab == lab[q] if lab[q] else np.zeros(s_raw.shape, dtype=bool)
     core[q] = True
-    dist = ndi.distance_transform_edt(~core, sampling=spacing)
-    shell = (dist > 5.0) & (dist <= 12.0) & ~org & (s_raw < threshold)
+    # Only the 12 mm neighbourhood of the core matters: work in its bounding box.
+    sl = _pad(ndi.find_objects(core.astype(np.uint8))[0],
+              [int(np.ceil(12.0 / s)) + 1 for s in spacing], s_raw.shape)
+    dist = ndi.distance_transform_edt(~core[sl], sampling=spacing)
+    shell = (dist > 5.0) & (dist <= 12.0) & ~org[sl] & (s_raw[sl] < threshold)
     if shell.sum() < 10:
         return 0.0
-    return float(np.clip(np.median(s_raw[shell]), 0.0, 0.6 * peak))
+    return float(np.clip(np.median(s_raw[sl][shell]), 0.0, 0.6 * peak))
+
+
+def _distance_to(mask: np.ndarray, q: tuple[int, int, int],
+                 spacing: tuple[float, float, float], within_mm: float) -> float:
+    """Distance in mm from voxel ``q`` to the nearest voxel of ``mask``, or inf when none lies
+    within ``within_mm`` (only that neighbourhood is searched)."""
+    r = [int(np.ceil(within_mm / s)) for s in spacing]
+    sl = tuple(slice(max(0, c - h), c + h + 1) for c, h in zip(q, r, strict=True))
+    pts = np.argwhere(mask[sl])
+    if pts.size == 0:
+        return float("inf")
+    off = (pts + np.array([s.start for s in sl]) - np.array(q)) * np.array(spacing)
+    return float(np.sqrt((off ** 2).sum(axis=1)).min())
+
+
+def _is_diffuse(n_voxels: int, suv_max: float, spacing: tuple[float, float, float],
+                threshold: float, th: dict) -> bool:
+    """Organ-sized (>= ``diffuse_min_volume_ml``) and faint (SUVmax below
+    ``diffuse_max_threshold_ratio`` x the seed threshold): diffuse organ uptake, not a lesion."""
+    ml = n_voxels * float(np.prod(spacing)) / 1000.0
+    return (ml >= th["diffuse_min_volume_ml"]
+            and suv_max < th["diffuse_max_threshold_ratio"] * threshold)
 
 
 def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray,
@@ -431,8 +462,7 @@ def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray
             continue
         comp = lab[sl] == cid
         s = suv[sl]
-        if (sizes[cid] * voxel_ml >= th["diffuse_min_volume_ml"]
-                and s[comp].max() < th["diffuse_max_threshold_ratio"] * threshold):
+        if _is_diffuse(int(sizes[cid]), float(s[comp].max()), spacing, threshold, th):
             n_diffuse += 1
             continue
         core = comp & (s >= th["brown_fat_core_fraction"] * s[comp].max())
