@@ -7,9 +7,7 @@ channel-order and folder-check tests need neither.
 from __future__ import annotations
 
 import json
-import multiprocessing.process
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -43,32 +41,6 @@ def _images() -> tuple[sitk.Image, sitk.Image]:
     pet_img = sitk.GetImageFromArray(pet)
     pet_img.CopyInformation(ct_img)
     return ct_img, pet_img
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Record (and refuse) any network connection or worker process; the test fails at teardown
-    if there was one, even where the library swallowed the error (usage statistics do)."""
-    attempts: list[str] = []
-
-    def no_net(*args, **kwargs):
-        attempts.append(f"network: {args[1:] or kwargs}")
-        raise ConnectionRefusedError("network access attempted in an offline test")
-
-    def no_process(self, *args, **kwargs):
-        attempts.append(f"process: {self!r}")
-        raise AssertionError("a worker process was started")
-
-    monkeypatch.setattr(socket.socket, "connect", no_net)
-    monkeypatch.setattr(socket, "create_connection", no_net)
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
-    try:
-        import requests
-        monkeypatch.setattr(requests.Session, "request", no_net)
-    except ImportError:
-        pass
-    yield attempts
-    assert attempts == []
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ Tests that run a model need the ``models`` extra and skip cleanly without it.
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing.process
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -40,32 +38,6 @@ def _chest_ct() -> sitk.Image:
     img.SetSpacing(SPACING)
     img.SetOrigin(ORIGIN)
     return img
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """Record (and refuse) any network connection or worker process; the test fails at teardown
-    if there was one, even where the library swallowed the error (usage statistics do)."""
-    attempts: list[str] = []
-
-    def no_net(*args, **kwargs):
-        attempts.append(f"network: {args[1:] or kwargs}")
-        raise ConnectionRefusedError("network access attempted in an offline test")
-
-    def no_process(self, *args, **kwargs):
-        attempts.append(f"process: {self!r}")
-        raise AssertionError("a worker process was started")
-
-    monkeypatch.setattr(socket.socket, "connect", no_net)
-    monkeypatch.setattr(socket, "create_connection", no_net)
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
-    try:
-        import requests
-        monkeypatch.setattr(requests.Session, "request", no_net)
-    except ImportError:
-        pass
-    yield attempts
-    assert attempts == []
 
 
 @pytest.fixture
