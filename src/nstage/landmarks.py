@@ -134,6 +134,12 @@ APPROX_MM = {
     MANUBRIUM_TOP: -30.0,  # jugular notch below the lower lung apex
     CLAVICLE_TOP: -10.0,  # clavicles' top below the lower lung apex (apex 2-3 cm above them)
 }
+# The left main bronchus is 4-5 cm long and runs down and out at about 40-50 degrees from the
+# midline, so its distal end (station 7's lower border) lies roughly 2.5-4 cm below the carina
+# (Rusch et al. 2009; standard bronchial anatomy). A measured end much closer than this is an
+# airway segmentation that stopped early.
+MIN_STATION7_DEPTH_MM = 15.0
+
 _APPROX_WHY = {
     AORTIC_ARCH_TOP: "arch not measured (no aorta above the carina): carina + 45 mm (arch top typically at T3-T4, one to "
                      "two vertebrae above the carina)",
@@ -457,6 +463,13 @@ def find(anatomy) -> Landmarks:
             hl = out.points.get(HILUM_LEFT)
             if hl is not None and not hl.approximated:
                 st7 = hl.z_mm
+        if st7 is not None and carina[2] - st7 < MIN_STATION7_DEPTH_MM:
+            # A left main bronchus traced for less than this has been lost by the airway
+            # segmentation (thick slices, partial volume): its end is not the lower-lobe bronchus.
+            out.notes.append(f"left main bronchus ends only {carina[2] - st7:.0f} mm below the "
+                             f"carina (< {MIN_STATION7_DEPTH_MM:.0f} mm): station 7 bottom "
+                             "approximated")
+            st7 = None
         if st7 is not None:
             out.points[STATION7_BOTTOM] = _lm(
                 STATION7_BOTTOM, st7, "measured",
