@@ -16,7 +16,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 from conftest import real_path
 
@@ -192,13 +191,6 @@ def _staged(nodes: tuple[PlacedNode, ...]):
     return _CACHE[nodes]
 
 
-# Diagnosed 2026-11-26 (classical anatomy, SUV lesions); see the report of the E2E tests.
-PRIMARY_NOT_FOUND = (
-    "findings.classify: A0002's right paramediastinal/hilar tumour (2 components, 50 + 31 ml, "
-    "short axis 30 mm) lies 56-71% inside the classical 'mediastinum' mask and only 1-6% in "
-    "the lung, so it is classified as mediastinal nodes (10R), no primary is found and the "
-    "primary side is unknown"
-)
 def test_a0002_placed_lesions_are_found_where_they_were_placed() -> None:
     """Lesion detection on the real CT: the tumour and the node, and nothing else."""
     staged, boxes = _staged((SUBCARINAL,))
@@ -235,7 +227,6 @@ def test_a0002_subcarinal_node_is_station_7_on_8_mm_slices() -> None:
     assert any("station 7 bottom approximated" in s for s in r["notes"]), r["notes"]
 
 
-@pytest.mark.xfail(strict=True, reason=PRIMARY_NOT_FOUND)
 def test_a0002_subcarinal_node_stages_n2a() -> None:
     """Right primary + one subcarinal node: N2 (8th), N2a (9th), station 7 counted."""
     staged, _ = _staged((SUBCARINAL,))
@@ -248,7 +239,6 @@ def test_a0002_subcarinal_node_stages_n2a() -> None:
     assert (r["n_stage"], r["n_stage_9th"]) == ("N2", "N2a"), _describe(staged)
 
 
-@pytest.mark.xfail(strict=True, reason=PRIMARY_NOT_FOUND)
 def test_a0002_contralateral_supraclavicular_node_stages_n3() -> None:
     """Right primary + subcarinal + left supraclavicular node: N3 by station 1."""
     staged, _ = _staged((SUBCARINAL, SUPRACLAVICULAR_LEFT))
@@ -308,10 +298,6 @@ def test_a0001_right_paratracheal_node_is_found_and_assigned_4r() -> None:
     assert near[0]["suv_max"] > 4.0, _describe(staged)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "findings.classify: A0001's left upper-lobe tumour is a paravertebral mass against the "
-    "mediastinum; its hot core (52, 205, -209) is classified as a mediastinal node (2L), no "
-    "primary is found and the primary side is unknown (same cause as A0002)"))
 def test_a0001_left_primary_with_contralateral_4r_stages_n3() -> None:
     """Left primary + right lower paratracheal node: N3 (contralateral mediastinal)."""
     staged = _staged_a0001()

@@ -218,3 +218,46 @@ def test_no_lesions():
     syn = make_synthetic({})
     found = classify([], syn.anatomy)
     assert found.primary is None and not found.nodes and found.notes
+
+
+def _mass(x: float, short_axis: float, lung_right: float, lung_left: float = 0.0,
+          lung_inside: float = 0.0, tlg: float = 300.0) -> Lesion:
+    """A lesion at z = +10 mm (between the synthetic lungs) with the given lung contact."""
+    lung = max(lung_right, lung_left)
+    return Lesion(id=int(abs(x) * 10 + short_axis), suv_max=10.0, suv_peak=9.0, suv_mean=6.0,
+                  volume_ml=tlg / 6.0, tlg=tlg, short_axis_mm=short_axis,
+                  long_axis_mm=short_axis * 1.3, centroid_mm=(x, 5.0, 10.0),
+                  max_point_mm=(x, 5.0, 10.0),
+                  inside={"body": 1.0, "lung": lung_inside, "lung_right": lung_inside},
+                  surround={"body": 1.0, "lung": lung, "lung_right": lung_right,
+                            "lung_left": lung_left},
+                  distance_mm={"body": 0.0}, zones={"mediastinal": 0.8, "nodal": 0.8})
+
+
+def test_central_tumour_against_one_lung_is_the_primary_when_no_lung_lesion():
+    """A hilar / paramediastinal tumour displaces the aerated lung, so it sits where nodes sit
+    (seen on real CTs A0001/A0002); without any lung lesion it is the primary, on its side."""
+    syn = make_synthetic({})
+    mass = _mass(-15.0, 42.0, lung_right=0.4)
+    node = _mass(12.0, 12.0, lung_right=0.0, lung_left=0.1, tlg=8.0)
+    found = classify([mass, node], syn.anatomy)
+    assert found.primary is mass and mass.kind == "primary" and mass.side == "right"
+    assert mass.zone == "central" and "lower confidence" in mass.kind_reason
+    assert found.nodes == [node] and node.kind == "node"
+    assert any("central primary" in n for n in found.notes)
+
+
+@pytest.mark.parametrize("case", ["node-sized", "between both lungs", "no lung contact",
+                                  "lung lesion present"])
+def test_central_primary_rule_applies_only_to_large_masses_against_one_lung(case):
+    syn = make_synthetic({})
+    mass = {"node-sized": _mass(-15.0, 25.0, lung_right=0.4),
+            "between both lungs": _mass(-2.0, 42.0, lung_right=0.3, lung_left=0.25),
+            "no lung contact": _mass(-15.0, 42.0, lung_right=0.0),
+            "lung lesion present": _mass(-15.0, 42.0, lung_right=0.4)}[case]
+    lesions = [mass]
+    if case == "lung lesion present":
+        lesions.append(_mass(-45.0, 20.0, lung_right=0.9, lung_inside=0.9, tlg=50.0))
+    found = classify(lesions, syn.anatomy)
+    assert mass.kind == "node" and mass in found.nodes
+    assert found.primary is not mass

@@ -76,8 +76,9 @@ class Lesion:
         Median CT density (HU) of the lesion's core (SUV >= 80% of SUVmax, air/lung excluded);
         NaN when the core is all air/lung. High values mean calcified / dense.
     zone : str or None
-        Where :func:`classify` placed it: ``"lung"``, ``"intrapulmonary"``, ``"hilar"``,
-        ``"mediastinal"``, ``"supraclavicular"`` or ``"outside"``.
+        Where :func:`classify` placed it: ``"lung"``, ``"central"`` (a primary against the
+        mediastinum), ``"intrapulmonary"``, ``"hilar"``, ``"mediastinal"``,
+        ``"supraclavicular"`` or ``"outside"``.
     extension_ml, extension_centroid_mm, extension_zone
         Part of the lesion outside lung parenchyma inside a nodal zone (ml, its centroid mm LPS,
         ``"hilar"``/``"mediastinal"``): for the primary, its direct extension into nodes.
@@ -641,6 +642,9 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
        landmark within ``hilar_zone_mm`` + 10 mm, or mostly in the hilar zone), else
        ``mediastinal``. (The zone is descriptive; the IASLC station comes from
        :mod:`nstage.stations`.)
+       When no lesion is pulmonary, a central primary is looked for among them
+       (:func:`_central_primary`: at least ``central_primary_min_short_axis_mm`` short axis,
+       against one lung; ``zone="central"``, lower confidence, said in the notes).
     5. Direct extension: a node candidate touching the primary (one FDG-avid region split at
        an SUV saddle, see :func:`label_lesions`) is flagged ``direct_extension``; and when the
        primary itself has at least ``direct_extension_min_ml`` outside lung
@@ -729,7 +733,15 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
             nodes.append(ext)
             notes.append(f"primary tumour extends directly into the {ext_zone} zone")
     else:
-        notes.append("no FDG-avid lesion in or next to the lungs: no primary tumour found")
+        primary = _central_primary(nodes, cth)
+        if primary is None:
+            notes.append("no FDG-avid lesion in or next to the lungs: no primary tumour found")
+        else:
+            nodes.remove(primary)
+            notes.append(
+                "no lesion inside the lung parenchyma: the mass against the "
+                f"{primary.side} lung ({primary.short_axis_mm:.0f} mm) is taken for a central "
+                "primary tumour, lower confidence: check that it is not a bulky node")
 
     if primary is not None:
         for les in nodes:
@@ -739,6 +751,41 @@ def classify(lesions: list[Lesion], anatomy: Anatomy, landmarks: Landmarks | Non
     _flag_symmetric_hilar(nodes, pth, notes)
     return Findings(primary=primary, second_primary=second, nodes=nodes, others=others,
                     notes=notes)
+
+
+def _central_primary(nodes: list[Lesion], cth: dict) -> Lesion | None:
+    """A central (hilar / paramediastinal) primary among the node candidates, or None.
+
+    Called only when no lesion lies in the lung parenchyma. A tumour growing from the hilum or
+    against the mediastinum displaces the aerated lung, so the lung mask (air-based, in both
+    anatomy backends) leaves it out and it sits where nodes sit. It is told from a node by size:
+    the node candidate with the largest TLG whose short axis is at least
+    ``central_primary_min_short_axis_mm`` and whose rim touches a lung (at least
+    ``central_primary_lung_contact_min`` of it; the other lung touching at most half as much)
+    is taken as the primary, on that lung's side.
+    Limitation: a bulky nodal mass with a non-avid primary would be taken for the primary.
+    """
+    def one_lung(les: Lesion) -> str | None:
+        # Against one lung, not wrapped by both (a mass between the lungs is mediastinal).
+        left, right = les.surround.get("lung_left", 0.0), les.surround.get("lung_right", 0.0)
+        if max(left, right) < cth["central_primary_lung_contact_min"]:
+            return None
+        if min(left, right) * 2.0 > max(left, right):
+            return None
+        return "left" if left > right else "right"
+
+    cands = [n for n in nodes
+             if n.short_axis_mm >= cth["central_primary_min_short_axis_mm"] and one_lung(n)]
+    if not cands:
+        return None
+    best = max(cands, key=lambda le: le.tlg)
+    best.kind, best.zone, best.side = "primary", "central", one_lung(best)
+    best.kind_reason = (
+        f"central tumour: no lesion inside the lung parenchyma, and this mass "
+        f"({best.short_axis_mm:.0f} mm short axis, larger than a node usually is; TLG "
+        f"{best.tlg:.1f} g, SUVmax {best.suv_max:.1f}, {best.volume_ml:.1f} ml) lies against the "
+        f"{best.side} lung ({best.surround.get('lung', 0.0):.0%} of its rim); lower confidence")
+    return best
 
 
 def _outside_reason(les: Lesion, frame: _Frame, cth: dict) -> str | None:
