@@ -132,13 +132,14 @@ def labels_to_geometry(labels: np.ndarray, canonical_reference: sitk.Image,
                          f"image {ref_shape} (array order z, y, x)")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError("label values must be within 0..255 for a uint8 image")
-    image = sitk.GetImageFromArray(labels.astype(np.uint8))
+    image = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
     image.CopyInformation(canonical_reference)
-    target = geometry.empty_image(sitk.sitkUInt8)
+    if ImageGeometry.of(image) == geometry:
+        return image  # the input was already canonical: nothing to re-orient (saves copies)
 
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(geometry.direction)
     oriented = sitk.DICOMOrient(image, code)
-    if (oriented.GetSize() == target.GetSize()
+    if (tuple(oriented.GetSize()) == tuple(geometry.size)
             and np.allclose(oriented.GetDirection(), geometry.direction, atol=1e-5)
             and np.allclose(oriented.GetSpacing(), geometry.spacing, rtol=1e-5, atol=1e-6)
             and np.allclose(oriented.GetOrigin(), geometry.origin, atol=1e-3)):
@@ -147,8 +148,8 @@ def labels_to_geometry(labels: np.ndarray, canonical_reference: sitk.Image,
         out.SetOrigin(geometry.origin)
         out.SetDirection(geometry.direction)
         return out
-    return sitk.Resample(image, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                         sitk.sitkUInt8)
+    return sitk.Resample(image, geometry.empty_image(sitk.sitkUInt8), sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def write_label_image(labels: np.ndarray, canonical_reference: sitk.Image,
