@@ -371,7 +371,8 @@ def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
         if lab[q] == 0:
             return None
         region = lab == lab[q]
-        if _is_diffuse(int(region.sum()), peak, spacing, threshold, th):
+        if _is_diffuse(float(region.sum()) * float(np.prod(spacing)) / 1000.0, peak, threshold,
+                       th):
             # Organ-sized and faint: the final pass drops it as diffuse uptake; growing the
             # box further (across a whole unlabelled liver) would change nothing but the time.
             return region, sl
@@ -437,12 +438,10 @@ def _distance_to(mask: np.ndarray, q: tuple[int, int, int],
     return float(np.sqrt((off ** 2).sum(axis=1)).min())
 
 
-def _is_diffuse(n_voxels: int, suv_max: float, spacing: tuple[float, float, float],
-                threshold: float, th: dict) -> bool:
+def _is_diffuse(volume_ml: float, suv_max: float, threshold: float, th: dict) -> bool:
     """Organ-sized (>= ``diffuse_min_volume_ml``) and faint (SUVmax below
     ``diffuse_max_threshold_ratio`` x the seed threshold): diffuse organ uptake, not a lesion."""
-    ml = n_voxels * float(np.prod(spacing)) / 1000.0
-    return (ml >= th["diffuse_min_volume_ml"]
+    return (volume_ml >= th["diffuse_min_volume_ml"]
             and suv_max < th["diffuse_max_threshold_ratio"] * threshold)
 
 
@@ -462,7 +461,7 @@ def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray
             continue
         comp = lab[sl] == cid
         s = suv[sl]
-        if _is_diffuse(int(sizes[cid]), float(s[comp].max()), spacing, threshold, th):
+        if _is_diffuse(sizes[cid] * voxel_ml, float(s[comp].max()), threshold, th):
             n_diffuse += 1
             continue
         core = comp & (s >= th["brown_fat_core_fraction"] * s[comp].max())

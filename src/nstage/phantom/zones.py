@@ -91,21 +91,12 @@ class ZoneGeometry:
     central_bronchi: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
-        # sorted copies for fast interpolation by level
-        t = np.asarray(self.trachea, float)
-        self._tr = t[np.argsort(t[:, 2])]
-        e = np.asarray(self.esophagus, float)
-        self._oe = e[np.argsort(e[:, 2])]
-        self._br = {}
-        for k, b in self.bronchi.items():
-            b = np.asarray(b, float)
-            self._br[k] = b[np.argsort(b[:, 2])]
         if self.central_bronchi is None:
             self.central_bronchi = {k: np.asarray(v, float) for k, v in self.bronchi.items()}
-        self._cb = {}
-        for k, b in self.central_bronchi.items():
-            b = np.asarray(b, float)
-            self._cb[k] = b[np.argsort(b[:, 2])]
+        # sorted copies for fast interpolation by level
+        self._tr = _by_z(self.trachea)
+        self._oe = _by_z(self.esophagus)
+        self._cb = {k: _by_z(b) for k, b in self.central_bronchi.items()}
 
     # -- construction -------------------------------------------------------------------
     def shifted(self, offset: Sequence[float]) -> ZoneGeometry:
@@ -126,7 +117,7 @@ class ZoneGeometry:
             hilum={k: tuple(float(a) for a in np.asarray(v) + o) for k, v in self.hilum.items()},
             extras=dict(self.extras),
             central_bronchi={k: np.asarray(v, float) + o
-                             for k, v in (self.central_bronchi or {}).items()},
+                             for k, v in self.central_bronchi.items()},
         )
 
     def to_dict(self) -> dict:
@@ -139,7 +130,7 @@ class ZoneGeometry:
             "esophagus_mm": np.round(self.esophagus, 2).tolist(),
             "hilum_mm": {k: [round(float(a), 2) for a in v] for k, v in self.hilum.items()},
             "central_bronchi_mm": {k: np.round(np.asarray(v, float), 2).tolist()
-                                   for k, v in (self.central_bronchi or {}).items()},
+                                   for k, v in self.central_bronchi.items()},
         }
 
     @classmethod
@@ -198,6 +189,12 @@ class ZoneGeometry:
         line = _densify(self._cb[side])
         d = np.min(np.linalg.norm(pts[:, None, :] - line[None], axis=2), axis=1)
         return along, d
+
+
+def _by_z(points) -> np.ndarray:
+    """(n, 3) points as floats, sorted by z (for ``np.interp`` by level)."""
+    p = np.asarray(points, float)
+    return p[np.argsort(p[:, 2])]
 
 
 def _densify(line: np.ndarray, step: float = 1.0) -> np.ndarray:
