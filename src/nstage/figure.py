@@ -27,7 +27,9 @@ opacity rising from SUV 1 to 4) so cases can be compared.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +265,20 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
 
         png_path = Path(png_path)
         png_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(fig, png_path, dpi)
+        pdf_done = None
+        if pdf_path is not None:
+            pdf_path = Path(pdf_path)
+            pdf_path.parent.mkdir(parents=True, exist_ok=True)
+            pdf_done = _start_pdf(fig, pdf_path, dpi)
+        try:
+            _save_atomic(fig, png_path, dpi)
+        except BaseException:
+            if pdf_done is not None:
+                with contextlib.suppress(Exception):  # the PNG's error is the one to report
+                    pdf_done()
+            raise
+        if pdf_done is not None:
+            pdf_done()
         # Pixel positions from the transforms of the figure just drawn at ``dpi``.
         height = fig.get_size_inches()[1] * dpi
 
@@ -280,17 +295,77 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
             x, y = ax.transData.transform((0.0, 0.0))
             m.marker.crop_xy = (float(x), float(height - y))
             m.marker.crop_box_px = box_px(ax)
-        if pdf_path is not None:
-            pdf_path = Path(pdf_path)
-            pdf_path.parent.mkdir(parents=True, exist_ok=True)
-            _save_atomic(fig, pdf_path, dpi)
     finally:
         fig.clear()
     return [m.marker for m in marks]
 
 
+# Longest wait for the PDF (s); it takes about a third of a second.
+PDF_TIMEOUT_S = 120.0
+
+
+def _fork_allowed() -> bool:
+    """Linux, and not inside a daemonic worker process (which may not have children)."""
+    import multiprocessing as mp
+
+    return sys.platform.startswith("linux") and not mp.current_process().daemon
+
+
+def _start_pdf(fig, path: Path, dpi: int):
+    """Start saving the figure as PDF; returns a function that waits for it and raises
+    RuntimeError when the PDF was not written.
+
+    On Linux a forked child saves the PDF while this process saves the PNG: the two
+    renders take about the same time and share nothing once the figure is built.
+    Elsewhere the PDF is saved here, before returning.
+    """
+    if not _fork_allowed():
+        _save_atomic(fig, path, dpi)
+        return lambda: None
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_pdf_child, args=(fig, path, dpi, send), daemon=True,
+                        name="nstage-report-pdf")
+    child.start()
+    send.close()
+
+    def wait() -> None:
+        try:
+            if not receive.poll(PDF_TIMEOUT_S):
+                child.terminate()
+                error = f"saving it took longer than {PDF_TIMEOUT_S:.0f} s"
+            else:
+                error = receive.recv()
+        except EOFError:  # the child died without a word (killed, out of memory)
+            child.join()
+            error = f"the process saving it ended with exit code {child.exitcode}"
+        finally:
+            child.join()
+            receive.close()
+        if error:
+            _tmp_path(path).unlink(missing_ok=True)  # a child killed mid-write leaves it
+            raise RuntimeError(f"{path.name} not written: {error}")
+
+    return wait
+
+
+def _pdf_child(fig, path: Path, dpi: int, conn) -> None:
+    try:
+        _save_atomic(fig, path, dpi)
+        conn.send(None)
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+    conn.close()
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _save_atomic(fig, path: Path, dpi: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp_path(path)
     try:
         fmt = path.suffix.lstrip(".").lower() or "png"
         # Fast zlib level for the PNG: a few % larger file, noticeably quicker to write.

@@ -18,6 +18,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
 from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
+from nstage.morphology import fill_holes_axial
 from nstage.thresholds import resolve
 
 if TYPE_CHECKING:
@@ -133,9 +134,6 @@ class Findings:
 # --------------------------------------------------------------------------- measurement
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
-# In-plane connectivity only: hole filling per axial slice.
-_INPLANE = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE[1] = ndi.generate_binary_structure(2, 1)
 LUNG_GROUPS = ("lung_left", "lung_right", "lung")
 # Structures that mark the hilum: airway beyond the trachea and the pulmonary vessels.
 HILAR_STRUCTURES = ("main_bronchus_left", "main_bronchus_right", "airway", "lung_airways",
@@ -252,8 +250,7 @@ class _Context:
         # in the lung whichever backend (lobes with or without tumours) made the mask.
         self.lung_filled = np.zeros(shape, dtype=bool)
         for side in ("lung_left", "lung_right"):
-            self.lung_filled[zslab] |= ndi.binary_fill_holes(self.groups[side][zslab],
-                                                             structure=_INPLANE)
+            self.lung_filled[zslab] |= fill_holes_axial(self.groups[side][zslab])
         for name in GROUPS:
             if name not in self.groups:
                 m = anatomy.mask(name)

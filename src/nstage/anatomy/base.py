@@ -79,7 +79,11 @@ class Anatomy:
             if name in self.extra_masks:
                 out |= self.extra_masks[name]
             values.extend(self.values_of(name))
-        if values:
+        if len(values) <= 8:
+            # Vectorised comparisons beat np.isin by about 10x for a few values.
+            for v in values:
+                out |= self.labels == v
+        else:
             out |= np.isin(self.labels, values)
         return out
 

@@ -32,8 +32,9 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from nstage.anatomy.base import Anatomy
-from nstage.anatomy.crop import body_and_outside, fast_hull, lung_candidates, resample_spacing
+from nstage.anatomy.crop import body_and_outside, lung_candidates, resample_spacing
 from nstage.geometry import canonical, resample_to
+from nstage.morphology import fast_hull, fill_holes_axial
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ LABELS: dict[int, str] = {
     10: "clavicula_right", 11: "mediastinum", 12: "heart", 13: "aorta", 14: "esophagus",
 }
 VALUE = {n: v for v, n in LABELS.items()}
+# Bit of the packed uint8 that carries the body mask while resampling (labels stay below it).
+BODY_BIT = 7
+assert max(LABELS) < (1 << BODY_BIT)
 
 # Tried in turn until the grown airway does not leak. Thick slices (>= 4 mm) raise the lumen of
 # bronchi by partial volume, so they start higher.
@@ -292,10 +296,6 @@ def _is_contrast(g: _Grid, lungs: np.ndarray) -> bool:
     return bool(vals.size > 50 and np.median(vals) > CONTRAST_BLOOD_HU)
 
 
-def _fill_slices(mask: np.ndarray) -> np.ndarray:
-    return np.stack([ndi.binary_fill_holes(s) for s in mask])
-
-
 def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
            behind_j: float | None = None) -> np.ndarray:
     nz, ny, nx = bone.shape
@@ -309,7 +309,7 @@ def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
     if behind_j is not None:
         # The vertebral bodies lie behind the trachea and oesophagus.
         cand[:, :int(behind_j)] = False
-    cand = _fill_slices(ndi.binary_closing(cand, structure=_ball(1, 2, 2)))
+    cand = fill_holes_axial(ndi.binary_closing(cand, structure=_ball(1, 2, 2)))
     # Contrast-filled vessels (aorta next to the vertebrae) touch the column only narrowly:
     # erode in-plane, keep the largest component, grow back within the candidates.
     core = _largest(ndi.binary_erosion(cand, structure=_disk(1)[None]))
@@ -317,7 +317,7 @@ def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
         _largest(cand)
     if col.sum() * g.vox_ml < 5.0:
         return np.zeros_like(bone)
-    return _fill_slices(col)
+    return fill_holes_axial(col)
 
 
 def _sternum(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
@@ -336,7 +336,7 @@ def _sternum(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
         return np.zeros_like(bone)
     keep = counts >= max(3.0 / g.vox_ml, 0.3 * counts.max())
     keep[0] = False
-    return _fill_slices(keep[lab])
+    return fill_holes_axial(keep[lab])
 
 
 def _clavicles(g: _Grid, bone: np.ndarray, exclude: np.ndarray, mid_x_vox: float,
@@ -721,13 +721,12 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
         if not (lab == VALUE[name]).any():
             g.notes.append(f"{name} not found")
 
-    lab_img = sitk.GetImageFromArray(lab)
-    lab_img.CopyInformation(small)
-    labels = sitk.GetArrayFromImage(resample_to(lab_img, ct, nearest=True,
+    # Labels and body travel in one uint8 (body in the top bit): one resampling, not two.
+    packed = sitk.GetImageFromArray(lab | (body.astype(np.uint8) << BODY_BIT))
+    packed.CopyInformation(small)
+    packed = sitk.GetArrayFromImage(resample_to(packed, ct, nearest=True,
                                                 pixel_type=sitk.sitkUInt8))
-    body_img = sitk.GetImageFromArray(body.astype(np.uint8))
-    body_img.CopyInformation(small)
-    body_full = sitk.GetArrayFromImage(resample_to(body_img, ct, nearest=True,
-                                                   pixel_type=sitk.sitkUInt8)).astype(bool)
+    labels = packed & ((1 << BODY_BIT) - 1)
+    body_full = packed >= (1 << BODY_BIT)
     return Anatomy(labels=labels, names=dict(LABELS), reference=ct, backend=BACKEND,
                    extra_masks={"body": body_full}, notes=g.notes)

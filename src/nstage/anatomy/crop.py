@@ -12,9 +12,9 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
 
 from nstage.geometry import canonical
+from nstage.morphology import INPLANE_CROSS, fast_hull
 
 log = logging.getLogger(__name__)
 
@@ -81,36 +81,6 @@ def _disk(radius_vox: int) -> np.ndarray:
     return (yy ** 2 + xx ** 2) <= r * r
 
 
-def fast_hull(mask2d: np.ndarray) -> np.ndarray:
-    """Filled convex hull of a 2D mask (pixel centres), much faster than skimage's.
-
-    Only the first and last pixel of every row can be hull vertices, so only those go to
-    Qhull; the polygon is then rasterised.
-    """
-    rows = np.nonzero(mask2d.any(axis=1))[0]
-    if rows.size == 0:
-        return np.zeros_like(mask2d, dtype=bool)
-    first = np.argmax(mask2d[rows], axis=1)
-    last = mask2d.shape[1] - 1 - np.argmax(mask2d[rows, ::-1], axis=1)
-    pts = np.concatenate([np.stack([rows, first], 1), np.stack([rows, last], 1)]).astype(float)
-    out = np.zeros_like(mask2d, dtype=bool)
-    try:
-        hull = ConvexHull(pts)
-    except (QhullError, ValueError):  # collinear / too few points: the mask is its own hull
-        out[mask2d] = True
-        return out
-    # Inside = on the inner side of every facet (half-plane test on the rows' bounding box).
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    c0, c1 = int(first.min()), int(last.max()) + 1
-    rr, cc = np.mgrid[r0:r1, c0:c1]
-    eq = hull.equations
-    inside = (eq[:, 0, None, None] * rr + eq[:, 1, None, None] * cc + eq[:, 2, None, None]
-              <= 1e-6).all(axis=0)
-    out[r0:r1, c0:c1] = inside
-    out |= mask2d
-    return out
-
-
 def body_and_outside(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Body mask and outside-air mask of a (low-resolution) canonical CT.
@@ -143,44 +113,31 @@ def body_and_outside(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     body_tissue = tissue & ndi.binary_dilation(core, structure=_disk(r + 1)[None])
 
     air = ~tissue
-    struct2d = np.zeros((3, 3, 3), dtype=bool)
-    struct2d[1] = ndi.generate_binary_structure(2, 1)
-    air_lab, _ = ndi.label(air, structure=struct2d)
-    outside_ids: set[int] = set()
+    # In-plane labels: every air component lies within one axial slice.
+    air_lab, n_air = ndi.label(air, structure=INPLANE_CROSS)
     nz = hu.shape[0]
     hull = np.zeros_like(tissue)
-    for k in range(nz):
-        sl = body_tissue[k]
-        if sl.sum() < 20:
-            hull[k] = False
-            continue
-        hull[k] = fast_hull(sl)
-        border = np.zeros_like(sl)
-        border[0, :] = border[-1, :] = True
-        border[:, 0] = border[:, -1] = True
-        seeds = border & air[k] & ~hull[k]
-        ids = np.unique(air_lab[k][seeds])
-        ids = ids[ids > 0]
-        if ids.size == 0:
-            continue
-        # A component mostly inside the hull is lung touching a cropped border (possibly joined
-        # to a strip of outside air along that border): keep it; the hull trims the strip.
-        lab_k = air_lab[k]
-        sel = np.isin(lab_k, ids)
-        ids_all, n_all = np.unique(lab_k[sel], return_counts=True)
-        ids_out, n_out = np.unique(lab_k[sel & ~hull[k]], return_counts=True)
-        frac = dict(zip(ids_out.tolist(), n_out.tolist(), strict=True))
-        for i, n in zip(ids_all.tolist(), n_all.tolist(), strict=True):
-            f = frac.get(i, 0)
-            if f < 0.3 * n:
-                continue
-            # Aerated lung (about -850 HU) cut by a tight field of view can lie largely
-            # outside the hull; outside air is about -1000 HU.
-            if f >= 0.8 * n or np.median(hu[k][lab_k == i]) < OUTSIDE_AIR_HU:
-                outside_ids.add(int(i))
-    outside_ids.discard(0)
-    outside = np.isin(air_lab, np.fromiter(outside_ids, dtype=air_lab.dtype)) if outside_ids \
-        else np.zeros_like(air)
+    drawn = body_tissue.sum(axis=(1, 2)) >= 20
+    for k in np.nonzero(drawn)[0]:
+        hull[k] = fast_hull(body_tissue[k])
+    # Candidates: air components reaching their slice's border outside the body hull.
+    at_border = np.zeros(n_air + 1, dtype=bool)
+    for edge in (np.s_[:, 0, :], np.s_[:, -1, :], np.s_[:, :, 0], np.s_[:, :, -1]):
+        at_border[air_lab[edge][~hull[edge] & drawn[:, None]]] = True
+    at_border[0] = False
+    n_all = np.bincount(air_lab.ravel(), minlength=n_air + 1)
+    n_out = np.bincount(air_lab[~hull], minlength=n_air + 1)
+    # A component mostly inside the hull is lung touching a cropped border (possibly joined
+    # to a strip of outside air along that border): keep it; the hull trims the strip.
+    cand = at_border & (n_out >= 0.3 * n_all)
+    outside_lut = cand & (n_out >= 0.8 * n_all)
+    # Aerated lung (about -850 HU) cut by a tight field of view can lie largely outside the
+    # hull; outside air is about -1000 HU.
+    unsure = np.nonzero(cand & ~outside_lut)[0]
+    if unsure.size:
+        median = np.atleast_1d(ndi.median(hu, labels=air_lab, index=unsure))
+        outside_lut[unsure[median < OUTSIDE_AIR_HU]] = True
+    outside = outside_lut[air_lab]
     empty = ~hull.reshape(nz, -1).any(axis=1)
     outside[empty] = True
     body = hull & ~outside

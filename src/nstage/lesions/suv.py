@@ -304,10 +304,10 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
     # single noisy voxel in the blood pool is not a lesion).
     # A ball, not a box: a box's corners reach into the spill-out of a nearby hot organ.
     ball = _ball_footprint(spacing, th["peak_window_mm"])
-    raw_max = ndi.maximum_filter(suv[box], footprint=ball)
-    is_peak = ((sb == ndi.maximum_filter(sb, footprint=ball)) & (raw_max > seed_thr)
-               & (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box] & ~blood[box])
-    seeds = np.argwhere(is_peak) + np.array([s.start for s in box])
+    candidate = (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box] & ~blood[box]
+    peaks, raw_max = ball_maxima(sb, suv[box], candidate, ball)
+    peaks = peaks[raw_max > seed_thr[tuple(peaks.T)]]
+    seeds = peaks + np.array([s.start for s in box])
     order = np.argsort(-smooth[tuple(seeds.T)], kind="stable")
     for seed in seeds[order]:
         p = tuple(int(v) for v in seed)
@@ -320,6 +320,60 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
             region, sl = region_box
             out[sl] |= region
     return out
+
+
+def ball_maxima(values: np.ndarray, other: np.ndarray, candidate: np.ndarray,
+                ball: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate voxels that are the maximum of ``values`` over ``ball``, and the maximum of
+    ``other`` over the ball at each of them.
+
+    The same voxels and values as ``values == ndi.maximum_filter(values, footprint=ball)``
+    and ``ndi.maximum_filter(other, footprint=ball)`` (mode ``"reflect"``) restricted to
+    ``candidate``, without filtering the whole array: a voxel must first be the maximum of
+    the ball's 3x3x3 core (necessary, since the centre lies in both), which leaves few
+    voxels to test against the whole ball.
+
+    Parameters
+    ----------
+    values, other : numpy.ndarray
+        3D arrays of the same shape (array order).
+    candidate : numpy.ndarray of bool
+        Voxels to test.
+    ball : numpy.ndarray of bool
+        Footprint with odd sizes, centred.
+
+    Returns
+    -------
+    peaks : numpy.ndarray of int, shape (n, 3)
+        Indices of the maxima, in C order.
+    other_max : numpy.ndarray, shape (n,)
+    """
+    h = np.array(ball.shape) // 2
+    if any(n < 2 * r + 1 for n, r in zip(values.shape, h, strict=True)):
+        # Smaller than the ball: scipy's reflection differs from a single mirror; filter.
+        is_max = candidate & (values == ndi.maximum_filter(values, footprint=ball))
+        peaks = np.argwhere(is_max)
+        return peaks, ndi.maximum_filter(other, footprint=ball)[tuple(peaks.T)]
+    core = ball[tuple(slice(r - 1, r + 2) for r in h)]
+    is_max = candidate & (values == ndi.maximum_filter(values, footprint=core))
+    peaks = np.argwhere(is_max)
+    if peaks.size == 0:
+        return peaks, np.zeros(0, dtype=other.dtype)
+    offsets = np.argwhere(ball) - h
+    shape = np.array(values.shape)
+
+    def over_ball(arr: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        out = np.empty(len(pts), dtype=arr.dtype)
+        for c in range(0, len(pts), chunk):
+            q = pts[c:c + chunk][:, None, :] + offsets[None]
+            # scipy's "reflect" mirrors about the edge (d c b a | a b c d); the ball is
+            # narrower than the array, so one mirror is enough.
+            q = np.where(q < 0, -q - 1, np.where(q >= shape, 2 * shape - 1 - q, q))
+            out[c:c + chunk] = arr[q[..., 0], q[..., 1], q[..., 2]].max(axis=1)
+        return out
+
+    peaks = peaks[values[tuple(peaks.T)] >= over_ball(values, peaks)]
+    return peaks, over_ball(other, peaks)
 
 
 def _pad(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> tuple[slice, ...]:
