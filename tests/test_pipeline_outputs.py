@@ -158,3 +158,14 @@ def test_pet_covering_a_third_of_the_thorax_stages_nx_with_the_reason(staged):
     assert result["n_stage"] == result["n_stage_9th"] == "NX"
     assert any(r.startswith("the PET covers only") for r in result["reasons"]), result["reasons"]
     assert all(v is None for v in result["probabilities"].values())
+
+
+def test_allocator_setting_applies_on_glibc_and_is_harmless_elsewhere():
+    import platform
+
+    from nstage.memory import reuse_freed_memory
+
+    applied = reuse_freed_memory()
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert applied is glibc
+    assert reuse_freed_memory() is applied  # idempotent

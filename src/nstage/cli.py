@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
+    if args.command in ("run", "batch", "demo"):
+        from nstage.memory import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         return int(args.func(args) or 0)
     except NStageError as exc:

@@ -18,7 +18,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
 from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
-from nstage.morphology import fill_holes_axial
+from nstage.morphology import bounding_box, dilate, fill_holes_axial
 from nstage.thresholds import resolve
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def label_lesions(mask: np.ndarray, suv: np.ndarray | None = None,
     while noise maxima inside one heterogeneous tumour (saddles close to the peaks) merge back.
     Pieces under ``min_piece_ml`` join their neighbour.
     """
-    labels, n = ndi.label(np.asarray(mask, dtype=bool), structure=_FULL)
+    labels, n = ndi.label(np.asarray(mask, dtype=bool), _FULL)
     labels = labels.astype(np.int32, copy=False)
     if suv is None or spacing is None or split_saddle_fraction is None or n == 0:
         return labels, int(n)
@@ -267,7 +267,7 @@ class _Context:
             np.zeros(shape, dtype=bool)
         self.hilar = np.zeros(shape, dtype=bool)
         if hilar_src.any():
-            box = ndi.find_objects(hilar_src.astype(np.uint8))[0]
+            box = bounding_box(hilar_src)
             pad = [int(math.ceil(hilar_zone_mm / s)) + 1 for s in spacing]
             box = tuple(slice(max(0, b.start - p), min(n, b.stop + p))
                         for b, p, n in zip(box, pad, shape, strict=True))
@@ -289,9 +289,22 @@ def _between_lungs(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     return (idx > r_med[..., None]) & (idx < l_med[..., None]) & (r_any & l_any)[..., None]
 
 
+def measurement_context(anatomy: Anatomy, ct: sitk.Image,
+                        thresholds: dict | None = None) -> _Context:
+    """The anatomy-derived masks :func:`measure` needs (hole-filled lungs, mediastinal and
+    hilar zones), over the whole work grid.
+
+    They depend on the anatomy only, so the pipeline computes them while the lesions are
+    segmented and passes them to :func:`measure` as ``context``.
+    """
+    th = resolve(thresholds)
+    return _Context(anatomy, spacing_zyx(ct), float(th["classification"]["hilar_zone_mm"]),
+                    slice(0, anatomy.labels.shape[0]))
+
+
 def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
             thresholds: dict | None = None, *, return_labels: bool = False,
-            pet_native: sitk.Image | None = None):
+            pet_native: sitk.Image | None = None, context: _Context | None = None):
     """Measure every connected lesion.
 
     Parameters
@@ -314,6 +327,9 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
         read from the PET voxels whose centres lie in the lesion (and the CT-grid maximum, if
         higher): linear resampling onto a finer CT grid lowers the maximum of a small node by
         up to ~10% (the peak falls between CT sample points).
+    context : optional
+        :func:`measurement_context` of the same anatomy, computed beforehand; by default
+        it is computed here (over the lesions' slices only).
 
     Returns
     -------
@@ -354,7 +370,8 @@ def measure(lesion_mask: LesionMask, ct: sitk.Image, pet_suv: sitk.Image, anatom
     pad = [int(math.ceil(search / s)) + 1 for s in spacing]
     zlo = max(0, min(o[0].start for o in objs) - pad[0])
     zhi = min(labels.shape[0], max(o[0].stop for o in objs) + pad[0])
-    ctx = _Context(anatomy, spacing, float(cth["hilar_zone_mm"]), slice(zlo, zhi))
+    ctx = context if context is not None else _Context(
+        anatomy, spacing, float(cth["hilar_zone_mm"]), slice(zlo, zhi))
     peak_r = (3.0 * mth["suv_peak_volume_ml"] * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
     kernel = _ball(peak_r, spacing)
     out = []
@@ -476,7 +493,7 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
     h = hu[box]
     core = comp & (s >= mth["core_fraction"] * suv_max) & (h > -500)
     core_hu = float(np.median(h[core])) if core.any() else float("nan")
-    grown = ndi.binary_dilation(comp, structure=_FULL)
+    grown = dilate(comp, _FULL)
     touching = tuple(int(v) for v in np.unique(labels[box][grown]) if v and v != lid)
     ext = comp & (med | hil) & ~filled
     ext_ml = float(ext.sum()) * vox_ml

@@ -16,6 +16,16 @@ INPLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
 INPLANE_CROSS[1] = ndi.generate_binary_structure(2, 1)
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Smallest box (one slice per axis) holding every True voxel; an empty box for an
+    empty mask. Projections instead of ``ndi.find_objects`` on a uint8 copy."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
+    return tuple(box)
+
+
 def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every axial slice of a 3D mask.
 
@@ -80,3 +90,108 @@ def fast_hull(mask2d: np.ndarray) -> np.ndarray:
     out[r0:r1, c0:c1] = (cc >= lo[:, None]) & (cc <= hi[:, None]) & row_ok[:, None]
     out |= mask2d
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# dilation and erosion by symmetric structuring elements, as shifted array operations
+
+
+def _shift_pair(n: int, d: int) -> tuple[slice, slice]:
+    """(destination, source) slices along one axis such that ``dst[p] = src[p + d]``."""
+    if abs(d) >= n:
+        return slice(0, 0), slice(0, 0)
+    return slice(max(0, -d), n - max(0, d)), slice(max(0, d), n - max(0, -d))
+
+
+def _combine_shifted(out: np.ndarray, src: np.ndarray, offset: tuple[int, ...],
+                     erode: bool) -> None:
+    """``out[p] op= src[p + offset]`` (op: OR to dilate, AND to erode), positions whose
+    ``p + offset`` lies outside counting as background."""
+    pairs = [_shift_pair(n, d) for n, d in zip(src.shape, offset, strict=True)]
+    dst = tuple(p[0] for p in pairs)
+    sl = tuple(p[1] for p in pairs)
+    if erode:
+        part = np.zeros_like(out)
+        part[dst] = src[sl]
+        out &= part
+    else:
+        out[dst] |= src[sl]
+
+
+def _rows(structure: np.ndarray) -> dict[tuple[int, ...], int] | None:
+    """Half-width of the run of x offsets in each (z, y) row of a centred structure, or None
+    when some row is not one run symmetric about x = 0."""
+    centre = np.array(structure.shape) // 2
+    rows: dict[tuple[int, ...], int] = {}
+    for head in np.ndindex(*structure.shape[:-1]):
+        xs = np.nonzero(structure[head])[0] - centre[-1]
+        if xs.size == 0:
+            continue
+        w = int(xs.max())
+        if xs.min() != -w or xs.size != 2 * w + 1:
+            return None
+        rows[tuple(int(h - c) for h, c in zip(head, centre[:-1], strict=True))] = w
+    return rows
+
+
+def _morph(mask: np.ndarray, structure: np.ndarray, erode: bool) -> np.ndarray:
+    rows = _rows(structure)
+    if rows is None:  # pragma: no cover - only symmetric row runs reach here
+        raise ValueError("structure rows must be runs symmetric about the centre")
+    # Runs along x first (each width once, grown from the previous one), then whole rows.
+    runs = {0: mask.copy()}
+    for w in range(1, max(rows.values()) + 1):
+        run = runs[w - 1].copy()
+        for d in (w, -w):
+            _combine_shifted(run, mask, (0,) * (mask.ndim - 1) + (d,), erode)
+        runs[w] = run
+    out = np.full(mask.shape, erode, dtype=bool)
+    for head, w in rows.items():
+        _combine_shifted(out, runs[w], (*head, 0), erode)
+    return out
+
+
+def _fast_ok(mask: np.ndarray, structure: np.ndarray | None) -> bool:
+    return (structure is not None and mask.ndim == structure.ndim
+            and all(s % 2 == 1 for s in structure.shape)
+            and np.array_equal(structure, structure[(slice(None, None, -1),) * structure.ndim])
+            and bool(structure[tuple(s // 2 for s in structure.shape)])
+            and _rows(structure) is not None)
+
+
+def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Binary dilation, the same as ``ndi.binary_dilation(mask, structure)``.
+
+    For centro-symmetric structures whose rows are runs symmetric about the centre (balls,
+    disks, crosses, boxes) it is computed as ORs of shifted arrays, row runs first, which
+    is several times faster than scipy's per-voxel loop; other structures go to scipy.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray of bool
+    structure : numpy.ndarray of bool
+        Odd-sized, centred; same number of dimensions as ``mask``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not _fast_ok(mask, structure):
+        return ndi.binary_dilation(mask, structure=structure)
+    return _morph(mask, np.asarray(structure, dtype=bool), erode=False)
+
+
+def erode(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Binary erosion, the same as ``ndi.binary_erosion(mask, structure)`` (voxels whose
+    structure reaches outside the array are eroded); see :func:`dilate`."""
+    mask = np.asarray(mask, dtype=bool)
+    if not _fast_ok(mask, structure):
+        return ndi.binary_erosion(mask, structure=structure)
+    return _morph(mask, np.asarray(structure, dtype=bool), erode=True)
+
+
+def opening(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndi.binary_opening(mask, structure)``: erosion then dilation."""
+    return dilate(erode(mask, structure), structure)
+
+
+def closing(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndi.binary_closing(mask, structure)``: dilation then erosion."""
+    return erode(dilate(mask, structure), structure)

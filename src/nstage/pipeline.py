@@ -199,11 +199,13 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             "both lungs are needed to stage the mediastinum".format(**lung_ml)
         )
 
-    # Landmarks and lesions both only read the anatomy: the landmarks are found in a second
-    # thread while the lesions are segmented (numpy and scipy release the GIL in their
-    # loops, so on two cores the landmarks cost almost no wall time).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstage-landmarks") as pool:
+    # Landmarks and the findings' anatomy masks depend on the anatomy alone: a second thread
+    # computes them while the lesions are segmented (numpy and scipy release the GIL in
+    # their loops, so on two cores they cost almost no wall time).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstage-anatomy-side") as pool:
         landmarks_job = pool.submit(timer.timed, "landmarks", landmarks_mod.find, anatomy)
+        context_job = pool.submit(findings_mod.measurement_context, anatomy, work_ct,
+                                  thresholds)
         with timer.step("lesions"):
             lesion_mask = lesions_mod.segment(
                 work_ct, work_pet, anatomy, backend=options.lesions,
@@ -211,13 +213,14 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
                 thresholds=thresholds,
             )
         lms = landmarks_job.result()
+        context = context_job.result()
 
     with timer.step("findings"):
         # SUVs are measured on the PET's own grid: resampling onto the CT lowers the
         # SUVmax of a small node by up to ~10%.
         component_labels, lesions = findings_mod.measure(
             lesion_mask, work_ct, work_pet, anatomy, thresholds, return_labels=True,
-            pet_native=study.pet)
+            pet_native=study.pet, context=context)
         found = findings_mod.classify(lesions, anatomy, lms, thresholds)
 
     node_results: list[NodeResult] = []

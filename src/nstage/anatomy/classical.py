@@ -34,7 +34,15 @@ from scipy import ndimage as ndi
 from nstage.anatomy.base import Anatomy
 from nstage.anatomy.crop import body_and_outside, lung_candidates, resample_spacing
 from nstage.geometry import canonical, resample_to
-from nstage.morphology import fast_hull, fill_holes_axial
+from nstage.morphology import (
+    bounding_box,
+    closing,
+    dilate,
+    erode,
+    fast_hull,
+    fill_holes_axial,
+    opening,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +133,12 @@ def _trachea_seed(g: _Grid, body: np.ndarray, mid_x: float) -> tuple[int, int, i
     hu = g.hu
     nz = hu.shape[0]
     px = g.sp[1] * g.sp[2]
-    cands: list[list[tuple[float, float, int, int]]] = []
-    for k in range(nz):
+    cands: dict[int, list[tuple[float, float, int, int]]] = {}
+
+    def sections(k: int) -> list[tuple[float, float, int, int]]:
+        # Computed on demand: the scan usually stops within the top few slices.
+        if k in cands:
+            return cands[k]
         sl = (hu[k] < -800.0) & body[k]
         lab, counts = _components(sl)
         found = []
@@ -140,12 +152,14 @@ def _trachea_seed(g: _Grid, body: np.ndarray, mid_x: float) -> tuple[int, int, i
                 continue
             m = np.argmin(hu[k][jj, ii])
             found.append((cx, jj.mean() * g.sp[1], int(jj[m]), int(ii[m])))
-        cands.append(found)
+        cands[k] = found
+        return found
+
     for k in range(nz - 1, 1, -1):
-        for cx, cy, j, i in cands[k]:
+        for cx, cy, j, i in sections(k):
             ok = True
             for kk in (k - 1, k - 2):
-                if not any(np.hypot(cx - x2, cy - y2) < 10.0 for x2, y2, _, _ in cands[kk]):
+                if not any(np.hypot(cx - x2, cy - y2) < 10.0 for x2, y2, _, _ in sections(kk)):
                     ok = False
                     break
             if ok:
@@ -188,7 +202,7 @@ def _airways(g: _Grid, body: np.ndarray, mid_x: float, apex_k: int | None) -> di
         return out
     # The lumen's partial-volume rim (one in-plane voxel, still air-ish) is added for the labels
     # only; the split is looked for on the core, where touching branches stay apart.
-    rim = ndi.binary_dilation(tree, structure=_disk(1)[None]) & (g.hu < -500.0) & body
+    rim = dilate(tree, _disk(1)[None]) & (g.hu < -500.0) & body
     core, tree = tree, tree | rim
     out["airway"] = tree
     split = airway_bifurcation(core, g.sp, start_k=seed[0],
@@ -202,7 +216,7 @@ def _airways(g: _Grid, body: np.ndarray, mid_x: float, apex_k: int | None) -> di
     above = np.zeros_like(tree)
     above[k_split + 1:] = tree[k_split + 1:]
     below = tree & ~above
-    lab, _ = ndi.label(below & ~ndi.binary_dilation(above, structure=_ball(1, 0, 0)) | (
+    lab, _ = ndi.label(below & ~dilate(above, _ball(1, 0, 0)) | (
         below & core), structure=CONN26)
     lab[~below] = 0
     ids = {}
@@ -253,17 +267,21 @@ def _split_lungs(lungs: np.ndarray, mid_x_vox: float, g: _Grid) -> tuple[np.ndar
     work = lungs.copy()
     st = _disk(1)[None]
     for _ in range(6):
-        work = ndi.binary_erosion(work, structure=st)
+        work = erode(work, st)
         lab2, counts2 = _components(work)
         order = [c for c in np.argsort(counts2)[::-1] if c > 0]
         if len(order) >= 2 and counts2[order[1]] >= 0.1 * counts2[order[0]]:
             a, b = lab2 == order[0], lab2 == order[1]
             if side_of(a) != side_of(b):
-                seeds = np.zeros(lungs.shape, np.int8)
-                seeds[a], seeds[b] = 1, 2
+                # Nearest seed of every lung voxel, in the lungs' box (the seeds, eroded
+                # lung, all lie in it).
+                box = bounding_box(lungs)
+                seeds = np.zeros(lungs[box].shape, np.int8)
+                seeds[a[box]], seeds[b[box]] = 1, 2
                 _, idx = ndi.distance_transform_edt(seeds == 0, sampling=g.sp,
                                                     return_indices=True)
-                nearest = seeds[tuple(idx)]
+                nearest = np.zeros(lungs.shape, np.int8)
+                nearest[box] = seeds[tuple(idx)]
                 la = lungs & (nearest == 1)
                 lb = lungs & (nearest == 2)
                 return (la, lb) if side_of(a) == "left" else (lb, la)
@@ -309,11 +327,11 @@ def _spine(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
     if behind_j is not None:
         # The vertebral bodies lie behind the trachea and oesophagus.
         cand[:, :int(behind_j)] = False
-    cand = fill_holes_axial(ndi.binary_closing(cand, structure=_ball(1, 2, 2)))
+    cand = fill_holes_axial(closing(cand, _ball(1, 2, 2)))
     # Contrast-filled vessels (aorta next to the vertebrae) touch the column only narrowly:
     # erode in-plane, keep the largest component, grow back within the candidates.
-    core = _largest(ndi.binary_erosion(cand, structure=_disk(1)[None]))
-    col = cand & ndi.binary_dilation(core, structure=_disk(2)[None]) if core.any() else \
+    core = _largest(erode(cand, _disk(1)[None]))
+    col = cand & dilate(core, _disk(2)[None]) if core.any() else \
         _largest(cand)
     if col.sum() * g.vox_ml < 5.0:
         return np.zeros_like(bone)
@@ -330,7 +348,7 @@ def _sternum(g: _Grid, bone: np.ndarray, body: np.ndarray, mid_x_vox: float,
     anterior = (ys >= front[:, None, :]) & (ys <= front[:, None, :] + 50.0 / g.sp[1])
     cand = bone & anterior & central[None, None, :]
     cand[top_k + 1:] = False
-    cand = ndi.binary_closing(cand, structure=_ball(1, 2, 2))
+    cand = closing(cand, _ball(1, 2, 2))
     lab, counts = _components(cand)
     if counts.max(initial=0) * g.vox_ml < 3.0:
         return np.zeros_like(bone)
@@ -379,7 +397,7 @@ def _mediastinum(g: _Grid, lungs: np.ndarray, body: np.ndarray, block: np.ndarra
         if sj.size:
             m[sj[0] + g.mm(10.0, 1):] = False
         out[k] = m
-    out = ndi.binary_opening(out, structure=_disk(1)[None])
+    out = opening(out, _disk(1)[None])
     return _largest(out)
 
 
@@ -399,7 +417,7 @@ def _heart(g: _Grid, medi: np.ndarray, spine: np.ndarray, carina_k: int | None,
         if sj.size:
             region[k, sj[0] - g.mm(8.0, 1):] = False
     r = g.mm(10.0, 1)
-    region = ndi.binary_opening(region, structure=_disk(r)[None])
+    region = opening(region, _disk(r)[None])
     return _largest(region)
 
 
@@ -456,8 +474,8 @@ def _aorta(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
     # Blood is 30-60 HU without contrast (fat -100 and lung excluded), 150-600 HU with it.
     # Low-dose noise is averaged by the 2.5 mm grid.
     lo_hu, hi_hu = (150.0, 1000.0) if contrast else (-30.0, 700.0)
-    soft = (hu > lo_hu) & (hu < hi_hu) & ~ndi.binary_dilation(lungs | airway, _ball(0, 1, 1)) \
-        & ~ndi.binary_dilation(spine, _ball(0, 1, 1))
+    soft = (hu > lo_hu) & (hu < hi_hu) & ~dilate(lungs | airway, _ball(0, 1, 1)) \
+        & ~dilate(spine, _ball(0, 1, 1))
     if medi is None:
         medi = np.ones_like(lungs)
     if not spine.any() and carina_ji is None:
@@ -564,9 +582,9 @@ def _esophagus(g: _Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarra
     """
     hu = g.hu
     out = np.zeros_like(lungs)
-    tissue = ((hu > -60.0) & (hu < 250.0)) | ((hu < -500.0) & ~ndi.binary_dilation(
+    tissue = ((hu > -60.0) & (hu < 250.0)) | ((hu < -500.0) & ~dilate(
         lungs | airway, _ball(0, 2, 2)))
-    tissue &= ~ndi.binary_dilation(lungs | airway | spine | aorta, _ball(0, 1, 1))
+    tissue &= ~dilate(lungs | airway | spine | aorta, _ball(0, 1, 1))
     sp2 = (g.sp[1], g.sp[2])
     found: dict[int, tuple[float, float, float]] = {}
     for k in range(hu.shape[0]):
@@ -645,8 +663,8 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
     elif "trachea" in aw and aw["trachea"].any():
         mid_x_vox = float(np.nonzero(aw["trachea"])[2].mean())
 
-    lungs = cand & ~ndi.binary_dilation(airway, structure=_ball(0, 1, 1))
-    lungs = ndi.binary_opening(lungs, structure=_disk(1)[None]) | (lungs & ~body)
+    lungs = cand & ~dilate(airway, _ball(0, 1, 1))
+    lungs = opening(lungs, _disk(1)[None]) | (lungs & ~body)
     if lungs.sum() * g.vox_ml < 20.0:
         g.notes.append("no lungs found")
         left = right = np.zeros_like(lungs)
@@ -670,7 +688,7 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
         # Contrast blood is as bright as bone: find the aorta first and keep it out of the spine.
         aorta, ainfo = _aorta(g, lungs, airway, np.zeros_like(lungs), None, carina_k,
                               contrast=True, carina_ji=carina_ji)
-        spine_bone = (hu > BONE_HU) & body & ~ndi.binary_dilation(aorta, structure=_ball(1, 2, 2))
+        spine_bone = (hu > BONE_HU) & body & ~dilate(aorta, _ball(1, 2, 2))
     else:
         spine_bone = bone
     spine = _spine(g, spine_bone, body, mid_x_vox, behind_j) if body.any() \

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from nstage.geometry import canonical
-from nstage.morphology import INPLANE_CROSS, fast_hull
+from nstage.morphology import INPLANE_CROSS, dilate, fast_hull, opening
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def body_and_outside(hu: np.ndarray, spacing_zyx: tuple[float, float, float]
     # 3D component, then give back the voxels the opening took from that component.
     r = int(round(6.0 / min(spacing_zyx[1], spacing_zyx[2])))
     st2 = _disk(r)[None]
-    opened = ndi.binary_opening(tissue, structure=st2) if r >= 1 else tissue
+    opened = opening(tissue, st2) if r >= 1 else tissue
     core = _largest_component(opened)
     if not core.any():
         core = tissue
-    body_tissue = tissue & ndi.binary_dilation(core, structure=_disk(r + 1)[None])
+    body_tissue = tissue & dilate(core, _disk(r + 1)[None])
 
     air = ~tissue
     # In-plane labels: every air component lies within one axial slice.

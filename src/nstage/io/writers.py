@@ -130,7 +130,7 @@ def labels_to_geometry(labels: np.ndarray, canonical_reference: sitk.Image,
     if labels.shape != ref_shape:
         raise ValueError(f"label array shape {labels.shape} does not match the reference "
                          f"image {ref_shape} (array order z, y, x)")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
+    if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError("label values must be within 0..255 for a uint8 image")
     image = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
     image.CopyInformation(canonical_reference)

@@ -48,6 +48,7 @@ from nstage.anatomy.base import Anatomy
 from nstage.errors import GeometryError
 from nstage.geometry import spacing_zyx, voxel_volume_ml
 from nstage.lesions.base import LesionMask
+from nstage.morphology import bounding_box
 from nstage.thresholds import resolve
 
 # Organs whose FDG uptake is physiological and never a lesion seed.
@@ -223,7 +224,7 @@ def right_liver_sphere(liver: np.ndarray, spacing: tuple[float, float, float],
     The right lobe is on the patient's right, i.e. the smaller x (array column) half. The
     radius shrinks to the available depth (at least 5 mm) when little liver is in view.
     """
-    box = ndi.find_objects(liver.astype(np.uint8))[0]
+    box = bounding_box(liver)
     sub = liver[box]
     cols = np.flatnonzero(sub.any(axis=(0, 1)))
     right = sub.copy()
@@ -293,7 +294,7 @@ def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: n
         return out
     # Seeds are searched only in the bounding box of supra-threshold voxels (small in practice).
     win = _window(spacing, th["peak_window_mm"])
-    box = _pad(ndi.find_objects(hot.astype(np.uint8))[0], list(win), suv.shape)
+    box = _pad(bounding_box(hot), list(win), suv.shape)
     sigma = [th["seed_smoothing_mm"] / s for s in spacing]
     smooth = np.zeros(suv.shape, dtype=np.float32)
     smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
@@ -470,7 +471,7 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
     core = lab == lab[q] if lab[q] else np.zeros(s_raw.shape, dtype=bool)
     core[q] = True
     # Only the 12 mm neighbourhood of the core matters: work in its bounding box.
-    sl = _pad(ndi.find_objects(core.astype(np.uint8))[0],
+    sl = _pad(bounding_box(core),
               [int(np.ceil(12.0 / s)) + 1 for s in spacing], s_raw.shape)
     dist = ndi.distance_transform_edt(~core[sl], sampling=spacing)
     shell = (dist > 5.0) & (dist <= 12.0) & ~org[sl] & (s_raw[sl] < threshold)
