@@ -7,6 +7,8 @@ the first axis.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
@@ -14,6 +16,22 @@ from scipy.spatial import ConvexHull, QhullError
 # 4-connectivity within an axial slice, none across slices.
 INPLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
 INPLANE_CROSS[1] = ndi.generate_binary_structure(2, 1)
+
+
+@lru_cache(maxsize=32)
+def ball(spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """Offsets within ``radius_mm`` of the centre for voxels of ``spacing`` (mm, array order).
+
+    Dilating a mask by it marks the voxels whose centre lies within ``radius_mm`` of a mask
+    voxel's centre: ``dilate(mask, ball(sp, r))`` is
+    ``ndi.distance_transform_edt(~mask, sampling=sp) <= r``. Read-only (cached).
+    """
+    half = [int(np.floor(radius_mm / s)) for s in spacing]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    r2 = sum((g * s) ** 2 for g, s in zip(grids, spacing, strict=True))
+    out = r2 <= radius_mm * radius_mm
+    out.flags.writeable = False
+    return out
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
