@@ -503,10 +503,11 @@ _REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg",
 
 
 def _preload(report: bool) -> threading.Thread:
-    """Start importing the modules the run needs next; join the thread before using them.
+    """Start importing the modules the run needs next; join the thread before staging.
 
-    The caller joins before importing anything itself, so the two threads never import
-    at the same time.
+    Meanwhile the caller only reads the images, which imports nothing but the I/O modules
+    (pydicom for DICOM): no module is imported from both threads, so no import waits on
+    the other thread's.
     """
     def work() -> None:
         for name in _ANALYSIS_MODULES + (_REPORT_MODULES if report else ()):
