@@ -144,7 +144,7 @@ def test_pet_coverage_is_the_fraction_of_work_voxels_inside_the_pet(direction):
                                            ((10, 8, 10), (0.0, 0.0, 30.0), 0.0)]:
         pet = _image(pet_size, pet_origin, direction)
         study = types.SimpleNamespace(pet=pet)
-        assert _pet_coverage(None, study, ct) == pytest.approx(expected), (pet_size, pet_origin)
+        assert _pet_coverage(study, ct) == pytest.approx(expected), (pet_size, pet_origin)
 
 
 def test_pet_covering_a_third_of_the_thorax_stages_nx_with_the_reason(staged):

@@ -160,7 +160,7 @@ def label_lesions(mask: np.ndarray, suv: np.ndarray | None = None,
     while noise maxima inside one heterogeneous tumour (saddles close to the peaks) merge back.
     Pieces under ``min_piece_ml`` join their neighbour.
     """
-    labels, n = ndi.label(np.asarray(mask, dtype=bool), _FULL)
+    labels, n = ndi.label(np.asarray(mask, dtype=bool), structure=_FULL)
     labels = labels.astype(np.int32, copy=False)
     if suv is None or spacing is None or split_saddle_fraction is None or n == 0:
         return labels, int(n)

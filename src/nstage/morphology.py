@@ -1,8 +1,10 @@
-"""Per-slice binary morphology on whole volumes, in single passes.
+"""Binary morphology for the anatomy, lesion and findings steps, computed with whole-array
+operations.
 
-Exact, faster equivalents of loops over axial slices that the anatomy and findings steps
-need on every case. Arrays are in array order ``[z, y, x]``; "axial" means per index of
-the first axis.
+Each function gives exactly what the scipy formulation named in its docstring gives (per-slice
+hole filling, convex hulls, dilation and erosion by balls, disks and crosses), several times
+faster on the volumes every case handles. Arrays are in array order ``[z, y, x]``; "axial"
+means per index of the first axis.
 """
 
 from __future__ import annotations
@@ -152,10 +154,8 @@ def _rows(structure: np.ndarray) -> dict[tuple[int, ...], int] | None:
     return rows
 
 
-def _morph(mask: np.ndarray, structure: np.ndarray, erode: bool) -> np.ndarray:
-    rows = _rows(structure)
-    if rows is None:  # pragma: no cover - only symmetric row runs reach here
-        raise ValueError("structure rows must be runs symmetric about the centre")
+def _morph(mask: np.ndarray, rows: dict[tuple[int, ...], int], erode: bool) -> np.ndarray:
+    """Dilate or erode ``mask`` by the structure whose rows :func:`_rows` described."""
     # Runs along x first (each width once, grown from the previous one), then whole rows.
     runs = {0: mask.copy()}
     for w in range(1, max(rows.values()) + 1):
@@ -169,12 +169,18 @@ def _morph(mask: np.ndarray, structure: np.ndarray, erode: bool) -> np.ndarray:
     return out
 
 
-def _fast_ok(mask: np.ndarray, structure: np.ndarray | None) -> bool:
-    return (structure is not None and mask.ndim == structure.ndim
-            and all(s % 2 == 1 for s in structure.shape)
-            and np.array_equal(structure, structure[(slice(None, None, -1),) * structure.ndim])
-            and bool(structure[tuple(s // 2 for s in structure.shape)])
-            and _rows(structure) is not None)
+def _fast_rows(mask: np.ndarray, structure: np.ndarray | None
+               ) -> dict[tuple[int, ...], int] | None:
+    """The structure's rows (:func:`_rows`) when the shifted-array path applies, else None."""
+    if structure is None:
+        return None
+    structure = np.asarray(structure, dtype=bool)
+    if (mask.ndim != structure.ndim or any(s % 2 == 0 for s in structure.shape)
+            or not np.array_equal(structure,
+                                  structure[(slice(None, None, -1),) * structure.ndim])
+            or not structure[tuple(s // 2 for s in structure.shape)]):
+        return None
+    return _rows(structure)
 
 
 def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
@@ -191,18 +197,20 @@ def dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
         Odd-sized, centred; same number of dimensions as ``mask``.
     """
     mask = np.asarray(mask, dtype=bool)
-    if not _fast_ok(mask, structure):
+    rows = _fast_rows(mask, structure)
+    if rows is None:
         return ndi.binary_dilation(mask, structure=structure)
-    return _morph(mask, np.asarray(structure, dtype=bool), erode=False)
+    return _morph(mask, rows, erode=False)
 
 
 def erode(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     """Binary erosion, the same as ``ndi.binary_erosion(mask, structure)`` (voxels whose
     structure reaches outside the array are eroded); see :func:`dilate`."""
     mask = np.asarray(mask, dtype=bool)
-    if not _fast_ok(mask, structure):
+    rows = _fast_rows(mask, structure)
+    if rows is None:
         return ndi.binary_erosion(mask, structure=structure)
-    return _morph(mask, np.asarray(structure, dtype=bool), erode=True)
+    return _morph(mask, rows, erode=True)
 
 
 def opening(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:

@@ -119,7 +119,7 @@ class _Timer:
             return fn(*args, **kwargs)
 
 
-def _pet_coverage(work_pet: sitk.Image, study: Study, work_ct: sitk.Image) -> float:
+def _pet_coverage(study: Study, work_ct: sitk.Image) -> float:
     """Fraction of the work region's voxel centres that lie inside the PET field of view.
 
     Inside means within the PET's voxel edges, as for the nearest-neighbour resampling used
@@ -178,7 +178,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
         box = thorax_box(study.ct)
         work_ct = crop(study.ct, box)
         work_pet = study.pet_on(work_ct)
-        coverage = _pet_coverage(work_pet, study, work_ct)
+        coverage = _pet_coverage(study, work_ct)
     if coverage < MIN_PET_COVERAGE:
         reasons.append(
             f"the PET covers only {coverage:.0%} of the thoracic region of the CT; "
