@@ -266,33 +266,66 @@ def find(anatomy) -> Landmarks:
     Landmarks
         Positions in mm LPS (+x patient left, +y posterior, +z superior).
     """
+    ctx = _Context(anatomy)
+    out = Landmarks()
+    _lungs(ctx, out)
+    carina = _carina(ctx, out)
+    _trachea_levels(ctx, out, carina)
+    _bronchi(ctx, out, carina)
+    if carina is not None:
+        _aortic_arch(ctx, out, carina)
+        _vessels(ctx, out, carina)
+        _station7_bottom(out, carina)
+        _approximate_from_carina(out, carina)
+    _neck_levels(ctx, out)
+    if carina is None:
+        out.notes.append("landmarks relative to the carina not available")
+    return out
+
+
+class _Context:
+    """The anatomy with its grid helpers, shared by the landmark finders."""
+
+    def __init__(self, anatomy) -> None:
+        from nstage.geometry import spacing_zyx, z_of_slices
+
+        self.anatomy = anatomy
+        self.ref = anatomy.reference
+        self.sp = spacing_zyx(self.ref)
+        self.zs = z_of_slices(self.ref)
+        self.names = set(anatomy.names.values())
+        self.lungs = {s: anatomy.mask(f"lung_{s}") for s in ("left", "right")}
+
+    def to_mm(self, kji):
+        import numpy as np
+
+        from nstage.geometry import index_to_mm
+
+        return index_to_mm(self.ref, np.asarray(kji, dtype=float))
+
+
+def _z_range(mask):
+    """Lowest and highest slice index holding ``mask`` (None, None when empty)."""
     import numpy as np
 
-    from nstage.geometry import index_to_mm, spacing_zyx, z_of_slices
+    ks = np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]
+    return (None, None) if ks.size == 0 else (int(ks[0]), int(ks[-1]))
 
-    ref = anatomy.reference
-    sp = spacing_zyx(ref)
-    zs = z_of_slices(ref)
-    out = Landmarks()
-    names = set(anatomy.names.values())
 
-    def to_mm(kji) -> np.ndarray:
-        return index_to_mm(ref, np.asarray(kji, dtype=float))
+def _lungs(ctx: _Context, out: Landmarks) -> None:
+    """Lung volumes, apices and diaphragm domes."""
+    import numpy as np
+    from scipy import ndimage as ndi
 
-    def z_range(mask):
-        ks = np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]
-        return (None, None) if ks.size == 0 else (int(ks[0]), int(ks[-1]))
-
-    # Lungs: volumes, apices, diaphragm domes.
-    lungs = {s: anatomy.mask(f"lung_{s}") for s in ("left", "right")}
-    out.lung_volume_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
-    for side, m in lungs.items():
-        k0, k1 = z_range(m)
+    sp, zs = ctx.sp, ctx.zs
+    out.lung_volume_ml = {s: ctx.anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
+    for side, m in ctx.lungs.items():
+        k0, k1 = _z_range(m)
         if k1 is None:
             out.notes.append(f"{side} lung not found")
             continue
         jj, ii = np.nonzero(m[k1])
-        apex = to_mm([k1, jj.mean(), ii.mean()])
+        apex = ctx.to_mm([k1, jj.mean(), ii.mean()])
         name = LUNG_APEX_LEFT if side == "left" else LUNG_APEX_RIGHT
         edge = " (top of the image: the apex may lie higher)" if k1 == m.shape[0] - 1 else ""
         out.points[name] = _lm(name, apex[2], "measured", f"top of the {side} lung{edge}", apex)
@@ -300,7 +333,6 @@ def find(anatomy) -> Landmarks:
         # recesses and the thin apex), i.e. the 75th percentile of the lowest lung slice per
         # (y, x) column.
         proj = m.any(axis=0)
-        from scipy import ndimage as ndi
         er = max(1, int(round(15.0 / min(sp[1], sp[2]))))
         core = ndi.binary_erosion(proj, iterations=er) if proj.sum() > 50 else proj
         if not core.any():
@@ -312,13 +344,18 @@ def find(anatomy) -> Landmarks:
         edge = " (bottom of the image: the dome may lie lower)" if k0 == 0 else ""
         out.points[name] = _lm(name, zd, "measured", f"dome under the {side} lung{edge}")
 
-    # Airway and carina.
+
+def _carina(ctx: _Context, out: Landmarks):
+    """The carina point (mm LPS) where the airway divides, or None."""
+    import numpy as np
+
+    anatomy, sp = ctx.anatomy, ctx.sp
     trachea = anatomy.mask("trachea")
     airway = anatomy.mask("airway")
-    if "lung_airways" in names:
+    if "lung_airways" in ctx.names:
         airway |= anatomy.mask("lung_airways")
     apex_k = None
-    apex_ks = [z_range(m)[1] for m in lungs.values() if z_range(m)[1] is not None]
+    apex_ks = [_z_range(m)[1] for m in ctx.lungs.values() if _z_range(m)[1] is not None]
     if apex_ks:
         apex_k = min(apex_ks) - int(round(20.0 / sp[0]))
     carina = None
@@ -331,68 +368,78 @@ def find(anatomy) -> Landmarks:
         k = int(both[-1])
         split = (k, mbl[k], mbr[k])
     elif (airway & ~trachea).any():
-        t0, t1 = z_range(trachea)
+        _, t1 = _z_range(trachea)
         split = airway_bifurcation(airway, sp, start_k=t1, max_k=apex_k)
     if split is not None:
         k, a, b = split
         ca = [np.nonzero(c) for c in (a, b)]
         pj = 0.5 * (ca[0][0].mean() + ca[1][0].mean())
         pi = 0.5 * (ca[0][1].mean() + ca[1][1].mean())
-        carina = to_mm([k, pj, pi])
+        carina = ctx.to_mm([k, pj, pi])
         out.points[CARINA] = _lm(CARINA, carina[2], "measured",
                                  "most cranial level where the airway divides into two branches",
                                  carina)
-    elif trachea.any() and z_range(trachea)[0] == 0:
+    elif trachea.any() and _z_range(trachea)[0] == 0:
         out.notes.append("carina not in view: the trachea reaches the lower edge of the image")
     elif trachea.any():
-        k0, _ = z_range(trachea)
+        k0, _ = _z_range(trachea)
         jj, ii = np.nonzero(trachea[k0])
-        carina = to_mm([k0, jj.mean(), ii.mean()])
+        carina = ctx.to_mm([k0, jj.mean(), ii.mean()])
         out.points[CARINA] = _lm(CARINA, carina[2], "measured",
                                  "centre of the lowest trachea level (no bronchi segmented)",
                                  carina)
     else:
         out.notes.append("carina not found: no trachea segmented")
+    return carina
 
-    # Trachea levels from the top down to the carina.
-    if trachea.any():
-        k0, k1 = z_range(trachea)
-        k_stop = k0 if carina is None else max(k0, int(np.floor(
-            mm_to_k(ref, carina[2]))))
-        for k in range(k1, k_stop - 1, -1):
-            jj, ii = np.nonzero(trachea[k])
-            if jj.size == 0:
-                continue
-            c = to_mm([k, jj.mean(), ii.mean()])
-            lo = to_mm([k, jj.min() - 0.5, ii.min() - 0.5])
-            hi = to_mm([k, jj.max() + 0.5, ii.max() + 0.5])
-            out.trachea.append(TracheaLevel(z_mm=float(c[2]), centre_x_mm=float(c[0]),
-                                            centre_y_mm=float(c[1]),
-                                            left_border_x_mm=float(hi[0]),
-                                            right_border_x_mm=float(lo[0]),
-                                            anterior_y_mm=float(lo[1]),
-                                            posterior_y_mm=float(hi[1])))
-        top = out.trachea[0] if out.trachea else None
-        if top is not None:
-            edge = " (top of the image)" if k1 == trachea.shape[0] - 1 else ""
-            out.points[TRACHEA_TOP] = _lm(TRACHEA_TOP, top.z_mm, "measured",
-                                          f"most cranial trachea level in view{edge}",
-                                          (top.centre_x_mm, top.centre_y_mm, top.z_mm))
 
-    # Main bronchi centrelines and hila.
+def _trachea_levels(ctx: _Context, out: Landmarks, carina) -> None:
+    """Trachea cross-sections from the top down to the carina, and the trachea top."""
+    import numpy as np
+
+    trachea = ctx.anatomy.mask("trachea")
+    if not trachea.any():
+        return
+    k0, k1 = _z_range(trachea)
+    k_stop = k0 if carina is None else max(k0, int(np.floor(mm_to_k(ctx.ref, carina[2]))))
+    for k in range(k1, k_stop - 1, -1):
+        jj, ii = np.nonzero(trachea[k])
+        if jj.size == 0:
+            continue
+        c = ctx.to_mm([k, jj.mean(), ii.mean()])
+        lo = ctx.to_mm([k, jj.min() - 0.5, ii.min() - 0.5])
+        hi = ctx.to_mm([k, jj.max() + 0.5, ii.max() + 0.5])
+        out.trachea.append(TracheaLevel(z_mm=float(c[2]), centre_x_mm=float(c[0]),
+                                        centre_y_mm=float(c[1]),
+                                        left_border_x_mm=float(hi[0]),
+                                        right_border_x_mm=float(lo[0]),
+                                        anterior_y_mm=float(lo[1]),
+                                        posterior_y_mm=float(hi[1])))
+    top = out.trachea[0] if out.trachea else None
+    if top is not None:
+        edge = " (top of the image)" if k1 == trachea.shape[0] - 1 else ""
+        out.points[TRACHEA_TOP] = _lm(TRACHEA_TOP, top.z_mm, "measured",
+                                      f"most cranial trachea level in view{edge}",
+                                      (top.centre_x_mm, top.centre_y_mm, top.z_mm))
+
+
+def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:
+    """Main-bronchus centrelines and the hila (their distal ends)."""
+    import numpy as np
+
     for side in ("left", "right"):
-        m = anatomy.mask(f"main_bronchus_{side}")
+        m = ctx.anatomy.mask(f"main_bronchus_{side}")
         name = HILUM_LEFT if side == "left" else HILUM_RIGHT
         if m.any():
-            k0, k1 = z_range(m)
+            k0, k1 = _z_range(m)
             pts = []
             for k in range(k1, k0 - 1, -1):
                 jj, ii = np.nonzero(m[k])
                 if jj.size:
-                    pts.append(tuple(float(v) for v in to_mm([k, jj.mean(), ii.mean()])))
+                    pts.append(tuple(float(v) for v in ctx.to_mm([k, jj.mean(), ii.mean()])))
             out.bronchi[side] = pts
             kk, jj, ii = np.nonzero(m)
-            p = to_mm(np.stack([kk, jj, ii], axis=1))
+            p = ctx.to_mm(np.stack([kk, jj, ii], axis=1))
             if carina is not None:
                 d = np.linalg.norm(p - carina, axis=1)
                 far = p[d >= np.percentile(d, 90)].mean(axis=0)
@@ -408,32 +455,44 @@ def find(anatomy) -> Landmarks:
                                    f"no {side} main bronchus segmented: carina {lat:.0f} mm to "
                                    f"the {side} and 15 mm down (typical main bronchus course)", p)
 
-    # Aortic arch.
-    aorta = anatomy.mask("aorta")
-    if aorta.any() and carina is not None:
-        k_c = mm_to_k(ref, carina[2])
-        k0, k1 = z_range(aorta)
-        if k1 > k_c:
-            out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[k1], "measured",
-                                              "top of the segmented aorta")
-            from scipy import ndimage as ndi
-            px = sp[1] * sp[2]
-            bottom = None
-            for k in range(k1, k0 - 1, -1):
-                lab, n = ndi.label(aorta[k])
-                if n >= 2:
-                    counts = np.bincount(lab.ravel())[1:]
-                    if (counts * px >= 50.0).sum() >= 2:
-                        bottom = k
-                        break
-            if bottom is not None:
-                out.points[AORTIC_ARCH_BOTTOM] = _lm(
-                    AORTIC_ARCH_BOTTOM, zs[bottom], "measured",
-                    "highest level where the aorta shows two sections (ascending, descending)")
-        else:
-            out.notes.append("the segmented aorta does not reach above the carina")
-    # Left pulmonary artery top, brachiocephalic crossing, inferior pulmonary vein.
-    if "pulmonary_artery" in names and carina is not None:
+
+def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
+    """Aortic arch top and bottom from the aorta's axial sections."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    aorta = ctx.anatomy.mask("aorta")
+    if not aorta.any():
+        return
+    sp, zs = ctx.sp, ctx.zs
+    k_c = mm_to_k(ctx.ref, carina[2])
+    k0, k1 = _z_range(aorta)
+    if k1 <= k_c:
+        out.notes.append("the segmented aorta does not reach above the carina")
+        return
+    out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[k1], "measured",
+                                      "top of the segmented aorta")
+    px = sp[1] * sp[2]
+    bottom = None
+    for k in range(k1, k0 - 1, -1):
+        lab, n = ndi.label(aorta[k])
+        if n >= 2:
+            counts = np.bincount(lab.ravel())[1:]
+            if (counts * px >= 50.0).sum() >= 2:
+                bottom = k
+                break
+    if bottom is not None:
+        out.points[AORTIC_ARCH_BOTTOM] = _lm(
+            AORTIC_ARCH_BOTTOM, zs[bottom], "measured",
+            "highest level where the aorta shows two sections (ascending, descending)")
+
+
+def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
+    """Left pulmonary artery top, brachiocephalic crossing, inferior pulmonary vein."""
+    import numpy as np
+
+    anatomy, ref, zs = ctx.anatomy, ctx.ref, ctx.zs
+    if "pulmonary_artery" in ctx.names:
         pa = anatomy.mask("pulmonary_artery")
         if pa.any():
             xs_ok = np.nonzero(pa)
@@ -441,46 +500,59 @@ def find(anatomy) -> Landmarks:
             if left.any():
                 out.points[LEFT_PA_TOP] = _lm(LEFT_PA_TOP, zs[xs_ok[0][left].max()], "measured",
                                               "top of the pulmonary artery left of the carina")
-    if carina is not None:
-        bcv = anatomy.mask("brachiocephalic_vein_left")
-        if bcv.any() and out.trachea:
-            # Caudal margin where the vein passes in front of the trachea.
-            xs = np.nonzero(bcv)
-            i_lo = mm_to_i(ref, min(t.right_border_x_mm for t in out.trachea))
-            i_hi = mm_to_i(ref, max(t.left_border_x_mm for t in out.trachea))
-            over = (xs[2] >= i_lo) & (xs[2] <= i_hi)
-            if over.any():
-                out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
-                    BRACHIOCEPHALIC_CROSSING, zs[xs[0][over].min()], "measured",
-                    "lowest level of the left brachiocephalic vein in front of the trachea")
-        pv = anatomy.mask("pulmonary_vein")
-        if pv.any():
-            k0, _ = z_range(pv)
-            out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, zs[k0], "measured",
-                                                      "lowest level of the pulmonary veins")
+    bcv = anatomy.mask("brachiocephalic_vein_left")
+    if bcv.any() and out.trachea:
+        # Caudal margin where the vein passes in front of the trachea.
+        xs = np.nonzero(bcv)
+        i_lo = mm_to_i(ref, min(t.right_border_x_mm for t in out.trachea))
+        i_hi = mm_to_i(ref, max(t.left_border_x_mm for t in out.trachea))
+        over = (xs[2] >= i_lo) & (xs[2] <= i_hi)
+        if over.any():
+            out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
+                BRACHIOCEPHALIC_CROSSING, zs[xs[0][over].min()], "measured",
+                "lowest level of the left brachiocephalic vein in front of the trachea")
+    pv = anatomy.mask("pulmonary_vein")
+    if pv.any():
+        k0, _ = _z_range(pv)
+        out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, zs[k0], "measured",
+                                                  "lowest level of the pulmonary veins")
+
+
+def _station7_bottom(out: Landmarks, carina) -> None:
+    """Station 7's lower border from the traced left main bronchus, when long enough."""
+    st7 = None
+    if out.bronchi.get("left"):
+        hl = out.points.get(HILUM_LEFT)
+        if hl is not None and not hl.approximated:
+            st7 = hl.z_mm
+    if st7 is not None and carina[2] - st7 < MIN_STATION7_DEPTH_MM:
+        # A left main bronchus traced for less than this has been lost by the airway
+        # segmentation (thick slices, partial volume): its end is not the lower-lobe bronchus.
+        out.notes.append(f"left main bronchus ends only {carina[2] - st7:.0f} mm below the "
+                         f"carina (< {MIN_STATION7_DEPTH_MM:.0f} mm): station 7 bottom "
+                         "approximated")
         st7 = None
-        if out.bronchi.get("left") and "left" in out.bronchi:
-            hl = out.points.get(HILUM_LEFT)
-            if hl is not None and not hl.approximated:
-                st7 = hl.z_mm
-        if st7 is not None and carina[2] - st7 < MIN_STATION7_DEPTH_MM:
-            # A left main bronchus traced for less than this has been lost by the airway
-            # segmentation (thick slices, partial volume): its end is not the lower-lobe bronchus.
-            out.notes.append(f"left main bronchus ends only {carina[2] - st7:.0f} mm below the "
-                             f"carina (< {MIN_STATION7_DEPTH_MM:.0f} mm): station 7 bottom "
-                             "approximated")
-            st7 = None
-        if st7 is not None:
-            out.points[STATION7_BOTTOM] = _lm(
-                STATION7_BOTTOM, st7, "measured",
-                "distal end of the left main bronchus (upper border of the lower-lobe bronchus)")
-        for name, dz in APPROX_MM.items():
-            if name in out.points or name in (MANUBRIUM_TOP, CLAVICLE_TOP):
-                continue
-            out.points[name] = _lm(name, carina[2] + dz, "approximated", _APPROX_WHY[name])
-    # Manubrium and clavicles.
+    if st7 is not None:
+        out.points[STATION7_BOTTOM] = _lm(
+            STATION7_BOTTOM, st7, "measured",
+            "distal end of the left main bronchus (upper border of the lower-lobe bronchus)")
+
+
+def _approximate_from_carina(out: Landmarks, carina) -> None:
+    """Every carina-relative landmark not measured: carina + typical distance."""
+    for name, dz in APPROX_MM.items():
+        if name in out.points or name in (MANUBRIUM_TOP, CLAVICLE_TOP):
+            continue
+        out.points[name] = _lm(name, carina[2] + dz, "approximated", _APPROX_WHY[name])
+
+
+def _neck_levels(ctx: _Context, out: Landmarks) -> None:
+    """Manubrium top (jugular notch) and clavicle top, measured or from the lung apices."""
+    import numpy as np
+
+    ref, zs = ctx.ref, ctx.zs
     for name, struct in ((MANUBRIUM_TOP, "sternum"), (CLAVICLE_TOP, "clavicles")):
-        m = anatomy.mask(struct)
+        m = ctx.anatomy.mask(struct)
         if m.any() and name == MANUBRIUM_TOP:
             # The jugular notch is midline: ignore sternoclavicular parts off the sternum's
             # median column (a CT-only sternum mask may hold the clavicle heads).
@@ -489,7 +561,7 @@ def find(anatomy) -> Landmarks:
             cols = np.abs(np.arange(m.shape[2]) - np.median(xs)) <= half
             m = m & cols[None, None, :]
         if m.any():
-            _, k1 = z_range(m)
+            _, k1 = _z_range(m)
             edge = " (top of the image)" if k1 == m.shape[0] - 1 else ""
             out.points[name] = _lm(name, zs[k1], "measured", f"top of the {struct}{edge}")
         else:
@@ -498,9 +570,6 @@ def find(anatomy) -> Landmarks:
             if apices:
                 out.points[name] = _lm(name, min(apices) + APPROX_MM[name], "approximated",
                                        _APPROX_WHY[name])
-    if carina is None:
-        out.notes.append("landmarks relative to the carina not available")
-    return out
 
 
 def mm_to_k(ref, z_mm: float) -> float:
