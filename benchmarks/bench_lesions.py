@@ -1,8 +1,9 @@
 """Time the SUV lesion backend + findings on a whole-body phantom's thorax crop.
 
 Run: ``.venv/bin/python benchmarks/bench_lesions.py [--extent whole-body|thorax] [--repeat N]``.
-Prints the crop size and the seconds for segment_suv, measure and classify (target: under
-15 s together on the whole-body phantom's thorax crop), and what was found.
+Prints the crop size and the seconds for segment_suv, measure and place (landmarks +
+placement; target: under 15 s together on the whole-body phantom's thorax crop), and what
+was found.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import numpy as np
 def main() -> int:
     from nstage.anatomy.base import Anatomy
     from nstage.anatomy.crop import thorax_box
-    from nstage.findings import classify, measure
+    from nstage.findings import measure
     from nstage.geometry import crop, resample_to
+    from nstage.landmarks import find
     from nstage.lesions.suv import segment_suv
     from nstage.phantom import CONFOUNDERS, PhantomSpec, make_phantom
+    from nstage.placement import place
     from nstage.positivity import assess
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -49,19 +52,22 @@ def main() -> int:
         lesions = measure(lm, work_ct, work_pet, anatomy, pet_native=ph.pet)
         t_meas = time.perf_counter() - t
         t = time.perf_counter()
-        found = classify(lesions, anatomy)
+        found = place(lesions, find(anatomy))
         t_cls = time.perf_counter() - t
         total = t_seg + t_meas + t_cls
         print(f"run {rep + 1}: segment_suv {t_seg:.2f} s, measure {t_meas:.2f} s, "
-              f"classify {t_cls:.2f} s, total {total:.2f} s (target < 15 s)")
+              f"place {t_cls:.2f} s, total {total:.2f} s (target < 15 s)")
     print("reference SUV:", {k: round(v, 2) for k, v in lm.reference_suv.items()})
-    for le in lesions:
-        pos = assess(le, lm.reference_suv)[0] if le.kind == "node" else None
-        print(f"  lesion {le.id}: {le.kind:<7} {le.zone or '':<15} SUVmax {le.suv_max:5.2f} "
-              f"{le.volume_ml:5.2f} ml SA {le.short_axis_mm:4.1f} mm "
+    for p in found.all():
+        le = p.lesion
+        pos = (assess(le, lm.reference_suv, symmetric_hilar=p.symmetric_hilar).positive
+               if p.kind == "node" else None)
+        station = p.station.station if p.station is not None else ""
+        print(f"  lesion {le.id}: {p.kind:<12} {p.zone or '':<15} {station or '':<4} SUVmax "
+              f"{le.suv_max:5.2f} {le.volume_ml:5.2f} ml SA {le.short_axis_mm:4.1f} mm "
               f"at {np.round(le.centroid_mm, 0)} positive={pos}")
     print("truth nodes:", [(n["station"], n["counts"]) for n in ph.truth["nodes"]])
-    print("notes:", found.notes + lm.notes)
+    print("notes:", list(found.notes) + lm.notes)
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from conftest import real_path
+from invariants import check_result_invariants
 
 from nstage.geometry import canonical
 from nstage.pipeline import RunOptions, stage_study
@@ -237,6 +238,7 @@ def test_a0002_subcarinal_node_stages_n2a() -> None:
     assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["7"], \
         _describe(staged)
     assert (r["n_stage"], r["n_stage_9th"]) == ("N2", "N2a"), _describe(staged)
+    check_result_invariants(r)
 
 
 def test_a0002_contralateral_supraclavicular_node_stages_n3() -> None:
@@ -247,6 +249,7 @@ def test_a0002_contralateral_supraclavicular_node_stages_n3() -> None:
     assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["1L", "7"], \
         _describe(staged)
     assert (r["n_stage"], r["n_stage_9th"]) == ("N3", "N3"), _describe(staged)
+    check_result_invariants(r)
 
 
 # ------------------------------------------------------------------------------ A0001
@@ -307,3 +310,4 @@ def test_a0001_left_primary_with_contralateral_4r_stages_n3() -> None:
     assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["4R"], \
         _describe(staged)
     assert (r["n_stage"], r["n_stage_9th"]) == ("N3", "N3"), _describe(staged)
+    check_result_invariants(r)

@@ -182,15 +182,16 @@ def _noise_sd(suv: float) -> float:
 
 @pytest.fixture(scope="module", params=list(PHANTOM_CASES), ids=list(PHANTOM_CASES))
 def phantom_run(request):
-    from nstage.findings import classify, measure
+    from nstage.findings import measure
     from nstage.geometry import resample_to
     from nstage.landmarks import find
+    from nstage.placement import place
 
     ph = phantom.make_phantom(phantom.PhantomSpec(**PHANTOM_CASES[request.param]))
     pet = resample_to(ph.pet, ph.ct, pixel_type=sitk.sitkFloat32)
     lm = segment_suv(ph.ct, pet, ph.anatomy)
     labels, lesions = measure(lm, ph.ct, pet, ph.anatomy, return_labels=True, pet_native=ph.pet)
-    found = classify(lesions, ph.anatomy, find(ph.anatomy))
+    found = place(lesions, find(ph.anatomy))
     return ph, lm, labels, lesions, found
 
 
@@ -229,12 +230,14 @@ def test_phantom_primary_and_counted_nodes_found(phantom_run):
     ph, lm, _, lesions, found = phantom_run
     truth = ph.truth["primary"]
     prim = _nearest(lesions, truth["centroid_mm"])
-    assert prim is not None and found.primary is prim and prim.side == truth["side"]
+    assert prim is not None and found.primary.lesion is prim
+    assert found.primary.side == truth["side"]
+    node_ids = {p.id for p in found.nodes}
     for node in (n for n in ph.truth["nodes"] if n["counts"]):
         les = _nearest(lesions, node["centroid_mm"])
-        assert les is not None and les.kind == "node", f"{node['station']} not a node candidate"
-        positive, _, reason = assess(les, lm.reference_suv)
-        assert positive, f"{node['station']}: {reason}"
+        assert les is not None and les.id in node_ids, f"{node['station']} not a node candidate"
+        call = assess(les, lm.reference_suv)
+        assert call.positive, f"{node['station']}: {call.reason}"
         # The measurement finds the hottest PET voxel of the node (on the PET's own grid) ...
         native = _native_max_in_truth(ph, node["label_value"])
         assert les.suv_max >= native * 0.95
@@ -258,17 +261,17 @@ def test_phantom_confounders_not_counted(phantom_run):
 
     ph, lm, _, lesions, found = phantom_run
     counted = [np.asarray(n["centroid_mm"]) for n in ph.truth["nodes"] if n["counts"]]
-    for les in found.nodes:
-        if assess(les, lm.reference_suv)[0]:
-            d = min(np.linalg.norm(np.asarray(les.centroid_mm) - c) for c in counted)
-            assert d <= 10.0, f"positive node candidate at {les.centroid_mm}: {les.kind_reason}"
+    for p in found.nodes:
+        if assess(p.lesion, lm.reference_suv, symmetric_hilar=p.symmetric_hilar).positive:
+            d = min(np.linalg.norm(np.asarray(p.lesion.centroid_mm) - c) for c in counted)
+            assert d <= 10.0, f"positive node candidate at {p.lesion.centroid_mm}: {p.reason}"
     # Hot myocardium is never part of a lesion.
     assert not (lm.mask & ph.anatomy.mask("heart")).any()
     for conf in ph.truth["confounders"]:
         if conf["name"] == "distant-lesion":
             les = _nearest(lesions, conf["centroid_mm"], tol=12.0)
-            assert les is not None and les.kind == "other"
+            assert les is not None and les.id in {p.id for p in found.others}
         if conf["name"] == "brown-fat":
             for c in conf["centroids_mm"]:
                 les = _nearest(lesions, c, tol=15.0)
-                assert les is None or les.kind == "other"
+                assert les is None or les.id in {p.id for p in found.others}

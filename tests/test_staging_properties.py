@@ -194,3 +194,68 @@ def test_certain_nodes_give_a_point_mass_on_the_reported_category(side, nodes, r
     else:
         # NX: a left and a right primary disagree, so the mass is split between them.
         assert side == "unknown" and max(probs.values()) == 0.5
+
+
+# --------------------------------------------------------------------------- P(N) with alternatives
+
+
+def test_probabilities_with_station_alternatives_by_hand():
+    """Right primary. Node A: p 0.8, 4R 0.7 / 10R 0.3 (near the azygos border). Node B: p 0.5,
+    station 7. Enumerated by hand:
+    A out (0.2):        B in -> N2a (7)            0.10;  B out -> N0   0.10
+    A in 4R (0.56):     B in -> N2b (4R + 7)       0.28;  B out -> N2a  0.28
+    A in 10R (0.24):    B in -> N2a (7, and N1)    0.12;  B out -> N1   0.12
+    so N0 0.10, N1 0.12, N2a 0.50, N2b 0.28 (N2 0.78), N3 0."""
+    from nstage.staging import n_probabilities
+
+    got = n_probabilities("right", [({"4R": 0.7, "10R": 0.3}, 0.8), ("7", 0.5)])
+    want8 = {"N0": 0.10, "N1": 0.12, "N2": 0.78, "N3": 0.0}
+    want9 = {"N0": 0.10, "N1": 0.12, "N2a": 0.50, "N2b": 0.28, "N3": 0.0}
+    assert all(math.isclose(got.n8[k], v, abs_tol=1e-9) for k, v in want8.items())
+    assert all(math.isclose(got.n9[k], v, abs_tol=1e-9) for k, v in want9.items())
+    assert got.most_probable() == ("N2", "N2a")
+
+
+def test_same_station_twice_is_one_n2_station_and_not_regional_counts_nothing():
+    from nstage.staging import n_probabilities
+
+    assert n_probabilities("left", [("4L", 1.0), ("4L", 1.0)]).n9["N2a"] == 1.0
+    split = n_probabilities("right", [({"4R": 0.6, None: 0.4}, 1.0)])
+    assert math.isclose(split.n9["N2a"], 0.6) and math.isclose(split.n9["N0"], 0.4)
+
+
+def _brute_force_alternatives(side, nodes, rules):
+    """Every combination of involvement and station, staged with n_category."""
+    p8 = dict.fromkeys(CATEGORIES_8TH, 0.0)
+    p9 = dict.fromkeys(CATEGORIES_9TH, 0.0)
+    options = []
+    for dist, p in nodes:
+        opts = [(None, 1.0 - p)] + [(code, p * w) for code, w in dist.items()]
+        options.append(opts)
+    for combo in itertools.product(*options):
+        weight = math.prod(w for _, w in combo)
+        codes = [c for c, _ in combo if c is not None]
+        ns = n_category(side, codes, rules)
+        p8[ns.n_stage] += weight
+        p9[ns.n_stage_9th] += weight
+    return p8, p9
+
+
+DIST = st.lists(st.sampled_from(STATIONS), min_size=1, max_size=3, unique=True).flatmap(
+    lambda codes: st.lists(st.floats(0.05, 1.0), min_size=len(codes),
+                           max_size=len(codes)).map(
+        lambda ws: {c: w / sum(ws) for c, w in zip(codes, ws, strict=True)}))
+
+
+@SETTINGS
+@given(side=KNOWN_SIDES, rules=RULES,
+       nodes=st.lists(st.tuples(DIST, st.floats(0.0, 1.0)), max_size=4))
+def test_enumeration_equals_brute_force_alternatives(side, rules, nodes):
+    from nstage.staging import n_probabilities
+
+    got = n_probabilities(side, nodes, rules)
+    p8, p9 = _brute_force_alternatives(side, nodes, rules)
+    for k in CATEGORIES_8TH:
+        assert math.isclose(got.n8[k], p8[k], abs_tol=1e-9)
+    for k in CATEGORIES_9TH:
+        assert math.isclose(got.n9[k], p9[k], abs_tol=1e-9)

@@ -10,101 +10,21 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hand_chest import LEVELS, POINTS, chest, measured, node
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nstage import landmarks as lm
-from nstage.findings import Lesion
-from nstage.landmarks import Landmark, Landmarks, TracheaLevel
+from nstage.landmarks import Landmark, Landmarks
 from nstage.staging import STATIONS, station_side
 from nstage.stations import (
-    StationSettings,
     assign,
     bronchus_x_at,
     distance_to_polyline,
     side_by_left_border,
     side_by_midline,
+    station_settings,
 )
-
-LEVELS = {
-    lm.TRACHEA_TOP: 110.0,
-    lm.LUNG_APEX_RIGHT: 95.0,
-    lm.LUNG_APEX_LEFT: 95.0,
-    lm.CLAVICLE_TOP: 78.0,
-    lm.MANUBRIUM_TOP: 70.0,
-    lm.BRACHIOCEPHALIC_CROSSING: 45.0,
-    lm.AORTIC_ARCH_TOP: 35.0,
-    lm.AORTIC_ARCH_BOTTOM: 15.0,
-    lm.LEFT_PA_TOP: 5.0,
-    lm.AZYGOS_BOTTOM: 3.0,
-    lm.STATION7_BOTTOM: -26.0,
-    lm.INFERIOR_PULMONARY_VEIN: -45.0,
-    lm.DIAPHRAGM_RIGHT: -100.0,
-    lm.DIAPHRAGM_LEFT: -115.0,
-}
-POINTS = {
-    lm.CARINA: (0.0, 2.0, 0.0),
-    # Hilum landmarks are the distal ends of the main bronchi (as landmarks.find gives them):
-    # right short and steep (~22 mm), left longer and flatter (~43 mm).
-    lm.HILUM_RIGHT: (-12.0, 4.0, -18.0),
-    lm.HILUM_LEFT: (34.0, 6.0, -26.0),
-}
-BRONCHI = {
-    "right": [(0.0, 2.0, 0.0), (-6.0, 3.0, -9.0), (-12.0, 4.0, -18.0)],
-    "left": [(0.0, 2.0, 0.0), (17.0, 4.0, -13.0), (34.0, 6.0, -26.0)],
-}
-
-
-def chest(*, drop: tuple[str, ...] = (), approximated: dict[str, str] | None = None,
-          trachea_x: float = 0.0) -> Landmarks:
-    """The hand-built chest; ``drop`` removes landmarks, ``approximated`` flags some (name ->
-    source words)."""
-    approximated = approximated or {}
-    points: dict[str, Landmark] = {}
-    for name, z in LEVELS.items():
-        points[name] = Landmark(name, z, "measured", "test level")
-    for name, p in POINTS.items():
-        points[name] = Landmark(name, p[2], "measured", "test point", p)
-    for name, how in approximated.items():
-        points[name] = dataclasses.replace(points[name], method="approximated", source=how)
-    for name in drop:
-        points.pop(name, None)
-    trachea = [
-        TracheaLevel(z_mm=float(z), centre_x_mm=trachea_x, centre_y_mm=0.0,
-                     left_border_x_mm=trachea_x + 9.0, right_border_x_mm=trachea_x - 9.0,
-                     anterior_y_mm=-9.0, posterior_y_mm=9.0)
-        for z in range(110, -1, -5)
-    ]
-    return Landmarks(points=points, trachea=trachea,
-                     bronchi={k: list(v) for k, v in BRONCHI.items()},
-                     lung_volume_ml={"left": 2400.0, "right": 2800.0})
-
-
-def node(x: float, y: float, z: float, *, inside: dict[str, float] | None = None,
-         distance: dict[str, float] | None = None) -> Lesion:
-    """A node at (x, y, z) mm; ``inside``/``distance`` as findings.measure reports them."""
-    return Lesion(id=1, suv_max=6.0, suv_peak=5.0, suv_mean=4.0, volume_ml=2.0, tlg=8.0,
-                  short_axis_mm=12.0, long_axis_mm=15.0, centroid_mm=(x, y, z),
-                  max_point_mm=(x, y, z), inside=dict(inside or {}),
-                  distance_mm=dict(distance or {}))
-
-
-def measured(x: float, y: float, z: float, *, lung: float | None = None, inside_lung: str = "",
-             fraction: float = 0.0, **distances: float) -> Lesion:
-    """A node as ``findings.measure`` would report it: inside the body, with lung contact.
-
-    ``lung`` is the distance to the nearest lung (None: farther than the search radius);
-    ``inside_lung``/``fraction`` the lung mask covering part of it.
-    """
-    inside = {"body": 1.0}
-    dist = {"body": 0.0, **distances}
-    if lung is not None:
-        dist["lung"] = lung
-    if inside_lung:
-        inside[inside_lung] = fraction
-        inside["lung"] = fraction
-    return node(x, y, z, inside=inside, distance=dist)
-
 
 # (id, lesion, station, side)
 CASES = [
@@ -292,8 +212,8 @@ def test_10_versus_11_by_hilar_zone():
                                      fraction=0.6), marks)
     assert hilar.station == "10R" and intrapulmonary.station == "11R"
     # Same for a node carved out of the lung mask but surrounded by lung.
-    carved = measured(-35, 6, -28, lung=0.0)
-    carved.surround = {"lung_right": 0.8, "lung": 0.8}
+    carved = dataclasses.replace(measured(-35, 6, -28, lung=0.0),
+                                 surround={"lung_right": 0.8, "lung": 0.8})
     assert assign(carved, marks).station == "11R"
 
 
@@ -329,7 +249,7 @@ def test_missing_landmarks_are_approximated_from_others():
     # Unused approximations do not taint an unrelated station.
     r2 = assign(node(-16, 0, 60), marks)
     assert r2.station == "2R" and not r2.approximated
-    # Station 7 depth falls back to 30 mm below the carina.
+    # Station 7 depth falls back to 35 mm below the carina (thresholds "landmarks").
     r7 = assign(node(0, 12, -27), marks)
     assert r7.station == "7" and r7.approximated
 
@@ -362,7 +282,7 @@ def test_lateral_node_is_intrapulmonary_only_when_in_the_lung():
 
 
 def test_settings_move_boundaries():
-    wide = StationSettings(ligamentum_offset_mm=30.0)
+    wide = station_settings(ligamentum_offset_mm=30.0)
     assert assign(node(30, -5, 10), chest()).station == "5"
     assert assign(node(30, -5, 10), chest(), wide).station == "4L"
 
@@ -391,7 +311,7 @@ def test_node_embedded_in_lung_is_intrapulmonary_even_when_carved_out():
     marks = chest()
     carved = measured(-55, 5, -50, lung=0.0)
     assert assign(carved, marks).station == "9R"  # medial, below the pulmonary vein
-    carved.surround = {"lung_lower_lobe_right": 0.9, "body": 1.0}
+    carved = dataclasses.replace(carved, surround={"lung_lower_lobe_right": 0.9, "body": 1.0})
     r = assign(carved, marks)
     assert r.station == "12R" and "surrounded by the right lung" in r.reason
 
@@ -432,16 +352,48 @@ def test_5_is_anterolateral_3a_only_behind_the_sternum():
     assert assign(node(30, -70, 10), marks).station == "3a"
 
 
-def test_direct_extension_is_placed_by_its_own_position():
-    # findings.classify copies the primary's contact fields onto its extension node (mostly
-    # inside the lung); the extension itself lies outside the parenchyma.
-    marks = chest()
-    ext = measured(-16, 2, 20, lung=0.0, inside_lung="lung_upper_lobe_right", fraction=0.9)
-    assert assign(ext, marks).station == "11R"  # read as a lung lesion
-    ext.direct_extension = True
-    ext.extension_zone = "mediastinal"
-    r = assign(ext, marks)
-    assert r.station == "4R" and r.side == "right"
+def test_alternatives_near_a_boundary_carry_the_probability_by_hand():
+    """4R 5 mm above the measured azygos lower border (z=3): inside the 10 mm soft zone, so
+    P(10R) = 0.5 (1 - 5/10) = 0.25 and the station itself 0.75; every other boundary (crossing
+    z=45, left tracheal border x=+9) is more than 10 mm away and adds nothing."""
+    r = assign(node(-18, 2, 8), chest())
+    assert r.station == "4R"
+    assert [(a.station, a.probability, a.boundary) for a in r.alternatives] == [
+        ("10R", 0.25, "4R/10R")]
+    assert r.confidence == pytest.approx(0.75)
+    assert r.distribution() == {"4R": 0.75, "10R": 0.25}
+    # On the boundary it is a coin toss; far from every boundary it is certain.
+    on = assign(node(-18, 2, 3.0), chest())
+    assert on.confidence == pytest.approx(0.5)
+    far = assign(node(-16, 0, 25), chest())
+    assert far.confidence == 1.0 and far.alternatives == ()
+
+
+def test_three_boundaries_share_the_doubt():
+    """A 5 node 5 mm lateral of the ligamentum line (x = 9 + 15 = 24), 5 mm below the arch
+    bottom (z=15) and 5 mm above the left PA top (z=5): across each with q = 0.25. The node in
+    5 keeps (1 - q)^3 = 0.4219 of the unnormalised mass, each alternative q (1 - q)^2 = 0.1406;
+    normalised 0.5 for station 5 and 1/6 each for 4L, 6 and 10L."""
+    r = assign(node(29, -5, 10), chest())
+    assert r.station == "5"
+    got = {a.station: a.probability for a in r.alternatives}
+    assert got == {s: pytest.approx(1 / 6, abs=1e-3) for s in ("4L", "6", "10L")}
+    assert r.confidence == pytest.approx(0.5, abs=1e-3)
+
+
+def test_missing_landmark_positions_come_from_the_frame_not_the_rules():
+    """The frame (landmarks.complete) is the one place that approximates: the azygos lower
+    border stands at the carina + 0 mm there, and the 4R/10R boundary the rules use is that
+    same level (a node 2 mm above it is 4R, 2 mm below 10R)."""
+    from nstage.landmarks import complete
+
+    marks = chest(drop=(lm.AZYGOS_BOTTOM,))
+    frame = complete(marks)
+    azygos = frame.get(lm.AZYGOS_BOTTOM)
+    assert azygos.approximated and azygos.z_mm == pytest.approx(0.0)
+    assert assign(node(-20, 2, 2.0), marks).station == "4R"
+    assert assign(node(-20, 2, -2.0), marks).station == "10R"
+    assert assign(node(-20, 2, 2.0), frame).reason == assign(node(-20, 2, 2.0), marks).reason
 
 
 @pytest.mark.parametrize("missing", [*LEVELS, *POINTS, "bronchi", "trachea"])

@@ -524,7 +524,8 @@ def _mip(fig, ax, pet: sitk.Image, pet_arr: np.ndarray, result: dict,
     stroke = [patheffects.withStroke(linewidth=3.5, foreground="black")]
     # Node candidates that did not count (and other lesions): small hollow squares.
     uncounted = [n for n in (result.get("negative_node_candidates") or [])
-                 + (result.get("other_lesions") or []) if n.get("centroid_mm") is not None]
+                 + (result.get("lung_lesions") or []) + (result.get("other_lesions") or [])
+                 if n.get("centroid_mm") is not None]
     if uncounted:
         pts = np.array([n["centroid_mm"] for n in uncounted], dtype=float)
         ax.plot(pts[:, 0], pts[:, 2], linestyle="none", marker="s", markersize=6,
@@ -603,6 +604,9 @@ def _node_table(fig, ax_mip, result: dict, marks: list[_Mark]) -> None:
         rows.append(f"   ... {extra} more in n-stage.json")
     if len(rows) == 1:
         rows.append("   no regional node candidate found")
+    lung = result.get("lung_lesions") or []
+    if lung:
+        rows.append(f"   {len(lung)} other lung lesion(s) (T descriptor / M1a), not nodes")
     if others:
         rows.append(f"   {len(others)} other FDG-avid lesion(s), not regional nodes")
     ax_mip.apply_aspect()

@@ -8,10 +8,12 @@ distance) so station reasons can say when a boundary is uncertain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from nstage.geometry import Point
+from nstage.thresholds import resolve
 
 Method = Literal["measured", "approximated"]
 
@@ -67,7 +69,8 @@ class TracheaLevel:
     """Cross-section of the trachea at one axial level (mm LPS).
 
     ``left_border_x_mm`` is the x of the trachea's LEFT lateral wall (the larger x,
-    since +x is the patient's left); it splits 2R/4R from 2L/4L.
+    since +x is the patient's left); it splits 2R/4R from 2L/4L. ``approximated`` marks a
+    level made up from the carina and a typical tracheal width (no trachea segmented).
     """
 
     z_mm: float
@@ -77,11 +80,25 @@ class TracheaLevel:
     right_border_x_mm: float
     anterior_y_mm: float
     posterior_y_mm: float
+    approximated: bool = False
+
+
+@dataclass(frozen=True)
+class LungExtent:
+    """Lateral extent of both lungs together at one axial level (mm LPS)."""
+
+    z_mm: float
+    right_x_mm: float  # the right lung's lateral wall (smallest x)
+    left_x_mm: float  # the left lung's lateral wall (largest x)
 
 
 @dataclass
 class Landmarks:
-    """All landmarks found for one study.
+    """The anatomical frame of one study: every landmark the station rules use.
+
+    Built once per study by :func:`find` (measured) and :func:`complete` (the rest
+    approximated, each with its rule); read-only afterwards. Station rules read positions
+    only from here.
 
     Attributes
     ----------
@@ -93,15 +110,22 @@ class Landmarks:
         ``"left"``/``"right"`` main-bronchus centreline points from the carina outwards.
     lung_volume_ml : dict of str to float
         ``{"left": ..., "right": ...}``.
+    lung_extent : list of LungExtent
+        Lateral walls of the lungs per axial level with lung, z descending.
     notes : list of str
         What could not be found.
+    carina_below_view : bool
+        The trachea reaches the lower edge of the image: the carina lies below it and is not
+        approximated.
     """
 
     points: dict[str, Landmark] = field(default_factory=dict)
     trachea: list[TracheaLevel] = field(default_factory=list)
     bronchi: dict[str, list[Point]] = field(default_factory=dict)
     lung_volume_ml: dict[str, float] = field(default_factory=dict)
+    lung_extent: list[LungExtent] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    carina_below_view: bool = False
 
     def get(self, name: str) -> Landmark | None:
         return self.points.get(name)
@@ -116,50 +140,45 @@ class Landmarks:
             return None
         return min(self.trachea, key=lambda t: abs(t.z_mm - z_mm))
 
+    def midline_x(self, z_mm: float) -> float:
+        """x (mm) of the patient's midline at level ``z_mm``.
 
-# ----------------------------------------------------------------------------- finding them
-# Typical vertical distances (mm) used when a structure was not segmented. Sources: the IASLC
-# map's own description (Rusch et al., J Thorac Oncol 2009;4:568: the aortic arch and the left
-# brachiocephalic vein lie above the carina, the azygos arch at the carina on the right, the left
-# PA crossing the left main bronchus just below the carina) and typical adult axial anatomy
-# (carina at T4-T5, arch top at T3-T4: about one to two vertebral heights of ~20-25 mm).
-APPROX_MM = {
-    AORTIC_ARCH_TOP: 45.0,  # arch top above the carina
-    AORTIC_ARCH_BOTTOM: 15.0,  # lower border of the arch above the carina (AP window)
-    LEFT_PA_TOP: 0.0,  # upper rim of the left PA at about the carina level
-    BRACHIOCEPHALIC_CROSSING: 50.0,  # caudal margin of the left brachiocephalic vein crossing
-    AZYGOS_BOTTOM: 0.0,  # lower border of the azygos arch at the carina level
-    STATION7_BOTTOM: -35.0,  # lower border of the bronchus intermedius below the carina
-    INFERIOR_PULMONARY_VEIN: -60.0,  # inferior pulmonary veins below the carina
-    MANUBRIUM_TOP: -30.0,  # jugular notch below the lower lung apex
-    CLAVICLE_TOP: -10.0,  # clavicles' top below the lower lung apex (apex 2-3 cm above them)
-}
-# The left main bronchus is 4-5 cm long and runs down and out at about 40-50 degrees from the
-# midline, so its distal end (station 7's lower border) lies roughly 2.5-4 cm below the carina
-# (Rusch et al. 2009; standard bronchial anatomy). A measured end much closer than this is an
-# airway segmentation that stopped early.
-MIN_STATION7_DEPTH_MM = 15.0
+        Above the carina the centre of the nearest trachea level; below it the carina
+        (the subcarinal space and the oesophagus lie under it); without either, half-way
+        between the lungs' lateral walls, else 0.
+        """
+        carina = self.points.get(CARINA)
+        below = carina is not None and carina.point_mm is not None and z_mm < carina.z_mm
+        level = self.trachea_at(z_mm)
+        if level is not None and not below:
+            return level.centre_x_mm
+        if carina is not None and carina.point_mm is not None:
+            return float(carina.point_mm[0])
+        if self.lung_extent:
+            e = min(self.lung_extent, key=lambda e: abs(e.z_mm - z_mm))
+            return 0.5 * (e.right_x_mm + e.left_x_mm)
+        return 0.0
 
-_APPROX_WHY = {
-    AORTIC_ARCH_TOP: "arch not measured (no aorta above the carina): carina + 45 mm (arch top typically at T3-T4, one to "
-                     "two vertebrae above the carina)",
-    AORTIC_ARCH_BOTTOM: "arch not measured (no aorta above the carina): carina + 15 mm (the arch's lower border lies just "
-                        "above the carina, over the left main bronchus)",
-    LEFT_PA_TOP: "no pulmonary artery segmented: carina level (the left PA crosses over the left "
-                 "main bronchus just below the carina)",
-    BRACHIOCEPHALIC_CROSSING: "no left brachiocephalic vein segmented: carina + 50 mm (it "
-                              "crosses the trachea just above the aortic arch)",
-    AZYGOS_BOTTOM: "no azygos class in any backend: carina level (the azygos arch runs over the "
-                   "right main bronchus at about the carina)",
-    STATION7_BOTTOM: "carina - 35 mm (typical length of right main bronchus plus bronchus "
-                     "intermedius projected on the axis)",
-    INFERIOR_PULMONARY_VEIN: "no pulmonary veins segmented: carina - 60 mm (inferior pulmonary "
-                             "veins enter the left atrium about 5-7 cm below the carina)",
-    MANUBRIUM_TOP: "no sternum segmented: 30 mm below the lower lung apex (the apices rise "
-                   "2-3 cm above the clavicles and the jugular notch)",
-    CLAVICLE_TOP: "no clavicles segmented: 10 mm below the lower lung apex (the apices rise "
-                  "2-3 cm above the medial clavicles)",
-}
+    def lung_walls_at(self, z_mm: float) -> tuple[float, float] | None:
+        """(right, left) lateral lung walls x (mm) at level ``z_mm``; None above or below the
+        lungs (more than 5 mm from any level with lung)."""
+        if not self.lung_extent:
+            return None
+        e = min(self.lung_extent, key=lambda e: abs(e.z_mm - z_mm))
+        if abs(e.z_mm - z_mm) > 5.0:
+            return None
+        return e.right_x_mm, e.left_x_mm
+
+    def table(self) -> list[dict]:
+        """Every landmark as plain JSON values (name, z, point, method, source), by name."""
+        rows = []
+        for name, lm in sorted(self.points.items()):
+            rows.append({
+                "name": name, "z_mm": round(lm.z_mm, 1),
+                "point_mm": None if lm.point_mm is None else [round(v, 1) for v in lm.point_mm],
+                "method": lm.method, "source": lm.source,
+            })
+        return rows
 
 
 def airway_bifurcation(mask, spacing_zyx, *, start_k: int | None = None,
@@ -248,24 +267,28 @@ def _lm(name, z, method, source, point=None) -> Landmark:
     return Landmark(name=name, z_mm=float(z), method=method, source=source, point_mm=pt)
 
 
-def find(anatomy) -> Landmarks:
-    """Landmarks for station assignment from any :class:`~nstage.anatomy.Anatomy`.
+def find(anatomy, thresholds: dict | None = None) -> Landmarks:
+    """The anatomical frame of a study: every landmark the station rules use.
 
-    Works with the classical backend (trachea + main bronchi + airway), TotalSegmentator
-    (trachea only: the carina is the centre of its lowest level) and phantom truth. Every
-    structure not segmented is approximated from the carina with a typical distance
-    (:data:`APPROX_MM`) and flagged ``method="approximated"``.
+    Measures what the anatomy shows (classical backend: trachea, main bronchi and airway;
+    TotalSegmentator: trachea and vessels, the carina at the lowest trachea level; phantom
+    truth), then :func:`complete` approximates every missing landmark from measured ones with
+    a typical distance (``resources/thresholds.json``, section ``landmarks``), flagged
+    ``method="approximated"`` with its rule.
 
     Parameters
     ----------
     anatomy : nstage.anatomy.Anatomy
         Labels on a canonical grid.
+    thresholds : dict, optional
+        Overrides of ``resources/thresholds.json``.
 
     Returns
     -------
     Landmarks
         Positions in mm LPS (+x patient left, +y posterior, +z superior).
     """
+    th = resolve(thresholds)["landmarks"]
     ctx = _Context(anatomy)
     out = Landmarks()
     _lungs(ctx, out)
@@ -275,12 +298,9 @@ def find(anatomy) -> Landmarks:
     if carina is not None:
         _aortic_arch(ctx, out, carina)
         _vessels(ctx, out, carina)
-        _station7_bottom(out, carina)
-        _approximate_from_carina(out, carina)
+        _station7_bottom(out, carina, th)
     _neck_levels(ctx, out)
-    if carina is None:
-        out.notes.append("landmarks relative to the carina not available")
-    return out
+    return complete(out, thresholds)
 
 
 class _Context:
@@ -319,6 +339,13 @@ def _lungs(ctx: _Context, out: Landmarks) -> None:
 
     sp, zs = ctx.sp, ctx.zs
     out.lung_volume_ml = {s: ctx.anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
+    cols = (ctx.lungs["left"] | ctx.lungs["right"]).any(axis=1)  # [z, x]
+    x_mm = ctx.to_mm(np.stack([np.zeros(cols.shape[1]), np.zeros(cols.shape[1]),
+                               np.arange(cols.shape[1])], axis=-1))[:, 0]
+    for k in np.flatnonzero(cols.any(axis=1))[::-1]:
+        ii = np.flatnonzero(cols[k])
+        out.lung_extent.append(LungExtent(float(zs[k]), float(x_mm[ii[0]]),
+                                          float(x_mm[ii[-1]])))
     for side, m in ctx.lungs.items():
         k0, k1 = _z_range(m)
         if k1 is None:
@@ -380,6 +407,7 @@ def _carina(ctx: _Context, out: Landmarks):
                                  "most cranial level where the airway divides into two branches",
                                  carina)
     elif trachea.any() and _z_range(trachea)[0] == 0:
+        out.carina_below_view = True
         out.notes.append("carina not in view: the trachea reaches the lower edge of the image")
     elif trachea.any():
         k0, _ = _z_range(trachea)
@@ -447,13 +475,6 @@ def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:
                 far = np.array(pts[-1])
             out.points[name] = _lm(name, far[2], "measured",
                                    f"distal end of the {side} main bronchus", far)
-        elif carina is not None:
-            sign = 1.0 if side == "left" else -1.0
-            lat = 45.0 if side == "left" else 35.0
-            p = (carina[0] + sign * lat, carina[1] + 10.0, carina[2] - 15.0)
-            out.points[name] = _lm(name, p[2], "approximated",
-                                   f"no {side} main bronchus segmented: carina {lat:.0f} mm to "
-                                   f"the {side} and 15 mm down (typical main bronchus course)", p)
 
 
 def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
@@ -518,18 +539,19 @@ def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
                                                   "lowest level of the pulmonary veins")
 
 
-def _station7_bottom(out: Landmarks, carina) -> None:
+def _station7_bottom(out: Landmarks, carina, th: dict) -> None:
     """Station 7's lower border from the traced left main bronchus, when long enough."""
+    min_depth = float(th["station7_min_measured_depth_mm"])
     st7 = None
     if out.bronchi.get("left"):
         hl = out.points.get(HILUM_LEFT)
         if hl is not None and not hl.approximated:
             st7 = hl.z_mm
-    if st7 is not None and carina[2] - st7 < MIN_STATION7_DEPTH_MM:
+    if st7 is not None and carina[2] - st7 < min_depth:
         # A left main bronchus traced for less than this has been lost by the airway
         # segmentation (thick slices, partial volume): its end is not the lower-lobe bronchus.
         out.notes.append(f"left main bronchus ends only {carina[2] - st7:.0f} mm below the "
-                         f"carina (< {MIN_STATION7_DEPTH_MM:.0f} mm): station 7 bottom "
+                         f"carina (< {min_depth:.0f} mm): station 7 bottom "
                          "approximated")
         st7 = None
     if st7 is not None:
@@ -538,16 +560,8 @@ def _station7_bottom(out: Landmarks, carina) -> None:
             "distal end of the left main bronchus (upper border of the lower-lobe bronchus)")
 
 
-def _approximate_from_carina(out: Landmarks, carina) -> None:
-    """Every carina-relative landmark not measured: carina + typical distance."""
-    for name, dz in APPROX_MM.items():
-        if name in out.points or name in (MANUBRIUM_TOP, CLAVICLE_TOP):
-            continue
-        out.points[name] = _lm(name, carina[2] + dz, "approximated", _APPROX_WHY[name])
-
-
 def _neck_levels(ctx: _Context, out: Landmarks) -> None:
-    """Manubrium top (jugular notch) and clavicle top, measured or from the lung apices."""
+    """Manubrium top (jugular notch) and clavicle top, where segmented."""
     import numpy as np
 
     ref, zs = ctx.ref, ctx.zs
@@ -564,12 +578,157 @@ def _neck_levels(ctx: _Context, out: Landmarks) -> None:
             _, k1 = _z_range(m)
             edge = " (top of the image)" if k1 == m.shape[0] - 1 else ""
             out.points[name] = _lm(name, zs[k1], "measured", f"top of the {struct}{edge}")
-        else:
-            apices = [out.points[n].z_mm for n in (LUNG_APEX_LEFT, LUNG_APEX_RIGHT)
-                      if n in out.points]
-            if apices:
-                out.points[name] = _lm(name, min(apices) + APPROX_MM[name], "approximated",
-                                       _APPROX_WHY[name])
+
+
+# ----------------------------------------------------------------------------- completing them
+# Which landmarks the station rules need (stations.py reads exactly these).
+RULE_LANDMARKS = (CARINA, TRACHEA_TOP, MANUBRIUM_TOP, CLAVICLE_TOP, AORTIC_ARCH_TOP,
+                  AORTIC_ARCH_BOTTOM, BRACHIOCEPHALIC_CROSSING, LEFT_PA_TOP, AZYGOS_BOTTOM,
+                  STATION7_BOTTOM, INFERIOR_PULMONARY_VEIN, DIAPHRAGM_LEFT, DIAPHRAGM_RIGHT,
+                  HILUM_LEFT, HILUM_RIGHT)
+
+
+def complete(landmarks: Landmarks, thresholds: dict | None = None) -> Landmarks:
+    """The frame with every rule landmark present: measured ones kept, the rest approximated.
+
+    Pure: returns a new :class:`Landmarks`. Each approximation is one rule from
+    ``resources/thresholds.json`` (section ``landmarks``, distances in mm with their sources),
+    applied to measured landmarks first, and the landmark's ``source`` names the rule
+    (``method="approximated"``). This is the only place where positions are made up;
+    :mod:`nstage.stations` reads them.
+
+    Without a carina or a trachea nothing relative to the carina can be placed: those
+    landmarks stay missing and a note says so.
+    """
+    th = resolve(thresholds)["landmarks"]
+    out = copy.deepcopy(landmarks)
+    pts = out.points
+    carina = _complete_carina(out)
+    if carina is None:
+        if "landmarks relative to the carina not available" not in out.notes:
+            out.notes.append("landmarks relative to the carina not available")
+    else:
+        cx, cy, cz = carina
+        if not out.trachea:
+            h = float(th["trachea_half_width_mm"])
+            out.trachea = [TracheaLevel(cz, cx, cy, cx + h, cx - h, cy - h, cy + h,
+                                        approximated=True)]
+        _complete_arch(pts, cz, th)
+        _approx(pts, BRACHIOCEPHALIC_CROSSING,
+                pts[AORTIC_ARCH_TOP].z_mm + th["crossing_above_arch_top_mm"],
+                f"no left brachiocephalic vein segmented: aortic arch top + "
+                f"{th['crossing_above_arch_top_mm']:.0f} mm (it crosses the trachea just above "
+                "the arch)")
+        _approx(pts, LEFT_PA_TOP, cz + th["left_pa_top_above_carina_mm"],
+                f"no pulmonary artery segmented: carina + {th['left_pa_top_above_carina_mm']:.0f}"
+                " mm (the left PA arches over the left main bronchus at about the carina)")
+        _approx(pts, AZYGOS_BOTTOM, cz + th["azygos_bottom_above_carina_mm"],
+                f"no azygos class in any backend: carina + {th['azygos_bottom_above_carina_mm']:.0f}"
+                " mm (the azygos arch runs over the right main bronchus at about the carina)")
+        _approx(pts, STATION7_BOTTOM, cz - th["station7_depth_mm"],
+                f"carina - {th['station7_depth_mm']:.0f} mm (right main bronchus plus bronchus "
+                "intermedius, or the left main bronchus, projected on the axis)")
+        _approx(pts, INFERIOR_PULMONARY_VEIN, cz - th["ipv_below_carina_mm"],
+                f"no pulmonary veins segmented: carina - {th['ipv_below_carina_mm']:.0f} mm "
+                "(inferior pulmonary veins enter the left atrium 5-7 cm below the carina)")
+        for side in ("left", "right"):
+            _complete_hilum(out, side, carina, th)
+    _complete_neck(out, th)
+    for side, other in (("left", "right"), ("right", "left")):
+        mine, theirs = _DIAPHRAGM[side], _DIAPHRAGM[other]
+        if mine not in pts and theirs in pts and not pts[theirs].approximated:
+            _approx(pts, mine, pts[theirs].z_mm, f"{side} lung base not found: the {other} "
+                    "diaphragm dome level")
+    return out
+
+
+_DIAPHRAGM = {"left": DIAPHRAGM_LEFT, "right": DIAPHRAGM_RIGHT}
+
+
+def _approx(points: dict[str, Landmark], name: str, z: float, how: str, point=None) -> None:
+    """Add an approximated landmark unless it is already there."""
+    if name not in points:
+        points[name] = _lm(name, z, "approximated", how, point)
+
+
+def _complete_carina(out: Landmarks):
+    """The carina point (mm), approximated from the lowest trachea level when missing."""
+    pts = out.points
+    low = min(out.trachea, key=lambda t: t.z_mm) if out.trachea else None
+    item = pts.get(CARINA)
+    if item is not None and item.point_mm is None and low is not None:
+        pts[CARINA] = replace(item, point_mm=(low.centre_x_mm, low.centre_y_mm, item.z_mm))
+    elif item is None and low is not None and not out.carina_below_view:
+        _approx(pts, CARINA, low.z_mm, "no airway division found: lowest trachea level",
+                (low.centre_x_mm, low.centre_y_mm, low.z_mm))
+    item = pts.get(CARINA)
+    if item is None or item.point_mm is None:
+        return None
+    return tuple(float(v) for v in item.point_mm)
+
+
+def _complete_arch(pts: dict[str, Landmark], carina_z: float, th: dict) -> None:
+    """Aortic arch bottom and top: each from the other when one is measured, else from the
+    carina (bottom) and the typical arch height (top)."""
+    height = float(th["arch_height_mm"])
+    top, bottom = pts.get(AORTIC_ARCH_TOP), pts.get(AORTIC_ARCH_BOTTOM)
+    if bottom is None and top is not None:
+        _approx(pts, AORTIC_ARCH_BOTTOM, top.z_mm - height,
+                f"arch bottom not measured: arch top - {height:.0f} mm (typical arch height)")
+    _approx(pts, AORTIC_ARCH_BOTTOM, carina_z + th["arch_bottom_above_carina_mm"],
+            f"arch not measured: carina + {th['arch_bottom_above_carina_mm']:.0f} mm (the "
+            "arch's lower border lies just above the carina, over the left main bronchus)")
+    _approx(pts, AORTIC_ARCH_TOP, pts[AORTIC_ARCH_BOTTOM].z_mm + height,
+            f"arch top not measured: arch bottom + {height:.0f} mm (typical arch height)")
+
+
+def _complete_hilum(out: Landmarks, side: str, carina, th: dict) -> None:
+    """A hilum (distal end of a main bronchus): the traced bronchus end, else the typical
+    bronchus course from the carina."""
+    name = HILUM_LEFT if side == "left" else HILUM_RIGHT
+    item = out.points.get(name)
+    if item is not None and item.point_mm is not None:
+        return
+    below = [p for p in out.bronchi.get(side, []) if float(p[2]) <= carina[2]]
+    if below:
+        end = tuple(float(v) for v in below[-1])
+        out.points[name] = _lm(name, end[2], "approximated",
+                               f"end of the traced {side} main bronchus", end)
+        return
+    lat = float(th[f"hilum_lateral_{side}_mm"])
+    sign = 1.0 if side == "left" else -1.0
+    p = (carina[0] + sign * lat, carina[1] + th["hilum_posterior_mm"],
+         carina[2] - th["hilum_below_carina_mm"])
+    out.points[name] = _lm(name, p[2], "approximated",
+                           f"no {side} main bronchus segmented: carina {lat:.0f} mm to the "
+                           f"{side}, {th['hilum_below_carina_mm']:.0f} mm down (typical main "
+                           "bronchus course)", p)
+
+
+def _complete_neck(out: Landmarks, th: dict) -> None:
+    """Trachea top (cricoid proxy), clavicle top and manubrium top when not measured."""
+    pts = out.points
+    apices = [pts[n].z_mm for n in (LUNG_APEX_LEFT, LUNG_APEX_RIGHT) if n in pts]
+    if TRACHEA_TOP not in pts and out.trachea and not out.trachea[0].approximated:
+        top = max(out.trachea, key=lambda t: t.z_mm)
+        pts[TRACHEA_TOP] = _lm(TRACHEA_TOP, top.z_mm, "measured",
+                               "most cranial trachea level in view",
+                               (top.centre_x_mm, top.centre_y_mm, top.z_mm))
+    if apices:
+        _approx(pts, TRACHEA_TOP, max(apices) + th["neck_above_apex_mm"],
+                f"no trachea top: higher lung apex + {th['neck_above_apex_mm']:.0f} mm "
+                "(approximated cricoid)")
+        _approx(pts, CLAVICLE_TOP, min(apices) - th["clavicle_below_apex_mm"],
+                f"no clavicles segmented: {th['clavicle_below_apex_mm']:.0f} mm below the lower "
+                "lung apex (the apices rise 2-3 cm above the medial clavicles)")
+    clav = pts.get(CLAVICLE_TOP)
+    if MANUBRIUM_TOP not in pts and clav is not None and not clav.approximated:
+        _approx(pts, MANUBRIUM_TOP, clav.z_mm,
+                "no sternum segmented: the measured clavicle top level")
+    if apices:
+        _approx(pts, MANUBRIUM_TOP, min(apices) - th["manubrium_below_apex_mm"],
+                f"no sternum segmented: {th['manubrium_below_apex_mm']:.0f} mm below the lower "
+                "lung apex (the apices rise 2-3 cm above the jugular notch)")
 
 
 def mm_to_k(ref, z_mm: float) -> float:

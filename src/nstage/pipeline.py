@@ -1,9 +1,10 @@
 """The only place that knows the order of the steps.
 
-load -> thorax crop -> anatomy -> landmarks -> lesions -> findings -> positivity
--> stations -> staging -> report. Every step is a function of its inputs; this
-module wires them, times them, and turns "cannot assess" situations into NX
-with reasons instead of errors.
+load -> thorax crop -> anatomy -> landmarks (the frame) -> lesions -> measurements
+-> placement (primary / nodes with stations / lung lesions / other) -> positivity
+-> staging (N and P(N)) -> report. Every step is a function of its inputs; this module
+wires them, times them, and turns "cannot assess" situations into NX with reasons instead
+of errors.
 """
 
 from __future__ import annotations
@@ -26,13 +27,8 @@ from nstage.anatomy.base import Anatomy
 from nstage.study import Study
 
 if TYPE_CHECKING:  # the analysis modules (scipy, scikit-image) load in the background
-    from nstage.findings import Findings, Lesion
-    from nstage.stations import StationAssignment
-
-# Below this the lungs are not really in view (a slab, a neck or abdomen scan).
-MIN_LUNG_VOLUME_ML = 300.0
-# Fraction of the thoracic work region the PET must cover to assess nodes.
-MIN_PET_COVERAGE = 0.6
+    from nstage.placement import Placement, Placements
+    from nstage.positivity import NodeCall
 
 OUTPUT_JSON = "n-stage.json"
 OUTPUT_OVERLAY = Path("images") / "n-staging-segmentation" / "output.mha"
@@ -76,13 +72,18 @@ class RunOptions:
     thresholds: dict | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeResult:
-    """A regional node candidate with its station and category."""
+    """A regional node candidate: its placement (station), its positivity call and the
+    8th edition category it implies when counted (None otherwise)."""
 
-    lesion: Lesion
-    station: StationAssignment
-    category: str | None  # N1/N2/N3 for positive nodes, None otherwise
+    placement: Placement
+    call: NodeCall
+    category: str | None
+
+    @property
+    def counted(self) -> bool:
+        return self.call.positive and self.category is not None
 
 
 @dataclass
@@ -98,7 +99,7 @@ class StageResult:
     work_ct: sitk.Image | None = None
     work_pet: sitk.Image | None = None
     box: tuple[slice, slice, slice] | None = None
-    findings: Findings | None = None
+    placements: Placements | None = None
     nodes: list[NodeResult] = field(default_factory=list)
 
 
@@ -165,21 +166,22 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     from nstage import findings as findings_mod
     from nstage import landmarks as landmarks_mod
     from nstage import lesions as lesions_mod
-    from nstage import positivity, stations
+    from nstage import placement, positivity, stations
     from nstage.anatomy.crop import thorax_box
     from nstage.geometry import crop, paste
 
     timer = _Timer()
     reasons: list[str] = []
     thresholds = positivity.load_thresholds(options.thresholds)
-    full_shape = study.ct.GetSize()[::-1]
+    ath = thresholds["assessment"]
 
     with timer.step("crop"):
         box = thorax_box(study.ct)
         work_ct = crop(study.ct, box)
         work_pet = study.pet_on(work_ct)
         coverage = _pet_coverage(study, work_ct)
-    if coverage < MIN_PET_COVERAGE:
+    covered = coverage >= ath["min_pet_coverage"]
+    if not covered:
         reasons.append(
             f"the PET covers only {coverage:.0%} of the thoracic region of the CT; "
             "nodes outside the PET field of view cannot be assessed"
@@ -192,7 +194,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
         else:
             anatomy = _anatomy_on_work_grid(anatomy, study.ct, work_ct, box)
     lung_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
-    thorax_in_view = min(lung_ml.values()) >= MIN_LUNG_VOLUME_ML
+    thorax_in_view = min(lung_ml.values()) >= ath["min_lung_volume_ml"]
     if not thorax_in_view:
         reasons.append(
             "thorax not in view: lungs of {left:.0f} ml (left) and {right:.0f} ml (right) found, "
@@ -203,7 +205,8 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     # computes them while the lesions are segmented (numpy and scipy release the GIL in
     # their loops, so on two cores they cost almost no wall time).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstage-anatomy-side") as pool:
-        landmarks_job = pool.submit(timer.timed, "landmarks", landmarks_mod.find, anatomy)
+        landmarks_job = pool.submit(timer.timed, "landmarks", landmarks_mod.find, anatomy,
+                                    thresholds)
         context_job = pool.submit(findings_mod.measurement_context, anatomy, work_ct,
                                   thresholds)
         with timer.step("lesions"):
@@ -221,69 +224,60 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
         component_labels, lesions = findings_mod.measure(
             lesion_mask, work_ct, work_pet, anatomy, thresholds, return_labels=True,
             pet_native=study.pet, context=context)
-        found = findings_mod.classify(lesions, anatomy, lms, thresholds)
-
-    node_results: list[NodeResult] = []
-    others: list[Lesion] = list(found.others)
-    with timer.step("stations"):
-        for lesion in found.nodes:
-            assignment = stations.assign(lesion, lms)
-            if assignment.station is None:
-                lesion.kind = "other"
-                lesion.kind_reason = assignment.reason
-                others.append(lesion)
-                continue
-            positive, probability, why = positivity.assess(
-                lesion, lesion_mask.reference_suv, thresholds)
-            lesion.positive, lesion.probability, lesion.positivity_reason = positive, probability, why
-            node_results.append(NodeResult(lesion, assignment, None))
-
-    primary = found.primary
-    if primary is None:
-        primary_side = "unknown"
-        reasons.append("no primary tumour found in or next to the lungs")
-    elif found.second_primary is not None and found.second_primary.side != primary.side:
-        primary_side = "unknown"
-        reasons.append("tumours in both lungs: the side of the primary is ambiguous")
-    else:
-        primary_side = primary.side if primary.side in ("left", "right") else "unknown"
+        placed = placement.place(lesions, lms, thresholds,
+                                 stations.station_settings(thresholds))
 
     with timer.step("staging"):
-        positive_nodes = [n for n in node_results if n.lesion.positive]
-        nstage = staging.n_category(primary_side, [n.station.station for n in positive_nodes],
-                                    options.rules)
-        for n in positive_nodes:
-            n.category = _category_of(n.station.station, primary_side, options.rules)
-        probabilities = staging.category_probabilities(
-            primary_side,
-            [(n.station.station, n.lesion.probability) for n in node_results],
-            options.rules,
-        )
+        node_results, nstage, probabilities = _stage(placed, lesion_mask.reference_suv,
+                                                     thresholds, options.rules)
+    if placed.primary is None:
+        reasons.append("no primary tumour found in or next to the lungs")
+    elif placed.second_primary is not None:
+        reasons.append("tumours of comparable size in both lungs: the side of the primary is "
+                       "ambiguous")
 
     n8, n9 = nstage.n_stage, nstage.n_stage_9th
     all_reasons = list(reasons) + list(nstage.reasons)
-    if not thorax_in_view or coverage < MIN_PET_COVERAGE:
+    counted = [n for n in node_results if n.call.positive]
+    if not thorax_in_view or not covered:
         n8, n9 = "NX", "NX"
-    elif primary is None and not positive_nodes:
+    elif placed.primary is None and not counted:
         n8, n9 = "NX", "NX"
         all_reasons.append("N cannot be assessed without a primary tumour or a positive node")
-    if n8 == "NX":
-        probabilities = {k: None for k in ("N0", "N1", "N2", "N3")}
 
     with timer.step("overlay"):
-        overlay_crop = _overlay(component_labels, primary, found.second_primary, node_results,
-                                others)
+        overlay_crop = _overlay(component_labels, placed, node_results)
         overlay = paste(study.ct, overlay_crop, box)
 
     result = _result_dict(
-        study=study, options=options, n8=n8, n9=n9, nstage=nstage, primary=primary,
-        second_primary=found.second_primary, node_results=node_results, others=others,
-        probabilities=probabilities, reasons=all_reasons, anatomy=anatomy, landmarks=lms,
-        lesion_mask=lesion_mask, work_ct=work_ct, box=box, full_shape=full_shape,
-        timings=timer.timings, notes=list(found.notes),
+        study=study, options=options, n8=n8, n9=n9, nstage=nstage, placed=placed,
+        node_results=node_results, probabilities=probabilities, reasons=all_reasons,
+        anatomy=anatomy, landmarks=lms, lesion_mask=lesion_mask, work_ct=work_ct,
+        timings=timer.timings, thresholds=thresholds,
     )
     return StageResult(result=result, overlay=overlay, study=study, work_ct=work_ct,
-                       work_pet=work_pet, box=box, findings=found, nodes=node_results)
+                       work_pet=work_pet, box=box, placements=placed, nodes=node_results)
+
+
+def _stage(placed: Placements, reference_suv: dict, thresholds: dict,
+           rules: staging.StagingRules):
+    """Positivity of every node candidate, the N category from the counted ones, and P(N)
+    over node involvement and station alternatives."""
+    from nstage import positivity
+
+    side = placed.primary_side
+    results = []
+    for p in placed.nodes:
+        call = positivity.assess(p.lesion, reference_suv, thresholds,
+                                 symmetric_hilar=p.symmetric_hilar)
+        category = _category_of(p.station.station, side, rules) if call.positive else None
+        results.append(NodeResult(p, call, category))
+    nstage = staging.n_category(side, [n.placement.station.station for n in results
+                                       if n.call.positive], rules)
+    probabilities = staging.n_probabilities(
+        side, [(n.placement.station.distribution(), n.call.probability) for n in results],
+        rules)
+    return results, nstage, probabilities
 
 
 def _anatomy_on_work_grid(anatomy: Anatomy, full_ct: sitk.Image, work_ct: sitk.Image,
@@ -310,20 +304,17 @@ def _category_of(station: str, primary_side: str, rules: staging.StagingRules) -
     return category if category in LABEL_BY_CATEGORY else None
 
 
-def _overlay(component_labels: np.ndarray, primary: Lesion | None, second: Lesion | None,
-             node_results: list[NodeResult], others: list[Lesion]) -> np.ndarray:
+def _overlay(component_labels: np.ndarray, placed: Placements,
+             node_results: list[NodeResult]) -> np.ndarray:
     """uint8 overlay on the work grid: 1 primary, 2/3/4 N1/N2/N3 node, 5 other lesion."""
     lut = np.zeros(int(component_labels.max()) + 1, dtype=np.uint8)
-    for lesion in others:
-        lut[lesion.id] = LABEL_OTHER
+    for p in (*placed.others, *placed.lung_lesions):
+        lut[p.id] = LABEL_OTHER
     for n in node_results:
-        if n.lesion.positive and n.category in LABEL_BY_CATEGORY:
-            lut[n.lesion.id] = LABEL_BY_CATEGORY[n.category]
-        else:
-            # Positive nodes whose category depends on the unknown primary side, and
-            # node candidates below the criteria, are shown but not counted.
-            lut[n.lesion.id] = LABEL_OTHER
-    for p in (primary, second):
+        # Node candidates below the criteria, and positive nodes whose category depends on
+        # the unknown primary side, are shown but not counted.
+        lut[n.placement.id] = LABEL_BY_CATEGORY[n.category] if n.counted else LABEL_OTHER
+    for p in (placed.primary, placed.second_primary, *placed.primary_parts):
         if p is not None:
             lut[p.id] = LABEL_PRIMARY
     return lut[component_labels]
@@ -340,20 +331,21 @@ def _pt(p) -> list[float]:
 
 
 def _node_entry(n: NodeResult) -> dict:
-    les = n.lesion
-    label = LABEL_BY_CATEGORY.get(n.category, LABEL_OTHER) if les.positive else LABEL_OTHER
-    if les.positive and n.category:
-        reason = f"{n.category}: {les.positivity_reason}; station {n.station.reason}"
-    elif les.positive:
+    p, call, les = n.placement, n.call, n.placement.lesion
+    st = p.station
+    label = LABEL_BY_CATEGORY[n.category] if n.counted else LABEL_OTHER
+    if n.counted:
+        reason = f"{n.category}: {call.reason}; station {st.reason}"
+    elif call.positive:
         reason = (f"not counted: category depends on the side of the primary, which is unknown; "
-                  f"station {n.station.reason}")
+                  f"station {st.reason}")
     else:
-        reason = f"not counted: {les.positivity_reason}; station {n.station.reason}"
+        reason = f"not counted: {call.reason}; station {st.reason}"
     return {
         "id": les.id,
-        "station": n.station.station,
-        "side": n.station.side,
-        "n_category": n.category if les.positive else None,
+        "station": st.station,
+        "side": st.side,
+        "n_category": n.category if call.positive else None,
         "suv_max": _r(les.suv_max),
         "suv_peak": _r(les.suv_peak),
         "suv_mean": _r(les.suv_mean),
@@ -362,16 +354,21 @@ def _node_entry(n: NodeResult) -> dict:
         "short_axis_mm": _r(les.short_axis_mm, 1),
         "centroid_mm": _pt(les.centroid_mm),
         "label_value": label,
-        "probability": _r(les.probability, 3),
-        "station_confidence": _r(n.station.confidence, 2),
-        "station_approximated": n.station.approximated,
-        "direct_extension": bool(les.direct_extension),
-        "reason": " ".join(reason.split()),
+        "probability": call.probability,
+        "station_confidence": _r(st.confidence, 3),
+        "station_approximated": st.approximated,
+        "alternatives": [{"station": a.station, "probability": _r(a.probability, 3),
+                          "boundary": a.boundary, "distance_mm": a.distance_mm}
+                         for a in st.alternatives],
+        "direct_extension": p.contiguous_with_primary,
+        "symmetric_hilar": p.symmetric_hilar,
+        "reason": " ".join(f"{p.reason}; {reason}".split()),
     }
 
 
-def _lesion_brief(les: Lesion, label: int) -> dict:
-    return {
+def _lesion_brief(p: Placement, label: int) -> dict:
+    les = p.lesion
+    entry = {
         "id": les.id,
         "suv_max": _r(les.suv_max),
         "suv_peak": _r(les.suv_peak),
@@ -379,42 +376,77 @@ def _lesion_brief(les: Lesion, label: int) -> dict:
         "short_axis_mm": _r(les.short_axis_mm, 1),
         "centroid_mm": _pt(les.centroid_mm),
         "label_value": label,
-        "reason": " ".join((les.kind_reason or "").split()),
+        "reason": " ".join(p.reason.split()),
+    }
+    if p.kind == "lung_lesion":
+        entry.update(side=p.side, relation=p.relation, second_primary=p.second_primary)
+    return entry
+
+
+def _primary_entry(placed: Placements) -> dict | None:
+    primary, second = placed.primary, placed.second_primary
+    if primary is None:
+        return None
+    les = primary.lesion
+    return {
+        "id": les.id,
+        "side": primary.side,
+        "lobe": _lobe_of(les),
+        "zone": primary.zone,
+        "suv_max": _r(les.suv_max),
+        "suv_peak": _r(les.suv_peak),
+        "volume_ml": _r(les.volume_ml + sum(p.lesion.volume_ml for p in placed.primary_parts)),
+        "short_axis_mm": _r(les.short_axis_mm, 1),
+        "centroid_mm": _pt(les.centroid_mm),
+        "label_value": LABEL_PRIMARY,
+        "reason": " ".join(primary.reason.split()),
+        "parts": [{"id": p.id, "volume_ml": _r(p.lesion.volume_ml), "reason": p.reason}
+                  for p in placed.primary_parts],
+        "second_primary": None if second is None else {
+            "side": second.side,
+            "suv_max": _r(second.lesion.suv_max),
+            "volume_ml": _r(second.lesion.volume_ml),
+            "centroid_mm": _pt(second.lesion.centroid_mm),
+        },
     }
 
 
-def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, node_results,
-                 others, probabilities, reasons, anatomy, landmarks, lesion_mask, work_ct, box,
-                 full_shape, timings, notes) -> dict:
-    primary_entry = None
-    if primary is not None:
-        primary_entry = {
-            "side": primary.side,
-            "lobe": _lobe_of(primary),
-            "suv_max": _r(primary.suv_max),
-            "suv_peak": _r(primary.suv_peak),
-            "volume_ml": _r(primary.volume_ml),
-            "short_axis_mm": _r(primary.short_axis_mm, 1),
-            "centroid_mm": _pt(primary.centroid_mm),
-            "label_value": LABEL_PRIMARY,
-            "second_primary": None if second_primary is None else {
-                "side": second_primary.side,
-                "suv_max": _r(second_primary.suv_max),
-                "volume_ml": _r(second_primary.volume_ml),
-                "centroid_mm": _pt(second_primary.centroid_mm),
-            },
-        }
-    positive = [n for n in node_results if n.lesion.positive]
-    negative = [n for n in node_results if not n.lesion.positive]
+def _most_probable(n8: str, n9: str, probabilities, counted: list[NodeResult]) -> dict:
+    """The most probable categories, and why the reported stage differs when it does."""
+    top8, top9 = probabilities.most_probable()
+    agrees = n8 == "NX" or (probabilities.n8[n8] >= probabilities.n8[top8] - 1e-9
+                            and probabilities.n9[n9] >= probabilities.n9[top9] - 1e-9)
+    why = None
+    if not agrees:
+        why = (f"the stage counts each node with p >= 0.5 ({len(counted)} counted); "
+               f"P({top8}) = {probabilities.n8[top8]:.2f} is larger than P({n8}) = "
+               f"{probabilities.n8[n8]:.2f} because several uncertain nodes or station "
+               "alternatives add up")
+    return {"n_stage": top8, "n_stage_9th": top9, "agrees_with_stage": agrees,
+            "why_not": why}
+
+
+def _result_dict(*, study, options, n8, n9, nstage, placed, node_results, probabilities,
+                 reasons, anatomy, landmarks, lesion_mask, work_ct, timings,
+                 thresholds) -> dict:
+    from nstage.thresholds import differences
+
+    positive = [n for n in node_results if n.call.positive]
+    negative = [n for n in node_results if not n.call.positive]
     carina = landmarks.get("carina")
+    nx = n8 == "NX"
     return {
         "n_stage": n8,
         "n_stage_9th": n9,
-        "primary_tumor": primary_entry,
-        "nodes": [_node_entry(n) for n in sorted(positive, key=lambda n: n.lesion.id)],
+        "primary_tumor": _primary_entry(placed),
+        "nodes": [_node_entry(n) for n in sorted(positive, key=lambda n: n.placement.id)],
         "negative_node_candidates": [_node_entry(n) for n in negative],
-        "other_lesions": [_lesion_brief(o, LABEL_OTHER) for o in others],
-        "probabilities": {k: _r(v, 4) for k, v in probabilities.items()},
+        "lung_lesions": [_lesion_brief(p, LABEL_OTHER) for p in placed.lung_lesions],
+        "other_lesions": [_lesion_brief(p, LABEL_OTHER) for p in placed.others],
+        "probabilities": {k: None if nx else _r(v, 4) for k, v in probabilities.n8.items()},
+        "probabilities_9th": {k: None if nx else _r(v, 4)
+                              for k, v in probabilities.n9.items()},
+        "most_probable": None if nx else _most_probable(n8, n9, probabilities, positive),
         "trace": [
             {"station": t.station, "side": t.station_side, "category": t.category,
              "rule": t.rule} for t in nstage.trace
@@ -424,11 +456,13 @@ def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, nod
         "backends": {"anatomy": anatomy.backend, "lesions": lesion_mask.backend},
         "version": __version__,
         "edition_rules": staging.edition_rules(options.rules),
+        "thresholds_changed": differences(thresholds),
         "reference_suv": {k: _r(v, 3) for k, v in lesion_mask.reference_suv.items()},
         "landmarks": {
             "carina_mm": None if carina is None or carina.point_mm is None
             else _pt(carina.point_mm),
             "approximated": sorted(k for k, v in landmarks.points.items() if v.approximated),
+            "table": landmarks.table(),
         },
         "inputs": {
             "ct": study.meta.ct_source,
@@ -438,12 +472,12 @@ def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, nod
             "thorax_crop_size": list(work_ct.GetSize()),
         },
         "notes": list(study.meta.notes) + list(anatomy.notes) + list(landmarks.notes)
-        + list(lesion_mask.notes) + notes,
+        + list(lesion_mask.notes) + list(placed.notes),
         "timings_s": timings,
     }
 
 
-def _lobe_of(lesion: Lesion) -> str | None:
+def _lobe_of(lesion) -> str | None:
     best, frac = None, 0.0
     for name, f in lesion.inside.items():
         if name.startswith("lung_") and "lobe" in name and f > frac:
@@ -497,6 +531,7 @@ def _draw_report(staged: StageResult, out_dir: Path) -> str | None:
 # scikit-image, 0.4 s for matplotlib, that reading (decompression, which releases the GIL)
 # hides.
 _ANALYSIS_MODULES = ("nstage.anatomy.classical", "nstage.lesions.suv", "nstage.findings",
+                     "nstage.placement",
                      "nstage.landmarks", "nstage.stations", "nstage.positivity")
 _REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg",
                    "matplotlib.backends.backend_pdf", "nstage.figure")

@@ -1,19 +1,7 @@
 """Is a regional node candidate positive on FDG-PET/CT, and how likely is it involved?
 
-Decision (``resources/thresholds.json`` section ``positivity``; CLINICAL.md section 3)
---------------------------------------------------------------------------------------
-In this order:
-
-1. Direct extension of the primary tumour into the nodal zone: positive (TNM counts direct
-   extension into nodes as nodal involvement).
-2. Calcified / very dense core (median HU >= ``calcified_hu``): negative, likely benign
-   (granulomatous disease).
-3. One of a symmetric, mildly avid hilar pair (flagged by :func:`nstage.findings.classify`):
-   negative, likely reactive.
-4. Positive when SUVmax > ``blood_pool_factor`` x mediastinal blood pool AND SUVmax >=
-   ``suv_max_min`` (2.5). The CT short axis (>= 10 mm) is reported as supporting evidence only.
-
-Probability (section ``probability``): a logistic function, increasing in both inputs::
+Probability (``resources/thresholds.json`` section ``probability``; CLINICAL.md section 3):
+a logistic function, increasing in both inputs::
 
     logit = ratio_slope * ln(SUVmax / blood_pool / ratio_at_half)
             + short_axis_slope * (clip(short_axis_mm, *short_axis_clip_mm) - short_axis_ref_mm)
@@ -24,17 +12,27 @@ Probability (section ``probability``): a logistic function, increasing in both i
 ``ratio_at_half`` and ``ratio_slope`` come from Hellwig 2007 (metastatic SUVmax 7.1 +/- 4.5 vs
 benign 2.4 +/- 1.7, read as log-normal; linear discriminant -> logistic), the short-axis term
 from Toloza 2003 (CT: sensitivity 57%, specificity 82% at 10 mm), halved for correlation with
-PET. Direct extension sets p to at least 0.95.
+PET.
+
+Decision (section ``positivity``): a node counts when its probability is at least
+``count_probability_min`` (0.5: involvement is the more probable state), so the decision and
+the probabilities that feed P(N) never disagree. The usual readings are necessary
+conditions on top: SUVmax above ``blood_pool_factor`` x the mediastinal blood pool and at
+least ``suv_max_min`` (2.5); not calcified (median core HU below ``calcified_hu``); not one of
+a symmetric mildly avid hilar pair (flagged by :mod:`nstage.placement`). A node failing one
+keeps a probability of at most ``negative_probability_cap``. The CT short axis (>= 10 mm)
+enters the probability only (CT alone is unreliable).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nstage.findings import Lesion
 from nstage.thresholds import Thresholds, load_thresholds, resolve
 
-__all__ = ["assess", "load_thresholds", "probability"]
+__all__ = ["NodeCall", "assess", "load_thresholds", "probability"]
 
 
 def _blood_pool(reference_suv: dict[str, float] | None, thresholds: Thresholds) -> tuple[float, bool]:
@@ -71,23 +69,47 @@ def probability(suv_max: float, blood_pool: float, short_axis_mm: float, *,
     return 1.0 / (1.0 + math.exp(-logit))
 
 
+@dataclass(frozen=True)
+class NodeCall:
+    """The positivity decision about one node candidate (its own record; the lesion's
+    measurements are not touched).
+
+    Attributes
+    ----------
+    positive : bool
+        Counted as involved: ``probability >= count_probability_min``.
+    probability : float
+        Probability of involvement (0-1), rounded to 3 decimals (the value the decision and
+        the JSON use).
+    reason : str
+        One line with the numbers and the rule that decided.
+    """
+
+    positive: bool
+    probability: float
+    reason: str
+
+
 def assess(lesion: Lesion, reference_suv: dict[str, float] | None,
-           thresholds: Thresholds | None = None) -> tuple[bool, float, str]:
+           thresholds: Thresholds | None = None, *,
+           symmetric_hilar: bool = False) -> NodeCall:
     """Positivity decision, probability and a one-line reason for one node candidate.
 
     Parameters
     ----------
     lesion : Lesion
-        A measured (and classified) node candidate.
+        A measured node candidate.
     reference_suv : dict
         ``LesionMask.reference_suv`` (``blood_pool`` in SUVbw); a typical blood pool is used and
         said so when it is missing.
     thresholds : dict, optional
         :func:`load_thresholds` values (or partial overrides); default the packaged ones.
+    symmetric_hilar : bool
+        One of a symmetric mildly avid hilar pair (:mod:`nstage.placement`).
 
     Returns
     -------
-    (positive, probability, reason)
+    NodeCall
     """
     th = resolve(thresholds)
     pth = th["positivity"]
@@ -95,27 +117,31 @@ def assess(lesion: Lesion, reference_suv: dict[str, float] | None,
     bp_txt = f"blood pool {bp:.1f}" + ("" if measured else " (typical value, not measured)")
     calcified = math.isfinite(lesion.core_hu) and lesion.core_hu >= pth["calcified_hu"]
     p = probability(lesion.suv_max, bp, lesion.short_axis_mm, calcified=calcified,
-                    symmetric_hilar=lesion.symmetric_hilar, thresholds=th)
+                    symmetric_hilar=symmetric_hilar, thresholds=th)
     sa = lesion.short_axis_mm
     sa_txt = (f"short axis {sa:.0f} mm" + (" (>= {:.0f} mm supports)".format(pth["short_axis_support_mm"])
                                           if sa >= pth["short_axis_support_mm"] else ""))
     suv_txt = f"SUVmax {lesion.suv_max:.1f}"
-    if lesion.direct_extension:
-        return True, max(p, 0.95), f"direct extension of the primary tumour ({suv_txt})"
-    if calcified:
-        return False, p, (f"{suv_txt} but dense/calcified core ({lesion.core_hu:.0f} HU >= "
-                          f"{pth['calcified_hu']:.0f}): likely benign (granulomatous)")
-    if lesion.symmetric_hilar:
-        return False, p, (f"{suv_txt}: symmetric mildly avid hilar uptake (< "
-                          f"{pth['symmetric_hilar_max_suv']:.1f} on both sides), likely reactive")
-    above_bp = lesion.suv_max > pth["blood_pool_factor"] * bp
-    above_floor = lesion.suv_max >= pth["suv_max_min"]
-    if above_bp and above_floor:
-        return True, p, (f"{suv_txt} > {bp_txt} (x{lesion.suv_max / bp:.1f}) and >= "
-                         f"{pth['suv_max_min']:.1f}; {sa_txt}")
     fails = []
-    if not above_bp:
+    if calcified:
+        fails.append(f"dense/calcified core ({lesion.core_hu:.0f} HU >= "
+                     f"{pth['calcified_hu']:.0f}): likely benign (granulomatous)")
+    if symmetric_hilar:
+        fails.append(f"symmetric mildly avid hilar uptake (< {pth['symmetric_hilar_max_suv']:.1f}"
+                     " on both sides), likely reactive")
+    if not lesion.suv_max > pth["blood_pool_factor"] * bp:
         fails.append(f"not above {bp_txt}")
-    if not above_floor:
+    if not lesion.suv_max >= pth["suv_max_min"]:
         fails.append(f"below {pth['suv_max_min']:.1f}")
-    return False, p, f"{suv_txt} {' and '.join(fails)}; {sa_txt}"
+    if fails:
+        p = min(p, float(pth["negative_probability_cap"]))
+    p = round(p, 3)
+    cut = float(pth["count_probability_min"])
+    if fails:
+        return NodeCall(False, p, f"{suv_txt}: {'; '.join(fails)}; {sa_txt}; p {p:.2f}")
+    if p < cut:
+        return NodeCall(False, p, (f"{suv_txt} > {bp_txt} (x{lesion.suv_max / bp:.1f}) and >= "
+                                   f"{pth['suv_max_min']:.1f}, but p {p:.2f} < {cut:.2f} "
+                                   f"(too faint for its size); {sa_txt}"))
+    return NodeCall(True, p, (f"{suv_txt} > {bp_txt} (x{lesion.suv_max / bp:.1f}) and >= "
+                              f"{pth['suv_max_min']:.1f}; {sa_txt}; p {p:.2f}"))

@@ -29,6 +29,7 @@ Sides are the patient's (LPS: +x is patient left). Nodes outside the regional st
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -448,73 +449,138 @@ def n_category(
     return _combine_unknown(left, right, codes, counts, rules)
 
 
-def _probabilities_known(
-    side: str, nodes: list[tuple[str, float]], rules: StagingRules
-) -> dict[str, float]:
-    ranks = [_rank8(_category_known_side(code, side, rules)[0]) for code, _ in nodes]
-    # P(N <= c) = P(no node of a category above c is positive), nodes independent.
-    cumulative = []
-    for c in range(len(CATEGORIES_8TH)):
-        product = 1.0
-        for rank, (_, p) in zip(ranks, nodes, strict=True):
-            if rank > c:
-                product *= 1.0 - p
-        cumulative.append(product)
-    probabilities = {}
-    previous = 0.0
-    for category, value in zip(CATEGORIES_8TH, cumulative, strict=True):
-        # Differences of nested products are >= 0 in exact arithmetic; clamp rounding noise.
-        probabilities[category] = max(0.0, value - previous)
-        previous = value
-    return probabilities
+Distribution = dict  # {station code or None (not regional): probability}
 
 
-def category_probabilities(
+def _as_distribution(station) -> dict[str | None, float]:
+    """A node's station as a distribution: a code is certain; a dict is checked."""
+    if isinstance(station, dict):
+        out: dict[str | None, float] = {}
+        for code, q in station.items():
+            q = float(q)
+            if not math.isfinite(q) or q < 0.0:
+                raise ValueError(f"station probability for {code} must be >= 0, got {q}")
+            key = None if code is None else normalize_station(code)
+            out[key] = out.get(key, 0.0) + q
+        total = sum(out.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-3):
+            raise ValueError(f"station probabilities must sum to 1, got {total:.4f}")
+        return {k: v / total for k, v in out.items()}
+    return {normalize_station(station): 1.0}
+
+
+def _distributions_known(side: str, nodes: list[tuple[dict, float]],
+                         rules: StagingRules) -> tuple[dict[str, float], dict[str, float]]:
+    """Exact P over the 8th and 9th edition categories for a known primary side.
+
+    Sums over every combination of node involvement and station alternatives, by dynamic
+    programming over the states that decide the category: N3 reached, else the highest
+    category so far and the set of distinct N2 stations (one station, or two or more).
+    """
+    # state: (rank 0..2, n2) with n2 = () | (code,) | "many"; N3 absorbing.
+    states: dict[tuple, float] = {(0, ()): 1.0}
+    n3 = 0.0
+    for dist, p in nodes:
+        nxt: defaultdict[tuple, float] = defaultdict(float)
+        for (rank, n2), q in states.items():
+            nxt[(rank, n2)] += q * (1.0 - p)
+            for code, w in dist.items():
+                mass = q * p * w
+                if mass == 0.0:
+                    continue
+                if code is None:
+                    nxt[(rank, n2)] += mass
+                    continue
+                category = _rank8(_category_known_side(code, side, rules)[0])
+                if category == 3:
+                    n3 += mass
+                elif category == 2:
+                    grown = n2 if n2 == "many" or n2 == (code,) else (
+                        (code,) if n2 == () else "many")
+                    nxt[(2, grown)] += mass
+                else:
+                    nxt[(max(rank, category), n2)] += mass
+        states = dict(nxt)
+    p8 = dict.fromkeys(CATEGORIES_8TH, 0.0)
+    p9 = dict.fromkeys(CATEGORIES_9TH, 0.0)
+    for (rank, n2), q in states.items():
+        p8[CATEGORIES_8TH[rank]] += q
+        key = CATEGORIES_9TH[rank] if rank < 2 else ("N2b" if n2 == "many" else "N2a")
+        p9[key] += q
+    p8["N3"] = p9["N3"] = n3
+    return ({k: min(1.0, max(0.0, v)) for k, v in p8.items()},
+            {k: min(1.0, max(0.0, v)) for k, v in p9.items()})
+
+
+@dataclass(frozen=True)
+class NProbabilities:
+    """P over the categories of both editions (each sums to 1)."""
+
+    n8: dict[str, float]
+    n9: dict[str, float]
+
+    def most_probable(self) -> tuple[str, str]:
+        """The 8th and 9th edition categories with the highest probability (ties: lower)."""
+        return (max(CATEGORIES_8TH, key=lambda c: (self.n8[c], -_rank8(c))),
+                max(CATEGORIES_9TH, key=lambda c: (self.n9[c], -_rank9(c))))
+
+
+def n_probabilities(
     primary_side: str | None,
-    nodes: Iterable[tuple[str, float]],
+    nodes: Iterable[tuple],
     rules: StagingRules = DEFAULT_RULES,
-) -> dict[str, float]:
-    """P(N0..N3) (8th edition) from independent per-node probabilities of involvement.
+) -> NProbabilities:
+    """P(N0..N3) and P(N0, N1, N2a, N2b, N3) from uncertain nodes, by exact enumeration.
 
-    Each node ``i`` is involved with probability ``p_i``, independently of the others, and
-    then implies the category of its station. With ``cat_i`` that category,
-    ``P(N <= c) = prod over nodes with cat_i > c of (1 - p_i)``, so ``P(N0) = prod (1 - p_i)``
-    and ``P(N3) = 1 - P(N <= N2)``. Several nodes in one station are separate nodes here.
-
-    For an unknown primary side the answer is the average of the left- and right-primary
-    distributions (equal prior on the side, whatever ``rules.unknown_side`` says for the
-    category itself). It equals either side's distribution when no node's category depends on
-    the side, which is exactly when the ``"agree"`` policy reports a category.
+    Each node ``i`` is involved with probability ``p_i`` (independently of the others) and
+    then lies in station ``s`` with probability ``w_i(s)`` (its station and the alternatives
+    across nearby boundaries; ``s=None``: not a regional node). The result sums over every
+    combination (by dynamic programming over what decides the category, which is exact):
+    the 8th edition category is the highest over the involved nodes; the 9th splits N2 by the
+    number of distinct N2 stations. For an unknown primary side the answer is the average of
+    the left- and right-primary distributions (equal prior on the side).
 
     Parameters
     ----------
     primary_side : {"left", "right", "unknown"} or None
     nodes : iterable of (station, probability)
-        Probability of involvement of each candidate node, 0-1.
+        ``station`` a code (certain) or a dict ``{code or None: probability}`` summing to 1;
+        ``probability`` the node's probability of involvement, 0-1.
     rules : StagingRules
-
-    Returns
-    -------
-    dict
-        ``{"N0": p0, "N1": p1, "N2": p2, "N3": p3}``, each in [0, 1], summing to 1.
 
     Raises
     ------
     UsageError
         Unknown station or primary side.
     ValueError
-        A probability outside [0, 1] or not finite.
+        A probability outside [0, 1] or not finite; station probabilities not summing to 1.
     """
     side = _normalize_primary_side(primary_side)
     checked = []
     for station, p in nodes:
-        code = normalize_station(station)
+        dist = _as_distribution(station)
         p = float(p)
         if not math.isfinite(p) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"node probability for station {code} must be in [0, 1], got {p}")
-        checked.append((code, p))
+            raise ValueError(f"node probability for station {station} must be in [0, 1], "
+                             f"got {p}")
+        checked.append((dist, p))
     if side != "unknown":
-        return _probabilities_known(side, checked, rules)
-    left = _probabilities_known("left", checked, rules)
-    right = _probabilities_known("right", checked, rules)
-    return {category: 0.5 * (left[category] + right[category]) for category in CATEGORIES_8TH}
+        return NProbabilities(*_distributions_known(side, checked, rules))
+    left = _distributions_known("left", checked, rules)
+    right = _distributions_known("right", checked, rules)
+    return NProbabilities(
+        {c: 0.5 * (left[0][c] + right[0][c]) for c in CATEGORIES_8TH},
+        {c: 0.5 * (left[1][c] + right[1][c]) for c in CATEGORIES_9TH})
+
+
+def category_probabilities(
+    primary_side: str | None,
+    nodes: Iterable[tuple],
+    rules: StagingRules = DEFAULT_RULES,
+) -> dict[str, float]:
+    """P(N0..N3) (8th edition) from uncertain nodes: :func:`n_probabilities`'s ``n8``.
+
+    With certain stations this is ``P(N <= c) = prod over nodes with cat_i > c of (1 - p_i)``,
+    so ``P(N0) = prod (1 - p_i)`` and ``P(N3) = 1 - P(N <= N2)``.
+    """
+    return n_probabilities(primary_side, nodes, rules).n8

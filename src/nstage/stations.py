@@ -1,16 +1,19 @@
-"""IASLC station and side of each node from landmarks (pure geometry).
+"""IASLC station and side of each node from the anatomical frame (pure geometry).
 
 Rules follow the IASLC lymph-node map (Rusch et al., J Thorac Oncol 2009;4:568) as
 translated into segmentation landmarks in ``../shared/docs/CLINICAL.md`` section 2.
 Everything here is pure: a node's centroid (mm LPS: +x patient LEFT, +y POSTERIOR,
-+z SUPERIOR), its contact measurements (:attr:`Lesion.inside`, :attr:`Lesion.distance_mm`)
-and the :class:`~nstage.landmarks.Landmarks` go in; a :class:`StationAssignment` comes out.
++z SUPERIOR), its contact measurements (:attr:`Lesion.inside`, :attr:`Lesion.distance_mm`,
+:attr:`Lesion.surround`, :attr:`Lesion.zones`) and the :class:`~nstage.landmarks.Landmarks`
+go in; a :class:`StationAssignment` comes out. Every position comes from the landmarks
+(measured, or approximated by :func:`nstage.landmarks.complete`); every distance from
+``resources/thresholds.json`` section ``stations``.
 
-How a node is placed, in order:
+How a node is placed, in order (the first rule that claims it decides):
 
-1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical); inside an
-   abdominal organ, or below the diaphragm dome away from the lung bases (abdominal); far
-   lateral, not in the lung and not between the lungs (axillary / chest wall / pleura).
+1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical); below
+   the diaphragm dome away from the lung bases (abdominal); lateral, not in the lung and not
+   between the lungs (axillary / chest wall / pleura).
 2. Intrapulmonary (11-14): inside the (hole-filled) lung or rimmed by it, outside the hilar
    zone around the main bronchus; 11 / 12 / 13 / 14 by distance from the bronchus's end.
 3. Station 1: between the manubrium top and the trachea top; side by the tracheal midline.
@@ -23,16 +26,19 @@ How a node is placed, in order:
    bronchus 4R / 4L while above the station 10 upper border, else 10; lower down 8 next to
    the oesophagus, 9 away from it below the inferior pulmonary vein, 10 near the hilum.
 
-Confidence starts at :attr:`StationSettings.base_confidence` and drops when a deciding
-landmark was approximated, when contact with lung / oesophagus was not measured, and when the
-node lies within :attr:`StationSettings.boundary_soft_mm` of the boundary that decided it; the
-reason says which.
+Uncertainty: each boundary that decided the station has a soft zone (``boundary_soft_mm``,
+or ``approximated_soft_mm`` when its landmark was approximated or the contact it rests on
+was not measured). A node at distance ``d`` inside it lies across that boundary with
+probability ``q = 0.5 (1 - d / soft)`` (0.5 on the boundary), in the station on the other
+side (:attr:`StationAssignment.alternatives`); :attr:`StationAssignment.confidence` is the
+probability of the station itself. Staging sums over these alternatives.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cache, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -41,22 +47,49 @@ from nstage import landmarks as lm
 from nstage.findings import Lesion
 from nstage.geometry import Point
 from nstage.landmarks import Landmarks, TracheaLevel
+from nstage.thresholds import resolve
 
 Side = Literal["left", "right", "midline"]
 
-# Structures whose interior means the lesion is abdominal, not a thoracic node.
-ABDOMINAL_ORGANS = (
-    "liver", "spleen", "stomach", "pancreas", "kidney_left", "kidney_right",
-    "adrenal_gland_left", "adrenal_gland_right", "gallbladder", "duodenum",
-    "small_bowel", "colon", "urinary_bladder",
-)
 # Hilar vessels of IASLC station 10 (proximal pulmonary veins and main pulmonary artery).
 HILAR_VESSELS = ("pulmonary_artery", "pulmonary_vein")
+# A lesion mostly inside one of these is uptake of (or a metastasis in) that organ, not a node.
+ORGANS_NOT_NODES = ("liver", "spleen", "kidney_left", "kidney_right", "adrenal_gland_left",
+                    "adrenal_gland_right", "stomach", "pancreas", "gallbladder", "small_bowel",
+                    "duodenum", "colon", "urinary_bladder", "brain", "thyroid_gland", "heart",
+                    "myocardium", "spinal_cord")
+# Bone classes ("spine": the classical backend labels the whole vertebral column so).
+BONE_PREFIXES = ("vertebrae_", "spine", "rib_", "sternum", "clavicula", "scapula", "humerus",
+                 "hip_", "sacrum", "femur", "skull", "costal_cartilages")
 _LUNG_PARTS = {
     "left": ("lung_left", "lung_upper_lobe_left", "lung_lower_lobe_left"),
     "right": ("lung_right", "lung_upper_lobe_right", "lung_middle_lobe_right",
               "lung_lower_lobe_right"),
 }
+# An alternative "station" meaning: the rules after the one that decided (see assign).
+_NEXT = "next rule"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """A station the node may lie in instead, across one boundary.
+
+    Attributes
+    ----------
+    station : str or None
+        IASLC code, or None for "not a regional node".
+    probability : float
+        0-1.
+    boundary : str
+        The boundary crossed, e.g. ``"4R/10R"``.
+    distance_mm : float
+        How far inside the decided station the node lies from that boundary.
+    """
+
+    station: str | None
+    probability: float
+    boundary: str
+    distance_mm: float
 
 
 @dataclass(frozen=True)
@@ -71,11 +104,16 @@ class StationAssignment:
     side : {"left", "right", "midline"}
         Side of the patient.
     confidence : float
-        0-1; lower near a boundary or when a landmark was approximated.
+        Probability (0-1) that the node lies in ``station`` rather than in one of the
+        ``alternatives``.
     reason : str
         One line naming the landmarks used and whether any was approximated.
     landmarks_used : tuple of str
     approximated : bool
+        A deciding landmark was approximated.
+    alternatives : tuple of Alternative
+        Stations across the boundaries the node is close to, with their probabilities
+        (``confidence + sum(alternative probabilities) == 1``).
     """
 
     station: str | None
@@ -84,141 +122,81 @@ class StationAssignment:
     reason: str
     landmarks_used: tuple[str, ...] = field(default_factory=tuple)
     approximated: bool = False
+    alternatives: tuple[Alternative, ...] = ()
+
+    def distribution(self) -> dict[str | None, float]:
+        """``{station: probability}`` over the station and its alternatives (sums to 1)."""
+        out: dict[str | None, float] = {self.station: self.confidence}
+        for alt in self.alternatives:
+            out[alt.station] = out.get(alt.station, 0.0) + alt.probability
+        return out
 
 
 @dataclass(frozen=True)
 class StationSettings:
-    """Distances (mm) and factors of the practical station rules.
+    """The ``stations`` section of ``resources/thresholds.json`` (units and sources there).
 
-    Defaults are typical adult anatomy; each one is a judgement, not an IASLC number.
-
-    Attributes
-    ----------
-    base_confidence : float
-        Confidence of a node far from every boundary with measured landmarks.
-    approximated_factor : float
-        Multiplies the confidence when a deciding landmark was approximated.
-    approximated_soft_mm : float
-        Like ``boundary_soft_mm`` for a boundary set by an approximated landmark.
-    unmeasured_factor : float
-        Multiplies the confidence when lung / oesophagus contact was not measured.
-    boundary_soft_mm : float
-        Within this distance of the deciding boundary the confidence falls linearly to half.
-    prevascular_min_mm : float
-        A node at least this far anterior to the trachea's anterior wall is prevascular (3a):
-        the great vessels fill the first ~2 cm in front of the trachea.
-    sternum_contact_mm : float
-        A node anterior to the trachea and this close to the sternum is prevascular (3a).
-    retrotracheal_min_mm : float
-        Posterior to the trachea's posterior wall by at least this much for 3p.
-    retrotracheal_lateral_mm : float
-        3p may stick out this far beyond either lateral tracheal wall (the oesophagus lies
-        behind the trachea, slightly left).
-    ligamentum_offset_mm : float
-        The ligamentum arteriosum (4L medial / 5 lateral) is taken as a sagittal line this far
-        left of the left tracheal border; CT does not show it.
-    para_aortic_offset_mm : float
-        At arch levels a node this far left of the left tracheal border is lateral to the arch (6).
-    subaortic_anterior_max_mm : float
-        Station 5 reaches at most this far anterior to the trachea's anterior wall (the
-        pulmonary trunk and the prevascular space 3a lie in front of it).
-    para_aortic_anterior_mm : float
-        At arch levels a node left of the left tracheal border and this far anterior to the
-        trachea is in front of the arch (6), not beside the trachea (4L).
-    azygos_above_carina_mm : float
-        Lower border of the azygos arch when no landmark gives it (TotalSegmentator has no
-        azygos): this far above the carina, i.e. the top of the right main bronchus.
-    left_pa_above_carina_mm : float
-        Upper rim of the left pulmonary artery when missing.
-    crossing_above_arch_mm : float
-        Brachiocephalic-vein crossing when missing: this far above the arch top.
-    arch_height_mm : float
-        Arch top to arch bottom when one of them is missing.
-    station7_depth_mm : float
-        Carina to the lower border of the bronchus intermedius when ``station7_bottom`` is missing.
-    ipv_below_station7_mm : float
-        Station 7 bottom to the inferior pulmonary vein when the vein is missing.
-    hilar_beyond_mm : float
-        Station 10 ends this far past the distal end of the main bronchus (the hilum
-        landmark); beyond it, in the lung, the interlobar station 11 begins.
-    hilar_radius_mm : float
-        Distance from the main-bronchus centreline within which a node is hilar (bronchus
-        radius + hilar vessels + a node radius).
-    intrapulmonary_lateral_mm : float
-        Without lung measurements: a node this far from the midline and beyond the main
-        bronchus end is taken as intrapulmonary.
-    outside_lateral_mm : float
-        A node not in the lung, not between the lungs and this far from the midline is
-        outside the thoracic cavity (axillary / chest wall / pleura).
-    lung_contact_mm : float
-        Distance to the lung counted as touching it.
-    intrapulmonary_min_inside : float
-        Fraction of the node inside the lung mask that makes it intrapulmonary.
-    intrapulmonary_min_surround : float
-        Fraction of the shell around the node lying in lung (:attr:`Lesion.surround`) that
-        makes it intrapulmonary (``findings.classify`` uses 0.6 too): a node at the pleura
-        or carved out of an air-threshold lung mask.
-    interlobar_max_mm, lobar_max_mm, segmental_max_mm : float
-        Distance from the hilum point that separates 11 / 12 / 13 / 14 (only the side matters
-        for N).
-    subcarinal_max_half_width_mm : float
-        Station 7 extends at most this far either side of the carina (the main-bronchus
-        centrelines bound it closer to the carina).
-    hilar_vessel_contact_mm : float
-        A node this close to the pulmonary artery or veins is next to the hilar vessels (10)
-        even when farther than ``hilar_radius_mm`` from the main bronchus.
-    bronchus_radius_mm : float
-        Main-bronchus outer radius: a node behind a bronchus is subcarinal (7) out to its
-        lateral wall.
-    esophagus_contact_mm : float
-        Distance to the oesophagus counted as paraesophageal (8).
-    paraesophageal_max_mm : float
-        Without an oesophagus measurement: at most this far from the midline for 8.
-    station1_lateral_max_mm : float
-        Station 1 (supraclavicular) lateral limit from the tracheal midline.
-    abdominal_lung_gap_mm : float
-        Below the diaphragm, a node farther than this from the lung is abdominal.
+    Build it with :func:`station_settings`; the numbers are never written here.
     """
 
-    base_confidence: float = 0.9
-    approximated_factor: float = 0.9
-    approximated_soft_mm: float = 25.0
-    unmeasured_factor: float = 0.85
-    boundary_soft_mm: float = 10.0
-    prevascular_min_mm: float = 25.0
-    sternum_contact_mm: float = 10.0
-    retrotracheal_min_mm: float = 2.0
-    retrotracheal_lateral_mm: float = 15.0
-    ligamentum_offset_mm: float = 15.0
-    para_aortic_offset_mm: float = 15.0
-    para_aortic_anterior_mm: float = 20.0
-    subaortic_anterior_max_mm: float = 45.0
-    azygos_above_carina_mm: float = 0.0
-    left_pa_above_carina_mm: float = 5.0
-    crossing_above_arch_mm: float = 10.0
-    arch_height_mm: float = 20.0
-    station7_depth_mm: float = 30.0
-    ipv_below_station7_mm: float = 15.0
-    hilar_beyond_mm: float = 10.0
-    hilar_radius_mm: float = 25.0
-    intrapulmonary_lateral_mm: float = 60.0
-    outside_lateral_mm: float = 80.0
-    lung_contact_mm: float = 3.0
-    intrapulmonary_min_inside: float = 0.5
-    intrapulmonary_min_surround: float = 0.6
-    interlobar_max_mm: float = 40.0
-    lobar_max_mm: float = 55.0
-    segmental_max_mm: float = 75.0
-    subcarinal_max_half_width_mm: float = 25.0
-    bronchus_radius_mm: float = 6.0
-    esophagus_contact_mm: float = 15.0
-    hilar_vessel_contact_mm: float = 8.0
-    paraesophageal_max_mm: float = 25.0
-    station1_lateral_max_mm: float = 100.0
-    abdominal_lung_gap_mm: float = 15.0
+    boundary_soft_mm: float
+    approximated_soft_mm: float
+    prevascular_min_mm: float
+    sternum_contact_mm: float
+    retrotracheal_min_mm: float
+    retrotracheal_lateral_mm: float
+    ligamentum_offset_mm: float
+    para_aortic_offset_mm: float
+    para_aortic_anterior_mm: float
+    subaortic_anterior_max_mm: float
+    hilar_beyond_mm: float
+    hilar_radius_mm: float
+    hilar_vessel_contact_mm: float
+    intrapulmonary_lateral_mm: float
+    outside_lateral_mm: float
+    lung_contact_mm: float
+    intrapulmonary_min_inside: float
+    intrapulmonary_min_surround: float
+    interlobar_max_mm: float
+    lobar_max_mm: float
+    segmental_max_mm: float
+    subcarinal_max_half_width_mm: float
+    bone_min_fraction: float
+    bronchus_radius_mm: float
+    esophagus_contact_mm: float
+    paraesophageal_max_mm: float
+    station1_lateral_max_mm: float
+    abdominal_lung_gap_mm: float
+    abdominal_organ_min_inside: float
 
 
-# --------------------------------------------------------------------------- landmarks
+def station_settings(thresholds: dict | None = None, **changes: float) -> StationSettings:
+    """:class:`StationSettings` from the thresholds (packaged defaults when None).
+
+    Parameters
+    ----------
+    thresholds : dict, optional
+        :func:`nstage.thresholds.load_thresholds` values or partial overrides.
+    **changes
+        Single values to override, e.g. ``ligamentum_offset_mm=30.0``.
+    """
+    if thresholds is None and not changes:
+        return _default_settings()
+    values = resolve(thresholds)["stations"]
+    names = {f.name for f in fields(StationSettings)}
+    unknown = set(changes) - names
+    if unknown:
+        raise TypeError(f"unknown station settings: {', '.join(sorted(unknown))}")
+    return StationSettings(**{k: float(changes.get(k, values[k])) for k in names})
+
+
+@lru_cache(maxsize=1)
+def _default_settings() -> StationSettings:
+    values = resolve(None)["stations"]
+    return StationSettings(**{f.name: float(values[f.name]) for f in fields(StationSettings)})
+
+
+# --------------------------------------------------------------------------- the frame
 
 
 @dataclass(frozen=True)
@@ -239,21 +217,28 @@ class _Ref:
         return text
 
 
-def _ref(landmarks: Landmarks, name: str, words: str) -> _Ref | None:
+_WORDS = {
+    lm.CARINA: "carina", lm.TRACHEA_TOP: "trachea top", lm.MANUBRIUM_TOP: "manubrium top",
+    lm.BRACHIOCEPHALIC_CROSSING: "brachiocephalic crossing",
+    lm.AORTIC_ARCH_TOP: "aortic arch top", lm.AORTIC_ARCH_BOTTOM: "aortic arch bottom",
+    lm.LEFT_PA_TOP: "left PA top", lm.AZYGOS_BOTTOM: "azygos lower border",
+    lm.STATION7_BOTTOM: "station 7 bottom", lm.INFERIOR_PULMONARY_VEIN: "inferior pulmonary vein",
+    lm.DIAPHRAGM_LEFT: "left diaphragm", lm.DIAPHRAGM_RIGHT: "right diaphragm",
+    lm.HILUM_LEFT: "left hilum", lm.HILUM_RIGHT: "right hilum",
+}
+
+
+def _ref(landmarks: Landmarks, name: str) -> _Ref | None:
     item = landmarks.get(name)
     if item is None:
         return None
     how = item.source if item.approximated else ""
-    return _Ref(name, words, float(item.z_mm), item.approximated, how, item.point_mm)
-
-
-def _derived(base: _Ref, name: str, words: str, dz: float, how: str) -> _Ref:
-    return _Ref(name, words, base.z + dz, True, how)
+    return _Ref(name, _WORDS[name], float(item.z_mm), item.approximated, how, item.point_mm)
 
 
 @dataclass(frozen=True)
 class _Frame:
-    """Landmarks resolved once per study, with fallbacks (flagged as approximated)."""
+    """The landmarks as the rules read them (all present, from :mod:`nstage.landmarks`)."""
 
     carina: _Ref
     carina_xyz: Point
@@ -271,104 +256,53 @@ class _Frame:
     hilum: dict[str, _Ref]
     bronchus: dict[str, np.ndarray]  # (n, 3) polyline carina -> main bronchus -> hilum
     main_bronchus: dict[str, np.ndarray]  # (n, 3) polyline carina -> main bronchus only
+    landmarks: Landmarks
 
 
-def _resolve(landmarks: Landmarks, s: StationSettings) -> _Frame | None:
-    """Resolve every landmark the rules need; None when there is no carina nor trachea."""
-    trachea = tuple(sorted(landmarks.trachea, key=lambda t: -t.z_mm))
-    carina = _ref(landmarks, lm.CARINA, "carina")
-    if carina is not None and carina.point is not None:
-        cxyz: Point = tuple(float(v) for v in carina.point)  # type: ignore[assignment]
-    elif carina is not None and trachea:
-        cxyz = (trachea[-1].centre_x_mm, trachea[-1].centre_y_mm, carina.z)
-    elif carina is not None:
-        cxyz = (0.0, 0.0, carina.z)
-        carina = _Ref(lm.CARINA, "carina", carina.z, True, "level only, x=y=0")
-    elif trachea:
-        low = trachea[-1]
-        cxyz = (low.centre_x_mm, low.centre_y_mm, low.z_mm)
-        carina = _Ref(lm.CARINA, "carina", low.z_mm, True, "lowest trachea level")
-    else:
+def _needs_completion(landmarks: Landmarks) -> bool:
+    carina = landmarks.get(lm.CARINA)
+    if carina is None or carina.point_mm is None or not landmarks.trachea:
+        return bool(landmarks.trachea) or carina is not None
+    return any(name not in landmarks.points for name in lm.RULE_LANDMARKS)
+
+
+def _resolve(landmarks: Landmarks) -> _Frame | None:
+    """The frame the rules read; None when there is neither a carina nor a trachea.
+
+    Landmarks from :func:`nstage.landmarks.find` are complete already; hand-built ones are
+    completed by :func:`nstage.landmarks.complete` (packaged distances), never here.
+    """
+    if _needs_completion(landmarks):
+        landmarks = lm.complete(landmarks)
+    carina = _ref(landmarks, lm.CARINA)
+    if carina is None or carina.point is None:
         return None
-
-    top = _ref(landmarks, lm.TRACHEA_TOP, "trachea top")
-    if top is None and trachea:
-        top = _Ref(lm.TRACHEA_TOP, "trachea top", trachea[0].z_mm)
-    manubrium = _ref(landmarks, lm.MANUBRIUM_TOP, "manubrium top")
-    if manubrium is None:
-        clav = _ref(landmarks, lm.CLAVICLE_TOP, "clavicle top")
-        if clav is not None:
-            manubrium = _Ref(lm.CLAVICLE_TOP, "manubrium top", clav.z, True, "clavicle top")
-
-    arch_top = _ref(landmarks, lm.AORTIC_ARCH_TOP, "aortic arch top")
-    arch_bottom = _ref(landmarks, lm.AORTIC_ARCH_BOTTOM, "aortic arch bottom")
-    crossing = _ref(landmarks, lm.BRACHIOCEPHALIC_CROSSING, "brachiocephalic crossing")
-    if arch_top is None and arch_bottom is not None:
-        arch_top = _derived(arch_bottom, lm.AORTIC_ARCH_TOP, "aortic arch top",
-                            s.arch_height_mm, "arch bottom + typical arch height")
-    if arch_top is None and crossing is not None:
-        arch_top = _derived(crossing, lm.AORTIC_ARCH_TOP, "aortic arch top",
-                            -s.crossing_above_arch_mm, "below the brachiocephalic crossing")
-    if arch_top is None:
-        arch_top = _derived(carina, lm.AORTIC_ARCH_TOP, "aortic arch top",
-                            s.left_pa_above_carina_mm + 10.0 + s.arch_height_mm,
-                            "typical height above the carina")
-    if arch_bottom is None:
-        arch_bottom = _derived(arch_top, lm.AORTIC_ARCH_BOTTOM, "aortic arch bottom",
-                               -s.arch_height_mm, "arch top - typical arch height")
-    if crossing is None:
-        crossing = _derived(arch_top, lm.BRACHIOCEPHALIC_CROSSING, "brachiocephalic crossing",
-                            s.crossing_above_arch_mm, "above the arch top")
-    left_pa = _ref(landmarks, lm.LEFT_PA_TOP, "left PA top") or _derived(
-        carina, lm.LEFT_PA_TOP, "left PA top", s.left_pa_above_carina_mm, "carina level")
-    azygos = _ref(landmarks, lm.AZYGOS_BOTTOM, "azygos lower border") or _derived(
-        carina, lm.AZYGOS_BOTTOM, "azygos lower border", s.azygos_above_carina_mm,
-        "top of the right main bronchus")
-    s7 = _ref(landmarks, lm.STATION7_BOTTOM, "station 7 bottom") or _derived(
-        carina, lm.STATION7_BOTTOM, "station 7 bottom", -s.station7_depth_mm,
-        "typical depth below the carina")
-    ipv = _ref(landmarks, lm.INFERIOR_PULMONARY_VEIN, "inferior pulmonary vein") or _derived(
-        s7, lm.INFERIOR_PULMONARY_VEIN, "inferior pulmonary vein", -s.ipv_below_station7_mm,
-        "below station 7")
-
-    diaphragm = {}
-    for side, name in (("left", lm.DIAPHRAGM_LEFT), ("right", lm.DIAPHRAGM_RIGHT)):
-        ref = _ref(landmarks, name, f"{side} diaphragm")
-        if ref is not None:
-            diaphragm[side] = ref
-    for side, other in (("left", "right"), ("right", "left")):
-        if side not in diaphragm and other in diaphragm:
-            base = diaphragm[other]
-            diaphragm[side] = _Ref(base.name, f"{side} diaphragm", base.z, True,
-                                   f"{other} diaphragm")
-
+    cxyz: Point = tuple(float(v) for v in carina.point)  # type: ignore[assignment]
+    trachea = tuple(sorted(landmarks.trachea, key=lambda t: -t.z_mm))
+    diaphragm = {side: ref for side, name in (("left", lm.DIAPHRAGM_LEFT),
+                                               ("right", lm.DIAPHRAGM_RIGHT))
+                 if (ref := _ref(landmarks, name)) is not None}
     hilum: dict[str, _Ref] = {}
     bronchus: dict[str, np.ndarray] = {}
     main: dict[str, np.ndarray] = {}
-    for side, name, sign in (("left", lm.HILUM_LEFT, 1.0), ("right", lm.HILUM_RIGHT, -1.0)):
+    for side, name in (("left", lm.HILUM_LEFT), ("right", lm.HILUM_RIGHT)):
         # Only the part below the carina: a bronchus label may reach up beside the trachea.
         pts = [tuple(map(float, p)) for p in landmarks.bronchi.get(side, [])
                if float(p[2]) <= cxyz[2]]
-        ref = _ref(landmarks, name, f"{side} hilum")
-        if ref is not None and ref.point is None:
-            ref = None
-        if ref is None:
-            if pts:
-                end = pts[-1]
-                ref = _Ref(name, f"{side} hilum", end[2], True, "end of the main bronchus", end)
-            else:
-                guess = (cxyz[0] + sign * 45.0, cxyz[1], cxyz[2] - 20.0)
-                ref = _Ref(name, f"{side} hilum", guess[2], True,
-                           "typical offset from the carina", guess)
+        ref = _ref(landmarks, name)
         hilum[side] = ref
         line = [cxyz, *pts]
         main[side] = np.asarray(line if len(line) > 1 else [cxyz, ref.point], dtype=float)
-        if ref.point is not None and math.dist(line[-1], ref.point) > 1.0:
+        if math.dist(line[-1], ref.point) > 1.0:
             line.append(tuple(map(float, ref.point)))
         bronchus[side] = np.asarray(line, dtype=float)
-
-    return _Frame(carina, cxyz, trachea, top, manubrium, crossing, arch_top, arch_bottom,
-                  left_pa, azygos, s7, ipv, diaphragm, hilum, bronchus, main)
+    return _Frame(carina, cxyz, trachea, _ref(landmarks, lm.TRACHEA_TOP),
+                  _ref(landmarks, lm.MANUBRIUM_TOP), _ref(landmarks, lm.BRACHIOCEPHALIC_CROSSING),
+                  _ref(landmarks, lm.AORTIC_ARCH_TOP), _ref(landmarks, lm.AORTIC_ARCH_BOTTOM),
+                  _ref(landmarks, lm.LEFT_PA_TOP), _ref(landmarks, lm.AZYGOS_BOTTOM),
+                  _ref(landmarks, lm.STATION7_BOTTOM),
+                  _ref(landmarks, lm.INFERIOR_PULMONARY_VEIN), diaphragm, hilum, bronchus,
+                  main, landmarks)
 
 
 # --------------------------------------------------------------------------- geometry helpers
@@ -383,20 +317,11 @@ def trachea_level(landmarks: Landmarks, z_mm: float) -> TracheaLevel | None:
 
 
 def side_by_midline(x_mm: float, landmarks: Landmarks, z_mm: float) -> Side:
-    """Side of a node by the tracheal midline (stations 1, 8, 9, 10-14).
+    """Side of a node by the patient's midline (stations 1, 8, 9, 10-14).
 
-    ``x_mm`` larger than the trachea centre (or the carina below it) is the patient's left.
+    ``x_mm`` larger than the midline (:meth:`Landmarks.midline_x`) is the patient's left.
     """
-    level = trachea_level(landmarks, z_mm)
-    carina = landmarks.get(lm.CARINA)
-    below = carina is not None and carina.point_mm is not None and z_mm < carina.z_mm
-    if level is not None and not below:
-        mid = level.centre_x_mm
-    elif carina is not None and carina.point_mm is not None:
-        mid = carina.point_mm[0]
-    else:
-        mid = 0.0
-    return "left" if x_mm > mid else "right"
+    return "left" if x_mm > landmarks.midline_x(z_mm) else "right"
 
 
 def side_by_left_border(x_mm: float, landmarks: Landmarks, z_mm: float) -> Side:
@@ -455,7 +380,8 @@ class _Contacts:
     lung_distance: float | None  # None: not measured; inf: farther than the search radius
     esophagus_distance: float | None
     sternum_distance: float | None
-    abdominal_inside: tuple[str, float] | None
+    organ_inside: tuple[str, float]  # the organ (ORGANS_NOT_NODES) holding most of the node
+    bone: float  # fraction inside or wrapped by bone, whichever is larger
 
 
 def _contacts(lesion: Lesion) -> _Contacts:
@@ -477,28 +403,33 @@ def _contacts(lesion: Lesion) -> _Contacts:
     if eso is None and measured:
         eso = math.inf
     sternum = dist.get("sternum", math.inf if measured else None)
-    organ = max(((n, inside.get(n, 0.0)) for n in ABDOMINAL_ORGANS), key=lambda t: t[1])
-    # ``surround`` is newer than ``inside``; callers building a Lesion by hand may lack it.
-    shell = getattr(lesion, "surround", None) or {}
+    shell = lesion.surround
     surround = max([shell.get("lung", 0.0)]
                    + [max(shell.get(names[0], 0.0), sum(shell.get(n, 0.0) for n in names[1:]))
                       for names in _LUNG_PARTS.values()])
-    zones = getattr(lesion, "zones", None) or {}
-    mediastinal, hilar = zones.get("mediastinal", 0.0), zones.get("hilar", 0.0)
-    if lesion.direct_extension:
-        # The part of the primary outside the lung parenchyma (``findings.classify``): its
-        # contact fields are the whole tumour's, so only its position counts here.
-        lung_inside = dict.fromkeys(lung_inside, 0.0)
-        surround, lung_distance = 0.0, (0.0 if measured else None)
-        zone = getattr(lesion, "extension_zone", None)
-        mediastinal, hilar = float(zone == "mediastinal"), float(zone == "hilar")
     vessels = [dist[n] for n in HILAR_VESSELS if n in dist]
-    return _Contacts(measured, lung_inside, surround, mediastinal, hilar,
-                     min(vessels) if vessels else None, lung_distance, eso, sternum,
-                     organ if organ[1] > 0 else None)
+    organ = max(((n, inside.get(n, 0.0)) for n in ORGANS_NOT_NODES), key=lambda t: t[1])
+    # A lytic lesion replaces the bone the mask was made from: wrapped by bone counts too.
+    # (Classes and their groups may both be listed: a fraction of at most 1.)
+    bone = min(1.0, max(sum(v for n, v in inside.items() if n.startswith(BONE_PREFIXES)),
+                        sum(v for n, v in shell.items() if n.startswith(BONE_PREFIXES))))
+    return _Contacts(measured, lung_inside, surround, lesion.zones.get("mediastinal", 0.0),
+                     lesion.zones.get("hilar", 0.0), min(vessels) if vessels else None,
+                     lung_distance, eso, sternum, organ, bone)
 
 
 # --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class _Margin:
+    """A boundary near the decision: the station across it, the label, the distance (mm)
+    and the landmark defining it (when it may be approximated)."""
+
+    across: str | None
+    label: str
+    mm: float
+    ref: _Ref | None = None
 
 
 @dataclass
@@ -507,39 +438,61 @@ class _Decision:
     side: Side
     clauses: list[str]
     refs: list[_Ref]
-    # (boundary label, mm from it, landmark defining it when it may be approximated)
-    margins: list[tuple] = field(default_factory=list)
+    margins: list[_Margin] = field(default_factory=list)
     unmeasured: bool = False
     extra_used: tuple[str, ...] = ()
 
 
-def _boundary_factor(margin_mm: float, soft_mm: float) -> float:
-    """1 far from a boundary, 0.5 on it (a coin toss), linear in between."""
+def _letter(side: Side) -> str:
+    return "L" if side == "left" else "R"
+
+
+def _lateral_side(x: float, mid: float) -> Literal["left", "right"]:
+    return "left" if x > mid else "right"
+
+
+def _away(distance_mm: float) -> str:
+    if math.isfinite(distance_mm):
+        return f"{distance_mm:.0f} mm away"
+    return "none within the search radius"
+
+
+def _crossing_probability(margin_mm: float, soft_mm: float) -> float:
+    """Probability of lying across a boundary: 0.5 on it, 0 at ``soft_mm`` inside or more."""
     if soft_mm <= 0:
-        return 1.0
-    return 0.5 + 0.5 * min(1.0, max(0.0, margin_mm) / soft_mm)
+        return 0.0
+    return 0.5 * (1.0 - min(1.0, max(0.0, margin_mm) / soft_mm))
 
 
-def _finish(d: _Decision, s: StationSettings) -> StationAssignment:
+def _finish(d: _Decision, s: StationSettings, next_station) -> StationAssignment:
+    """Probabilities over the station and its alternatives, and the one-line reason."""
     approximated = [r for r in d.refs if r.approximated]
-    confidence = s.base_confidence
-    if approximated:
-        confidence *= s.approximated_factor
-    if d.unmeasured:
-        confidence *= s.unmeasured_factor
     parts = list(d.clauses)
-    if d.margins:
-        # An approximated boundary may be off by a centimetre or more: widen its soft zone.
-        scored = []
-        for label, margin, *ref in d.margins:
-            approx = bool(ref) and ref[0] is not None and ref[0].approximated
-            soft = s.approximated_soft_mm if approx else s.boundary_soft_mm
-            scored.append((_boundary_factor(margin, soft), label, margin, soft, approx))
-        factor, label, margin, soft, approx = min(scored)
-        confidence *= factor
-        if margin < soft:
-            parts.append(f"{max(margin, 0.0):.0f} mm from the "
-                         f"{'approximated ' if approx else ''}{label} boundary, lower confidence")
+    scored = []
+    for m in d.margins:
+        approx = m.ref is not None and m.ref.approximated
+        soft = s.approximated_soft_mm if (approx or d.unmeasured) else s.boundary_soft_mm
+        across = next_station() if m.across == _NEXT else m.across
+        scored.append((m, soft, approx, across, _crossing_probability(m.mm, soft)))
+    keep = 1.0
+    for *_, q in scored:
+        keep *= 1.0 - q
+    weights = []
+    for i, (m, _, _, across, q) in enumerate(scored):
+        if q <= 0.0 or across == d.station:
+            continue
+        others = math.prod(1.0 - t[-1] for j, t in enumerate(scored) if j != i)
+        weights.append((m, across, q * others))
+    total = keep + sum(w for *_, w in weights)
+    alternatives = tuple(Alternative(across, round(w / total, 4), m.label,
+                                     round(max(m.mm, 0.0), 1))
+                         for m, across, w in sorted(weights, key=lambda t: -t[2]))
+    confidence = round(1.0 - sum(a.probability for a in alternatives), 4)
+    for m, _soft, approx, across, q in scored:
+        if q > 0.0 and across != d.station:
+            name = across or "not regional"
+            parts.append(f"{max(m.mm, 0.0):.0f} mm from the {'approximated ' if approx else ''}"
+                         f"{m.label} boundary (P {name} {q / total:.2f})")
     if d.refs:
         parts.append("landmarks: " + ", ".join(r.describe() for r in d.refs))
     if approximated:
@@ -554,27 +507,38 @@ def _finish(d: _Decision, s: StationSettings) -> StationAssignment:
         if n not in names:
             names.append(n)
     return StationAssignment(
-        station=d.station,
-        side=d.side,
-        confidence=round(float(confidence), 3),
+        station=d.station, side=d.side, confidence=confidence,
         reason=f"{code} ({d.side}): " + "; ".join(parts),
-        landmarks_used=tuple(names),
-        approximated=bool(approximated),
-    )
+        landmarks_used=tuple(names), approximated=bool(approximated),
+        alternatives=alternatives)
 
 
-def _away(distance_mm: float) -> str:
-    if math.isfinite(distance_mm):
-        return f"{distance_mm:.0f} mm away"
-    return "none within the search radius"
+def _left_code(z: float, f: _Frame) -> str:
+    """Left paratracheal station at level z (2L / 4L / 10L)."""
+    if z > f.arch_top.z:
+        return "2L"
+    return "4L" if z >= f.left_pa.z else "10L"
 
 
-def _letter(side: Side) -> str:
-    return "L" if side == "left" else "R"
+def _right_code(z: float, f: _Frame) -> str:
+    """Right paratracheal station at level z (2R / 4R / 10R)."""
+    if z > f.crossing.z:
+        return "2R"
+    return "4R" if z >= f.azygos.z else "10R"
 
 
-def _lateral_side(x: float, mid: float) -> Literal["left", "right"]:
-    return "left" if x > mid else "right"
+def _not_a_node(p: Point, f: _Frame, c: _Contacts, mid: float,
+                s: StationSettings) -> _Decision | None:
+    """Inside (or wrapped by) bone, or inside a solid organ: not a lymph node at all."""
+    side = _lateral_side(p[0], mid)
+    if c.bone >= s.bone_min_fraction:
+        return _Decision(None, side, [f"skeletal: {c.bone:.0%} inside or surrounded by bone "
+                                      "(possible M1), not a node"], [])
+    name, share = c.organ_inside
+    if share >= s.abdominal_organ_min_inside:
+        return _Decision(None, side, [f"inside the {name} ({share:.0%}): not a regional node"],
+                         [])
+    return None
 
 
 def _non_regional(p: Point, f: _Frame, c: _Contacts, mid: float,
@@ -585,31 +549,33 @@ def _non_regional(p: Point, f: _Frame, c: _Contacts, mid: float,
     if f.trachea_top is not None and z > f.trachea_top.z:
         return _Decision(None, side, ["cervical: above the trachea top (cricoid proxy), "
                                       "above station 1"], [f.trachea_top],
-                         [("cervical/1", z - f.trachea_top.z, f.trachea_top)])
-    if c.abdominal_inside is not None and c.abdominal_inside[1] >= 0.5:
-        return _Decision(None, side, [f"abdominal: inside the {c.abdominal_inside[0]}"], [])
+                         [_Margin(_NEXT, "cervical/1", z - f.trachea_top.z, f.trachea_top)])
     dia = f.diaphragm.get(side)
     if dia is not None and z < dia.z:
         below = [f"abdominal: {dia.z - z:.0f} mm below the {side} diaphragm dome"]
+        margin = _Margin(_NEXT, "diaphragm", dia.z - z, dia)
         if c.lung_distance is None:
-            return _Decision(None, side, below, [dia], [("diaphragm", dia.z - z, dia)],
-                             unmeasured=True)
+            return _Decision(None, side, below, [dia], [margin], unmeasured=True)
         if c.lung_distance > s.abdominal_lung_gap_mm:
-            return _Decision(None, side, [*below, "away from the lung bases"], [dia],
-                             [("diaphragm", dia.z - z, dia)])
+            return _Decision(None, side, [*below, "away from the lung bases"], [dia], [margin])
     in_chest = f.manubrium is None or z <= f.manubrium.z  # above it: station 1 or neck
     off_mid = abs(x - mid)
+    walls = f.landmarks.lung_walls_at(z)
+    beyond = walls is not None and (x < walls[0] or x > walls[1])
     if (in_chest and c.lung_distance is not None
             and c.lung_inside["any"] < s.intrapulmonary_min_inside
             and c.lung_surround < s.intrapulmonary_min_surround
-            and c.mediastinal < 0.5 and off_mid > s.outside_lateral_mm):
-        # Far lateral and not in the (hole-filled) lung: chest wall, pleura or axilla.
+            and c.mediastinal < 0.5 and (off_mid > s.outside_lateral_mm or beyond)):
+        # Lateral and not in the (hole-filled) lung: chest wall, pleura or axilla.
         contact = ("touching it from outside" if c.lung_distance <= s.lung_contact_mm
                    else _away(c.lung_distance))
+        where = "lateral to the lungs at its level" if beyond else \
+            f"{off_mid:.0f} mm {side} of the midline"
+        margin = (min(x - walls[1], walls[0] - x) if beyond and walls is not None
+                  else off_mid - s.outside_lateral_mm)
         return _Decision(None, side, [
-            f"axillary/chest wall: {off_mid:.0f} mm {side} of the midline, outside the lung "
-            f"({contact}) and not between the lungs"], [],
-            [("chest-wall/mediastinum", off_mid - s.outside_lateral_mm)],
+            f"axillary/chest wall: {where}, outside the lung ({contact}) and not between the "
+            "lungs"], [], [_Margin(_NEXT, "chest-wall/mediastinum", margin)],
             extra_used=("trachea_centre",))
     return None
 
@@ -685,7 +651,7 @@ def _intrapulmonary(p: Point, f: _Frame, c: _Contacts, mid: float,
     return _Decision(f"{code}{_letter(side)}", side, [
         f"intrapulmonary: {why}, {d_end:.0f} mm from the end of the main bronchus "
         "(11-14 split by that distance only)"], refs,
-        [("10/11", margin, hil)], unmeasured=unmeasured,
+        [_Margin(_NEXT, "10/11", margin, hil)], unmeasured=unmeasured,
         extra_used=(f"main_bronchus_{side}",))
 
 
@@ -697,30 +663,31 @@ def _station1(p: Point, f: _Frame, c: _Contacts, mid: float,
         return None
     side = _lateral_side(x, mid)
     refs = [f.manubrium] + ([f.trachea_top] if f.trachea_top is not None else [])
+    letter = _letter(side)
     if abs(x - mid) > s.station1_lateral_max_mm:
         return _Decision(None, side, [f"lateral neck/shoulder: {abs(x - mid):.0f} mm from the "
                                       "tracheal midline, above the manubrium"], refs,
-                         [("1/lateral", abs(x - mid) - s.station1_lateral_max_mm)],
+                         [_Margin(f"1{letter}", "1/lateral",
+                                  abs(x - mid) - s.station1_lateral_max_mm)],
                          extra_used=("trachea_centre",))
-    margins = [("1/2", z - f.manubrium.z, f.manubrium)]
+    t = trachea_level(f.landmarks, f.manubrium.z)
+    below = "2L" if t is not None and x > t.left_border_x_mm else "2R"
+    margins = [_Margin(below, "1/2", z - f.manubrium.z, f.manubrium),
+               _Margin(f"1{'R' if letter == 'L' else 'L'}", "1R/1L (midline)", abs(x - mid))]
     if f.trachea_top is not None:
-        margins.append(("1/cervical", f.trachea_top.z - z, f.trachea_top))
-    return _Decision(f"1{_letter(side)}", side, [
+        margins.append(_Margin(None, "1/cervical", f.trachea_top.z - z, f.trachea_top))
+    return _Decision(f"1{letter}", side, [
         f"low cervical/supraclavicular: above the manubrium top, below the trachea top; "
         f"{side} of the tracheal midline (x={mid:+.0f})"], refs, margins,
         extra_used=("trachea_centre",))
 
 
-def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
+def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel,
                   s: StationSettings) -> _Decision:
     """Mediastinal stations above the carina: 6, 3a, 3p, 5, then 2/4/10 by the left border."""
     x, y, z = p
-    if t is None:
-        cx, cy = f.carina_xyz[0], f.carina_xyz[1]
-        t = TracheaLevel(z, cx, cy, cx + 9.0, cx - 9.0, cy - 9.0, cy + 9.0)
-        border_ref = [_Ref("trachea", "tracheal walls", z, True, "9 mm around the carina")]
-    else:
-        border_ref = []
+    border_ref = ([_Ref("trachea", "tracheal walls", z, True, "carina +/- typical half width")]
+                  if t.approximated else [])
     lb = t.left_border_x_mm
     used = ("trachea_left_border",)
     dy_ant = t.anterior_y_mm - y
@@ -729,6 +696,7 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
     lateral_left = x - (lb + s.para_aortic_offset_mm)
     anterior_left = min(dy_ant - s.para_aortic_anterior_mm, x - lb)
     arch = [f.arch_top, f.arch_bottom]
+    paratracheal = _left_code(z, f) if left_of_border else _right_code(z, f)
 
     # 6: anterior and lateral to the ascending aorta and arch (IASLC), i.e. left of the left
     # tracheal border at arch levels and either well lateral of it or well in front of it
@@ -739,9 +707,9 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
         return _Decision("6", "left", [
             f"para-aortic: {x - lb:.0f} mm left of the left tracheal border at aortic arch "
             f"levels ({where})"], [*border_ref, *arch],
-            [("6/4L", max(lateral_left, anterior_left)),
-             ("6/arch top", f.arch_top.z - z, f.arch_top),
-             ("6/5", z - f.arch_bottom.z, f.arch_bottom)], extra_used=used)
+            [_Margin("4L", "6/4L", max(lateral_left, anterior_left)),
+             _Margin("2L", "6/arch top", f.arch_top.z - z, f.arch_top),
+             _Margin("5", "6/5", z - f.arch_bottom.z, f.arch_bottom)], extra_used=used)
 
     sternal = (c.sternum_distance is not None and c.sternum_distance <= s.sternum_contact_mm
                and dy_ant > 0)
@@ -750,10 +718,11 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
     lig = x - (lb + s.ligamentum_offset_mm)
     if (f.left_pa.z <= z < f.arch_bottom.z and lig > 0 and not sternal
             and dy_ant < s.subaortic_anterior_max_mm):
-        margins = [("4L/5", lig), ("5/6", f.arch_bottom.z - z, f.arch_bottom),
-                   ("5/10L", z - f.left_pa.z, f.left_pa)]
+        margins = [_Margin("4L", "4L/5", lig),
+                   _Margin("6", "5/6", f.arch_bottom.z - z, f.arch_bottom),
+                   _Margin("10L", "5/10L", z - f.left_pa.z, f.left_pa)]
         if dy_ant > s.prevascular_min_mm:
-            margins.append(("5/3a", s.subaortic_anterior_max_mm - dy_ant))
+            margins.append(_Margin("3a", "5/3a", s.subaortic_anterior_max_mm - dy_ant))
         return _Decision("5", "left", [
             f"subaortic (AP window): {x - lb:.0f} mm left of the left tracheal border, lateral "
             "to the ligamentum arteriosum line, between arch bottom and left PA top"],
@@ -762,7 +731,8 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
     if dy_ant >= s.prevascular_min_mm or sternal:
         why = (f"{c.sternum_distance:.0f} mm from the sternum" if sternal
                else f"{dy_ant:.0f} mm anterior to the trachea")
-        margins = [] if sternal else [("3a/pretracheal", dy_ant - s.prevascular_min_mm)]
+        margins = [] if sternal else [_Margin(paratracheal, "3a/pretracheal",
+                                              dy_ant - s.prevascular_min_mm)]
         return _Decision("3a", "midline", [
             f"prevascular: {why}, in front of the great vessels, above the carina"],
             [*border_ref, f.carina], margins, extra_used=("trachea_anterior_wall",))
@@ -774,37 +744,41 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
                           lb + s.retrotracheal_lateral_mm - x)
         return _Decision("3p", "midline", [
             f"retrotracheal: {dy_post:.0f} mm behind the trachea, above the carina"],
-            [*border_ref, f.carina], [("3p/paratracheal", min(side_margin,
-                                                              dy_post - s.retrotracheal_min_mm))],
+            [*border_ref, f.carina],
+            [_Margin(paratracheal, "3p/paratracheal",
+                     min(side_margin, dy_post - s.retrotracheal_min_mm))],
             extra_used=("trachea_posterior_wall",))
 
-    border = [("R/L (left tracheal border)", abs(x - lb), *border_ref[:1])]
+    other_side = _right_code(z, f) if left_of_border else _left_code(z, f)
+    border = [_Margin(other_side, "R/L (left tracheal border)", abs(x - lb),
+                      border_ref[0] if border_ref else None)]
     where = f"{abs(x - lb):.0f} mm {'left' if left_of_border else 'right'} of the left " \
             f"tracheal border (x={lb:+.0f})"
     if left_of_border:
         if z > f.arch_top.z:
-            margins = [("2L/4L", z - f.arch_top.z, f.arch_top), *border]
+            margins = [_Margin("4L", "2L/4L", z - f.arch_top.z, f.arch_top), *border]
             if f.manubrium is not None:
-                margins.append(("1/2", f.manubrium.z - z, f.manubrium))
+                margins.append(_Margin("1L", "1/2", f.manubrium.z - z, f.manubrium))
             return _Decision("2L", "left", [f"upper paratracheal: {where}, above the aortic "
                                             "arch top"], [*border_ref, f.arch_top], margins,
                              extra_used=used)
         if z >= f.left_pa.z:
-            margins = [("4L/10L", z - f.left_pa.z, f.left_pa),
-                       ("2L/4L", f.arch_top.z - z, f.arch_top), *border]
+            margins = [_Margin("10L", "4L/10L", z - f.left_pa.z, f.left_pa),
+                       _Margin("2L", "2L/4L", f.arch_top.z - z, f.arch_top), *border]
             if f.left_pa.z <= z < f.arch_bottom.z:
-                margins.append(("4L/5", -lig))
+                margins.append(_Margin("5", "4L/5", -lig))
             return _Decision("4L", "left", [f"lower paratracheal: {where}, below the aortic "
                                             "arch top, above the left PA top"],
                              [*border_ref, f.arch_top, f.left_pa], margins, extra_used=used)
         return _Decision("10L", "left", [f"hilar: {where}, below the left PA top (left "
                                          "tracheobronchial angle)"],
                          [*border_ref, f.left_pa, f.carina],
-                         [("4L/10L", f.left_pa.z - z, f.left_pa), *border], extra_used=used)
+                         [_Margin("4L", "4L/10L", f.left_pa.z - z, f.left_pa), *border],
+                         extra_used=used)
     if z > f.crossing.z:
-        margins = [("2R/4R", z - f.crossing.z, f.crossing), *border]
+        margins = [_Margin("4R", "2R/4R", z - f.crossing.z, f.crossing), *border]
         if f.manubrium is not None:
-            margins.append(("1/2", f.manubrium.z - z, f.manubrium))
+            margins.append(_Margin("1R", "1/2", f.manubrium.z - z, f.manubrium))
         return _Decision("2R", "right", [f"upper paratracheal: {where}, above the "
                                          "brachiocephalic crossing"],
                          [*border_ref, f.crossing], margins, extra_used=used)
@@ -812,17 +786,18 @@ def _above_carina(p: Point, f: _Frame, c: _Contacts, t: TracheaLevel | None,
         return _Decision("4R", "right", [f"lower paratracheal: {where}, below the "
                                          "brachiocephalic crossing, above the azygos lower "
                                          "border"], [*border_ref, f.crossing, f.azygos],
-                         [("4R/10R", z - f.azygos.z, f.azygos),
-                          ("2R/4R", f.crossing.z - z, f.crossing), *border],
+                         [_Margin("10R", "4R/10R", z - f.azygos.z, f.azygos),
+                          _Margin("2R", "2R/4R", f.crossing.z - z, f.crossing), *border],
                          extra_used=used)
     return _Decision("10R", "right", [f"hilar: {where}, below the azygos lower border, above "
                                       "the carina (right tracheobronchial angle)"],
                      [*border_ref, f.azygos, f.carina],
-                     [("4R/10R", f.azygos.z - z, f.azygos)], extra_used=used)
+                     [_Margin("4R", "4R/10R", f.azygos.z - z, f.azygos), *border],
+                     extra_used=used)
 
 
 def _hilar(p: Point, f: _Frame, c: _Contacts, side: Literal["left", "right"], clause: str,
-           margins: list[tuple], s: StationSettings, extra_refs: list[_Ref]) -> _Decision:
+           margins: list[_Margin], s: StationSettings, extra_refs: list[_Ref]) -> _Decision:
     """Station 10: next to the main bronchus or the hilar vessels (IASLC: proximal pulmonary
     veins and main pulmonary artery)."""
     d = distance_to_polyline(p, f.bronchus[side])
@@ -833,8 +808,10 @@ def _hilar(p: Point, f: _Frame, c: _Contacts, side: Literal["left", "right"], cl
         if vessel is not None and vessel <= s.hilar_vessel_contact_mm:
             text += f", {vessel:.0f} mm from the hilar vessels"
         else:
+            # Beyond the usual hilar zone, the node may be interlobar (11): same side, and
+            # N1/N3 alike, so only the code is in doubt.
             text += " (farther than usual for station 10)"
-            margins.append(("10/outside", 0.0))
+            margins.append(_Margin(f"11{_letter(side)}", "10/11", 0.0))
     return _Decision(f"10{_letter(side)}", side, [text], [f.hilum[side], *extra_refs],
                      margins, extra_used=(f"main_bronchus_{side}",))
 
@@ -849,19 +826,20 @@ def _above_hilar_level(p: Point, f: _Frame, side: Literal["left", "right"], late
         return _Decision("4R", "right", [
             "lower paratracheal: beside the right main bronchus just below the carina, "
             "above the azygos lower border"], [f.carina, f.azygos],
-            [("4R/10R", z - f.azygos.z, f.azygos), ("4R/7", lateral)])
+            [_Margin("10R", "4R/10R", z - f.azygos.z, f.azygos),
+             _Margin("7", "4R/7", lateral)])
     if side == "left" and z >= f.left_pa.z:
-        border = f.trachea[-1].left_border_x_mm if f.trachea else f.carina_xyz[0] + 9.0
+        border = f.trachea[-1].left_border_x_mm
         lig = x - (border + s.ligamentum_offset_mm)
         if lig > 0 and z < f.arch_bottom.z:
             return _Decision("5", "left", [
                 "subaortic (AP window): lateral to the ligamentum arteriosum line below the "
                 "carina, above the left PA top"], [f.carina, f.left_pa],
-                [("4L/5", lig), ("5/10L", z - f.left_pa.z, f.left_pa)])
+                [_Margin("4L", "4L/5", lig), _Margin("10L", "5/10L", z - f.left_pa.z, f.left_pa)])
         return _Decision("4L", "left", [
             "lower paratracheal: beside the left main bronchus just below the carina, above "
             "the left PA top"], [f.carina, f.left_pa],
-            [("4L/10L", z - f.left_pa.z, f.left_pa), ("4L/7", lateral)])
+            [_Margin("10L", "4L/10L", z - f.left_pa.z, f.left_pa), _Margin("7", "4L/7", lateral)])
     return None
 
 
@@ -880,21 +858,27 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
     xr = max(xr - (wall if y > yr + wall else 0.0), f.carina_xyz[0] - half)
     xl = min(xl + (wall if y > yl + wall else 0.0), f.carina_xyz[0] + half)
     side = _lateral_side(x, mid)
+    letter = _letter(side)
     if z >= f.station7_bottom.z:
         if xr < x < xl:
+            near = "right" if x - xr < xl - x else "left"
+            lateral = _above_hilar_level(p, f, near, 0.0, s)
+            beside = lateral.station if lateral is not None else f"10{_letter(near)}"
+            lb = f.trachea[-1].left_border_x_mm
             return _Decision("7", "midline", [
                 "subcarinal: below the carina, between the main bronchi "
                 f"(x {xr:+.0f}..{xl:+.0f}), above the station 7 bottom"],
                 [f.carina, f.station7_bottom],
-                [("7/10", min(x - xr, xl - x)), ("7/4", f.carina.z - z, f.carina),
-                 ("7/8", z - f.station7_bottom.z, f.station7_bottom)],
+                [_Margin(beside, "7/10", min(x - xr, xl - x)),
+                 _Margin("4L" if x > lb else "4R", "7/4", f.carina.z - z, f.carina),
+                 _Margin(f"8{letter}", "7/8", z - f.station7_bottom.z, f.station7_bottom)],
                 extra_used=("main_bronchus_right", "main_bronchus_left"))
         lateral = xr - x if side == "right" else x - xl
         upper = _above_hilar_level(p, f, side, lateral, s)
         if upper is not None:
             return upper
-        return _hilar(p, f, c, side, f"lateral of the {side} main bronchus below the carina", [
-            ("7/10", lateral)], s, [f.carina])
+        return _hilar(p, f, c, side, f"lateral of the {side} main bronchus below the carina",
+                      [_Margin("7", "7/10", lateral)], s, [f.carina])
 
     dx = abs(x - mid)
     if c.esophagus_distance is not None:
@@ -906,26 +890,64 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
         eso_margin = abs(s.paraesophageal_max_mm - dx)
         eso_words = f"{dx:.0f} mm from the midline (oesophagus not measured)"
     unmeasured = c.esophagus_distance is None
+    low_neighbour = f"9{letter}" if z < f.ipv.z else f"10{letter}"
     if near_eso:
-        return _Decision(f"8{_letter(side)}", side, [
+        return _Decision(f"8{letter}", side, [
             f"paraesophageal: below the station 7 bottom, {eso_words}"],
             [f.station7_bottom],
-            [("7/8", f.station7_bottom.z - z, f.station7_bottom), ("8/9", eso_margin)],
+            [_Margin("7", "7/8", f.station7_bottom.z - z, f.station7_bottom),
+             _Margin(low_neighbour, "8/9" if z < f.ipv.z else "8/10", eso_margin)],
             unmeasured=unmeasured)
     if z < f.ipv.z:
         lung_ok = c.lung_distance is None or c.lung_distance <= s.lung_contact_mm
-        margins = [("8/9", eso_margin), ("9/10", f.ipv.z - z, f.ipv)]
+        margins = [_Margin(f"8{letter}", "8/9", eso_margin),
+                   _Margin(f"10{letter}", "9/10", f.ipv.z - z, f.ipv)]
         text = (f"pulmonary ligament: below the inferior pulmonary vein, medial to the {side} "
                 f"lower lobe, {eso_words}")
         if not lung_ok:
             text += f" (not touching the lung: {_away(c.lung_distance)})"
-            margins.append(("9/outside", 0.0))
-        return _Decision(f"9{_letter(side)}", side, [text], [f.ipv, f.station7_bottom],
+            margins.append(_Margin(None, "9/outside", 0.0))
+        return _Decision(f"9{letter}", side, [text], [f.ipv, f.station7_bottom],
                          margins, unmeasured=c.lung_distance is None)
     return _hilar(p, f, c, side, "below the station 7 bottom, above the inferior pulmonary "
                   "vein, away from the oesophagus",
-                  [("8/10", eso_margin), ("9/10", z - f.ipv.z, f.ipv)],
+                  [_Margin(f"8{letter}", "8/10", eso_margin),
+                   _Margin(f"9{letter}", "9/10", z - f.ipv.z, f.ipv)],
                   s, [f.station7_bottom, f.ipv])
+
+
+def _mediastinal(p: Point, f: _Frame, c: _Contacts, mid: float,
+                 s: StationSettings) -> _Decision:
+    """Stations 2-10 by the level relative to the carina (always claims the node)."""
+    if p[2] >= f.carina.z:
+        t = trachea_level(f.landmarks, p[2])
+        return _above_carina(p, f, c, t, s)
+    return _below_carina(p, f, c, mid, s)
+
+
+_RULES = (_not_a_node, _non_regional, _intrapulmonary, _station1, _mediastinal)
+
+
+def not_regional(lesion: Lesion, landmarks: Landmarks,
+                 settings: StationSettings | None = None) -> StationAssignment | None:
+    """The first two rules of :func:`assign` alone: why a lesion (even one in or at the
+    lung) cannot be a regional node (bone, organ, cervical, abdominal, chest wall), or None.
+
+    :mod:`nstage.placement` asks this of every lesion before it looks for the primary, so
+    the decision "not regional" is made by these rules only.
+    """
+    s = settings or _default_settings()
+    f = _resolve(landmarks)
+    if f is None:
+        return None
+    p: Point = tuple(float(v) for v in lesion.centroid_mm)  # type: ignore[assignment]
+    mid = f.landmarks.midline_x(p[2])
+    c = _contacts(lesion)
+    for rule in _RULES[:2]:
+        decision = rule(p, f, c, mid, s)
+        if decision is not None:
+            return _finish(decision, s, lambda: None)
+    return None
 
 
 def assign(lesion: Lesion, landmarks: Landmarks,
@@ -935,15 +957,16 @@ def assign(lesion: Lesion, landmarks: Landmarks,
     Parameters
     ----------
     lesion : Lesion
-        Uses ``centroid_mm`` (mm LPS) and, when present, ``inside`` / ``distance_mm`` for the
-        lungs (``lung``, ``lung_left``, ``lung_right`` or lobes), ``esophagus``, ``sternum``,
-        ``body`` and abdominal organs. Without them the rules use geometry alone and the
-        confidence drops where contact would have decided.
+        Uses ``centroid_mm`` (mm LPS) and, when present, ``inside`` / ``distance_mm`` /
+        ``surround`` / ``zones`` for the lungs (``lung``, ``lung_left``, ``lung_right`` or
+        lobes), ``esophagus``, ``sternum``, ``body`` and the pulmonary vessels. Without them
+        the rules use geometry alone and the soft zones widen where contact would have decided.
     landmarks : Landmarks
-        From :func:`nstage.landmarks.find`; missing landmarks are approximated from others
-        (and said so in the reason).
+        The study's frame from :func:`nstage.landmarks.find` (complete); hand-built landmarks
+        are completed by :func:`nstage.landmarks.complete` (and the reason says which
+        positions were approximated).
     settings : StationSettings, optional
-        Distances of the practical rules.
+        :func:`station_settings` of the run's thresholds (default: packaged).
 
     Returns
     -------
@@ -951,20 +974,21 @@ def assign(lesion: Lesion, landmarks: Landmarks,
         ``station=None`` for nodes outside the regional stations (cervical above station 1,
         abdominal, axillary/chest wall) or when there is neither a carina nor a trachea.
     """
-    s = settings or StationSettings()
-    f = _resolve(landmarks, s)
+    s = settings or _default_settings()
+    f = _resolve(landmarks)
     p: Point = tuple(float(v) for v in lesion.centroid_mm)  # type: ignore[assignment]
     if f is None:
         return StationAssignment(None, "midline", 0.0,
                                  "not assigned: no carina or trachea among the landmarks")
-    t = trachea_level(landmarks, p[2]) if f.trachea else None
-    mid = t.centre_x_mm if (t is not None and p[2] >= f.carina.z) else f.carina_xyz[0]
+    mid = f.landmarks.midline_x(p[2])
     c = _contacts(lesion)
-    decision = (_non_regional(p, f, c, mid, s) or _intrapulmonary(p, f, c, mid, s)
-                or _station1(p, f, c, mid, s))
-    if decision is None:
-        if p[2] >= f.carina.z:
-            decision = _above_carina(p, f, c, t, s)
-        else:
-            decision = _below_carina(p, f, c, mid, s)
-    return _finish(decision, s)
+    decisions = (rule(p, f, c, mid, s) for rule in _RULES)
+    decision = next(d for d in decisions if d is not None)
+
+    @cache
+    def next_station() -> str | None:
+        # The rules after the deciding one: what the node would be without that rule.
+        later = next((d for d in decisions if d is not None), None)
+        return None if later is None else later.station
+
+    return _finish(decision, s, next_station)

@@ -1,8 +1,10 @@
-"""Thresholds for lesion detection, measurement, sorting and node positivity.
+"""Every number that finds, measures, places and judges lesions, and decides stations.
 
 The values and their sources live in ``resources/thresholds.json`` (data, not code). Every
 entry there is ``{"value": ..., "unit": ..., "source": ...}``; :func:`load_thresholds`
-returns only the values, as ``{section: {key: value}}``, with overrides applied.
+returns only the values, as ``{section: {key: value}}``, with overrides applied, and
+:func:`differences` says which of them differ from the packaged defaults (n-stage.json
+records it). Modules read their numbers from here; none keeps a second copy.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from nstage.errors import InputError, UsageError
 
 Thresholds = dict[str, dict[str, Any]]
 
-SECTIONS = ("detection", "measurement", "classification", "positivity", "probability")
+SECTIONS = ("detection", "measurement", "classification", "positivity", "probability",
+            "landmarks", "stations", "assessment")
 
 
 @lru_cache(maxsize=1)
@@ -79,6 +82,33 @@ def load_thresholds(overrides: dict[str, Any] | None = None,
     return values
 
 
+def read_overrides(path: str | Path) -> Thresholds:
+    """The values a user thresholds file sets, checked, as ``{section: {key: value}}``.
+
+    The file is JSON in the packaged format with only the entries to change
+    (``{section: {key: {"value": v, ...}}}``) or plain values (``{section: {key: v}}``).
+    Unknown sections or keys are refused (one line naming the file).
+    """
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise InputError("thresholds file must hold a JSON object {section: {key: value}}", path,
+                         "see resources/thresholds.json for the format")
+    out: Thresholds = {}
+    for section, entries in raw.items():
+        if section.startswith("_"):
+            continue
+        if not isinstance(entries, dict):
+            raise InputError(f"thresholds section {section!r} must be an object", path,
+                             "write {section: {key: value}}")
+        out[section] = {k: (v["value"] if isinstance(v, dict) and "value" in v else v)
+                        for k, v in entries.items()}
+    try:
+        load_thresholds(out)
+    except UsageError as exc:
+        raise InputError(exc.problem, path, exc.hint) from None
+    return out
+
+
 def _apply(values: Thresholds, overrides: dict[str, Any]) -> None:
     for key, val in overrides.items():
         if isinstance(val, dict):
@@ -111,3 +141,28 @@ def resolve(thresholds: Thresholds | None) -> Thresholds:
         return load_thresholds()
     return load_thresholds(overrides={s: dict(v) for s, v in thresholds.items()
                                       if isinstance(v, dict)})
+
+
+def differences(thresholds: Thresholds | None) -> dict[str, dict[str, Any]]:
+    """Values that differ from the packaged defaults, as ``{"section.key": {"value", "default"}}``.
+
+    Parameters
+    ----------
+    thresholds : dict or None
+        Values as returned by :func:`load_thresholds` (or a partial dict of overrides).
+
+    Returns
+    -------
+    dict
+        Empty when every value is the default (or ``thresholds`` is None).
+    """
+    if not thresholds:
+        return {}
+    defaults = load_thresholds()
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in resolve(thresholds).items():
+        for key, value in values.items():
+            default = defaults[section][key]
+            if value != default:
+                out[f"{section}.{key}"] = {"value": value, "default": default}
+    return out

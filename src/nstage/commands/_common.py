@@ -22,6 +22,10 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                         help="TotalSegmentator's 3 mm model (faster, coarser)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where the models run (default: GPU when available)")
+    parser.add_argument("--thresholds", type=Path, default=None, metavar="FILE",
+                        help="JSON with thresholds to change ({section: {key: value}}, names as "
+                             "in resources/thresholds.json); n-stage.json lists what differs "
+                             "from the defaults")
 
 
 def add_report_args(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +47,13 @@ def options_from_args(args: argparse.Namespace):
         except ValueError:
             raise UsageError(
                 f"--folds must be comma-separated integers, got {args.folds!r}") from None
+    thresholds = None
+    if getattr(args, "thresholds", None) is not None:
+        from nstage.thresholds import read_overrides
+
+        thresholds = read_overrides(args.thresholds)
     return RunOptions(
+        thresholds=thresholds,
         anatomy=args.anatomy,
         lesions=args.lesions,
         lesion_model=args.lesion_model,

@@ -73,7 +73,8 @@ def landmarks_to_json(landmarks) -> dict:
                    else [round(v, 2) for v in lm.point_mm]}
             for name, lm in sorted(landmarks.points.items())
         },
-        "trachea": [{k: round(v, 2) for k, v in vars(t).items()} for t in landmarks.trachea],
+        "trachea": [{k: v if isinstance(v, bool) else round(v, 2) for k, v in vars(t).items()}
+                    for t in landmarks.trachea],
         "bronchi": {side: [[round(v, 2) for v in p] for p in pts]
                     for side, pts in landmarks.bronchi.items()},
         "notes": list(landmarks.notes),
