@@ -33,6 +33,40 @@ STATION7_BOTTOM = "station7_bottom"  # level: lower border of bronchus intermedi
 INFERIOR_PULMONARY_VEIN = "inferior_pulmonary_vein"  # level: station 9 upper limit
 HILUM_LEFT = "hilum_left"  # point: where the left main bronchus enters the lung
 HILUM_RIGHT = "hilum_right"
+PULMONARY_BIFURCATION = "pulmonary_bifurcation"  # level (point where measured): the pulmonary trunk divides into the right and left PA
+SVC_TOP = "superior_vena_cava_top"  # level: upper end of the SVC, where the brachiocephalic veins join
+VERTEBRA_PREFIX = "vertebra_"  # + "T4" etc.: point at the centre of that vertebral body
+
+# Segmented classes each landmark is measured from (groups expand, see anatomy.base.GROUPS), so
+# a report can say which backend measured it when anatomy comes from several (see
+# :func:`source_backend`).
+LANDMARK_CLASSES: dict[str, tuple[str, ...]] = {
+    CARINA: ("trachea", "airway", "lung_airways"),
+    TRACHEA_TOP: ("trachea",),
+    AORTIC_ARCH_TOP: ("aorta",),
+    AORTIC_ARCH_BOTTOM: ("aorta",),
+    LEFT_PA_TOP: ("pulmonary_artery",),
+    PULMONARY_BIFURCATION: ("pulmonary_artery", "pul_bifurcation"),
+    BRACHIOCEPHALIC_CROSSING: ("brachiocephalic_vein_left",),
+    SVC_TOP: ("superior_vena_cava",),
+    INFERIOR_PULMONARY_VEIN: ("pulmonary_vein",),
+    MANUBRIUM_TOP: ("sternum",),
+    CLAVICLE_TOP: ("clavicles",),
+    LUNG_APEX_LEFT: ("lung_left",),
+    LUNG_APEX_RIGHT: ("lung_right",),
+    DIAPHRAGM_LEFT: ("lung_left",),
+    DIAPHRAGM_RIGHT: ("lung_right",),
+    STATION7_BOTTOM: ("main_bronchus_left",),
+    HILUM_LEFT: ("main_bronchus_left",),
+    HILUM_RIGHT: ("main_bronchus_right",),
+}
+
+# Aortic arch in an aorta mask (:func:`arch_levels`). The ascending and descending aorta are at
+# least 2 cm wide (> 300 mm^2 in section); pieces under 50 mm^2 are segmentation specks. Two
+# sections must stay apart for 10 mm down to count as ascending and descending aorta, not a
+# notch in the arch's outline.
+ARCH_MIN_SECTION_MM2 = 50.0
+ARCH_PERSIST_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +312,7 @@ def find(anatomy) -> Landmarks:
         _station7_bottom(out, carina)
         _approximate_from_carina(out, carina)
     _neck_levels(ctx, out)
+    _vertebrae(ctx, out)
     if carina is None:
         out.notes.append("landmarks relative to the carina not available")
     return out
@@ -362,7 +397,7 @@ def _carina(ctx: _Context, out: Landmarks):
     split = None
     mbl, mbr = anatomy.mask("main_bronchus_left"), anatomy.mask("main_bronchus_right")
     both = np.nonzero(mbl.any(axis=(1, 2)) & mbr.any(axis=(1, 2)))[0]
-    if both.size and anatomy.backend == "classical":
+    if both.size and anatomy.source_of("main_bronchus_left") == "classical":
         # The classical backend starts its main bronchi at the split it found: the carina is
         # the most cranial level holding both (other sources may start bronchi higher).
         k = int(both[-1])
@@ -457,52 +492,229 @@ def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:
 
 
 def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
-    """Aortic arch top and bottom from the aorta's axial sections."""
-    import numpy as np
-    from scipy import ndimage as ndi
-
+    """Aortic arch top and bottom from the aorta mask (:func:`arch_levels`)."""
     aorta = ctx.anatomy.mask("aorta")
     if not aorta.any():
         return
-    sp, zs = ctx.sp, ctx.zs
-    k_c = mm_to_k(ctx.ref, carina[2])
-    k0, k1 = _z_range(aorta)
-    if k1 <= k_c:
+    zs = ctx.zs
+    top, bottom = arch_levels(aorta, ctx.sp)
+    if top is None or top <= mm_to_k(ctx.ref, carina[2]):
         out.notes.append("the segmented aorta does not reach above the carina")
         return
-    out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[k1], "measured",
-                                      "top of the segmented aorta")
-    px = sp[1] * sp[2]
-    bottom = None
-    for k in range(k1, k0 - 1, -1):
-        lab, n = ndi.label(aorta[k])
-        if n >= 2:
-            counts = np.bincount(lab.ravel())[1:]
-            if (counts * px >= 50.0).sum() >= 2:
-                bottom = k
-                break
+    if top == aorta.shape[0] - 1:
+        # The arch rises above the image: its top is not in view, only bounded from below.
+        z = max(float(zs[top]), carina[2] + APPROX_MM[AORTIC_ARCH_TOP])
+        out.points[AORTIC_ARCH_TOP] = _lm(
+            AORTIC_ARCH_TOP, z, "approximated",
+            f"the aorta reaches the top of the image ({zs[top]:.1f} mm): arch top above it, "
+            "taken as carina + 45 mm or the top of the image, whichever is higher")
+    else:
+        out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[top], "measured",
+                                          "highest level of the segmented aorta")
     if bottom is not None:
         out.points[AORTIC_ARCH_BOTTOM] = _lm(
             AORTIC_ARCH_BOTTOM, zs[bottom], "measured",
-            "highest level where the aorta shows two sections (ascending, descending)")
+            "highest level below the arch where the aorta shows two separate sections "
+            "(ascending and descending aorta)")
+    elif top == aorta.shape[0] - 1:
+        out.notes.append("the aorta already shows two sections at the top of the image: the "
+                         "arch lies above it")
+
+
+def _largest_component(mask):
+    """The largest 26-connected component of a boolean mask (the mask itself when empty);
+    labelled within the mask's bounding box, which is all that costs time."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    box = _bounding_box(mask)
+    if box is None:
+        return mask
+    lab, n = ndi.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())[1:]
+    out = np.zeros_like(mask, dtype=bool)
+    out[box] = lab == 1 + int(np.argmax(sizes))
+    return out
+
+
+def _bounding_box(mask):
+    """Array-order slices of the bounding box of a 3D mask, or None when empty."""
+    import numpy as np
+
+    box = []
+    for axis in range(3):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float = ARCH_MIN_SECTION_MM2,
+                persist_mm: float = ARCH_PERSIST_MM) -> tuple[int | None, int | None]:
+    """Slices of the aortic arch's top and bottom in an aorta mask.
+
+    The top is the highest slice of the aorta's largest 3D component (isolated specks of a
+    segmentation are ignored). Going down from there, the bottom is the first slice where the
+    aorta shows two separate sections (ascending and descending aorta) of at least
+    ``min_section_mm2`` each that stay separate for ``persist_mm`` further down: the arch's
+    lower border (Rusch et al. 2009: station 5 lies below it, station 6 between the two borders).
+
+    Parameters
+    ----------
+    aorta : numpy.ndarray of bool
+        Aorta mask, array order ``[z, y, x]`` of a canonical image (k grows superior).
+    spacing_zyx : tuple of float
+        Voxel spacing in mm (z, y, x).
+    min_section_mm2 : float
+        Smallest section counted as a part of the aorta (mm^2); the ascending and descending
+        aorta are at least 2 cm wide (> 300 mm^2), segmentation specks far smaller.
+    persist_mm : float
+        How far down both sections must continue separately (mm).
+
+    Returns
+    -------
+    (top_k, bottom_k)
+        Slice indices, None where not found. ``bottom_k`` is None when the top slice itself
+        already shows the two sections (the arch lies above the image).
+    """
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    aorta = _largest_component(np.asarray(aorta, dtype=bool))
+    box = _bounding_box(aorta)
+    if box is None:
+        return None, None
+    aorta = aorta[:, box[1], box[2]]  # slice indices unchanged
+    k0, k1 = _z_range(aorta)
+    min_vox = max(1, int(np.ceil(min_section_mm2 / (spacing_zyx[1] * spacing_zyx[2]))))
+    depth = max(1, int(round(persist_mm / spacing_zyx[0])))
+    for k in range(k1, k0 - 1, -1):
+        lab, n = ndi.label(aorta[k])
+        if n < 2:
+            continue
+        counts = np.bincount(lab.ravel())[1:]
+        big = [1 + int(c) for c in np.argsort(-counts)[:2] if counts[c] >= min_vox]
+        if len(big) < 2:
+            continue
+        if _stay_separate(aorta, k, lab == big[0], lab == big[1], depth):
+            return k1, (None if k == k1 else k)
+    return k1, None
+
+
+def _stay_separate(mask, k: int, a, b, depth: int) -> bool:
+    """True when sections ``a`` and ``b`` of slice k continue ``depth`` slices down (or to the
+    bottom of the image) as two separate 3D components of ``mask``."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    lo = max(0, k - depth)
+    sub = mask[lo:k + 1].copy()
+    sub[-1] = a | b
+    lab, _ = ndi.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
+    ia, ib = set(lab[-1][a].tolist()), set(lab[-1][b].tolist())
+    if ia & ib:
+        return False  # they join again below: a notch in one section, not two vessels
+    return all(any((lab[0] == i).any() for i in ids) for ids in (ia, ib))
 
 
 def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
-    """Left pulmonary artery top, brachiocephalic crossing, inferior pulmonary vein."""
+    """Pulmonary artery (left PA top, bifurcation), brachiocephalic crossing, SVC top,
+    inferior pulmonary vein."""
+    _pulmonary_artery(ctx, out, carina)
+    _brachiocephalic_crossing(ctx, out)
+    _superior_vena_cava(ctx, out)
+    pv = ctx.anatomy.mask("pulmonary_vein")
+    if pv.any():
+        k0, _ = _z_range(pv)
+        out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, ctx.zs[k0], "measured",
+                                                  "lowest level of the pulmonary veins")
+
+
+def _pulmonary_artery(ctx: _Context, out: Landmarks, carina) -> None:
+    """Left PA top and the pulmonary bifurcation from ``pulmonary_artery`` (and
+    TotalSegmentator's ``pul_bifurcation`` landmark mask when given)."""
+    import numpy as np
+
+    anatomy, zs = ctx.anatomy, ctx.zs
+    pa = anatomy.mask("pulmonary_artery")
+    if not pa.any():
+        return
+    pa = _largest_component(pa)
+    bif = anatomy.mask("pul_bifurcation")
+    if bif.any():
+        kk, jj, ii = np.nonzero(bif)
+        point = ctx.to_mm([kk.mean(), jj.mean(), ii.mean()])
+        out.points[PULMONARY_BIFURCATION] = _lm(
+            PULMONARY_BIFURCATION, point[2], "measured",
+            "centre of the segmented pulmonary bifurcation (pul_bifurcation)", point)
+        ref_x = float(point[0])
+    else:
+        ref_x = float(carina[0])
+        k = pa_bifurcation_level(pa)
+        if k is not None and k < pa.shape[0] - 1:
+            out.points[PULMONARY_BIFURCATION] = _lm(
+                PULMONARY_BIFURCATION, zs[k], "measured",
+                "level of the largest axial section of the pulmonary artery (trunk dividing "
+                "into the right and left PA)")
+    k_top = left_pa_top(pa, mm_to_i(ctx.ref, ref_x))
+    if k_top is None:
+        return
+    if k_top == pa.shape[0] - 1:
+        out.notes.append("the pulmonary artery reaches the top of the image: left PA top not "
+                         "measured")
+        return
+    side = "the pulmonary bifurcation" if bif.any() else "the carina"
+    out.points[LEFT_PA_TOP] = _lm(LEFT_PA_TOP, zs[k_top], "measured",
+                                  f"highest level of the pulmonary artery left of {side}")
+
+
+def left_pa_top(pa, ref_i: float) -> int | None:
+    """Highest slice holding pulmonary artery voxels left (+x, larger column) of column ``ref_i``:
+    the upper rim of the left main pulmonary artery, which arches over the left main bronchus
+    higher than the trunk and the right PA.
+
+    Parameters
+    ----------
+    pa : numpy.ndarray of bool
+        Pulmonary artery mask ``[z, y, x]`` of a canonical image.
+    ref_i : float
+        Fractional column of the dividing x (the bifurcation or the carina).
+    """
+    import numpy as np
+
+    left = pa[:, :, int(np.floor(ref_i)) + 1:] if ref_i >= 0 else pa
+    _, k1 = _z_range(left)
+    return k1
+
+
+def pa_bifurcation_level(pa) -> int | None:
+    """Slice of the largest connected axial section of a pulmonary artery mask: where the
+    trunk divides and the right PA runs horizontally towards the right hilum, trunk and both
+    main branches in one piece. (Total area per slice is not used: below the bifurcation the
+    lobar branches add separate sections of their own.)"""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    best, best_k = 0, None
+    for k in np.nonzero(pa.reshape(pa.shape[0], -1).any(axis=1))[0]:
+        lab, n = ndi.label(pa[k])
+        largest = int(np.bincount(lab.ravel())[1:].max()) if n else 0
+        if largest > best:
+            best, best_k = largest, int(k)
+    return best_k
+
+
+def _brachiocephalic_crossing(ctx: _Context, out: Landmarks) -> None:
+    """Caudal margin of the left brachiocephalic vein where it passes in front of the trachea
+    (2R/4R); approximated from the top of the SVC when only that is segmented."""
     import numpy as np
 
     anatomy, ref, zs = ctx.anatomy, ctx.ref, ctx.zs
-    if "pulmonary_artery" in ctx.names:
-        pa = anatomy.mask("pulmonary_artery")
-        if pa.any():
-            xs_ok = np.nonzero(pa)
-            left = xs_ok[2] > mm_to_i(ref, carina[0])
-            if left.any():
-                out.points[LEFT_PA_TOP] = _lm(LEFT_PA_TOP, zs[xs_ok[0][left].max()], "measured",
-                                              "top of the pulmonary artery left of the carina")
     bcv = anatomy.mask("brachiocephalic_vein_left")
     if bcv.any() and out.trachea:
-        # Caudal margin where the vein passes in front of the trachea.
         xs = np.nonzero(bcv)
         i_lo = mm_to_i(ref, min(t.right_border_x_mm for t in out.trachea))
         i_hi = mm_to_i(ref, max(t.left_border_x_mm for t in out.trachea))
@@ -511,11 +723,58 @@ def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
             out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
                 BRACHIOCEPHALIC_CROSSING, zs[xs[0][over].min()], "measured",
                 "lowest level of the left brachiocephalic vein in front of the trachea")
-    pv = anatomy.mask("pulmonary_vein")
-    if pv.any():
-        k0, _ = _z_range(pv)
-        out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, zs[k0], "measured",
-                                                  "lowest level of the pulmonary veins")
+            return
+    svc = anatomy.mask("superior_vena_cava")
+    _, k1 = _z_range(svc)
+    if k1 is not None and k1 < svc.shape[0] - 1:
+        out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
+            BRACHIOCEPHALIC_CROSSING, zs[k1], "approximated",
+            "no left brachiocephalic vein crossing the trachea segmented: top of the superior "
+            "vena cava (the left vein crosses just above where the two veins join)")
+
+
+def _superior_vena_cava(ctx: _Context, out: Landmarks) -> None:
+    """Top of the superior vena cava: where the brachiocephalic veins join."""
+    svc = ctx.anatomy.mask("superior_vena_cava")
+    _, k1 = _z_range(svc)
+    if k1 is None:
+        return
+    if k1 == svc.shape[0] - 1:
+        out.notes.append("the superior vena cava reaches the top of the image: its top not "
+                         "measured")
+        return
+    out.points[SVC_TOP] = _lm(SVC_TOP, ctx.zs[k1], "measured",
+                              "highest level of the superior vena cava (brachiocephalic veins "
+                              "join)")
+
+
+def _vertebrae(ctx: _Context, out: Landmarks) -> None:
+    """Centre of every vertebral body segmented whole (TotalSegmentator ``vertebrae_*``)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    anatomy = ctx.anatomy
+    wanted = {v: n for v, n in anatomy.names.items() if n.startswith("vertebrae_")}
+    if not wanted:
+        return
+    values = sorted(wanted)
+    present = np.isin(anatomy.labels, values)
+    if not present.any():
+        return
+    labels = np.where(present, anatomy.labels, 0)
+    boxes = ndi.find_objects(labels, max_label=max(values))
+    centres = ndi.center_of_mass(present, labels, values)
+    last = anatomy.labels.shape[0] - 1
+    for v, c in zip(values, centres, strict=True):
+        box = boxes[v - 1]
+        if box is None:
+            continue
+        if box[0].start == 0 or box[0].stop - 1 == last:
+            continue  # cut by the image: its centre would be wrong
+        name = VERTEBRA_PREFIX + wanted[v].removeprefix("vertebrae_")
+        p = ctx.to_mm(c)
+        out.points[name] = _lm(name, p[2], "measured",
+                               f"centre of the segmented {wanted[v]}", p)
 
 
 def _station7_bottom(out: Landmarks, carina) -> None:
@@ -580,3 +839,24 @@ def mm_to_k(ref, z_mm: float) -> float:
 def mm_to_i(ref, x_mm: float) -> float:
     """Fractional column index of ``x_mm`` on a canonical image."""
     return (x_mm - ref.GetOrigin()[0]) / ref.GetSpacing()[0]
+
+
+def source_backend(name: str, landmark: Landmark, anatomy) -> str | None:
+    """Which anatomy backend measured ``landmark`` (None when it was approximated).
+
+    The backends of the classes in :data:`LANDMARK_CLASSES` present in ``anatomy``, joined
+    with " + " when several contributed (e.g. a TotalSegmentator trachea with classical
+    bronchi); ``anatomy.backend`` when none of them is present.
+    """
+    from nstage.anatomy.base import GROUPS
+
+    if landmark.approximated:
+        return None
+    if name.startswith(VERTEBRA_PREFIX):
+        classes: tuple[str, ...] = ("vertebrae_" + name.removeprefix(VERTEBRA_PREFIX),)
+    else:
+        classes = LANDMARK_CLASSES.get(name, ())
+    present = set(anatomy.names.values()) | set(anatomy.extra_masks)
+    members = [m for c in classes for m in GROUPS.get(c, (c,)) if m in present]
+    sources = sorted({anatomy.source_of(m) for m in members})
+    return " + ".join(sources) if sources else anatomy.backend
