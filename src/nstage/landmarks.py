@@ -63,10 +63,13 @@ LANDMARK_CLASSES: dict[str, tuple[str, ...]] = {
 
 # Aortic arch in an aorta mask (:func:`arch_levels`). The ascending and descending aorta are at
 # least 2 cm wide (> 300 mm^2 in section); pieces under 50 mm^2 are segmentation specks. Two
-# sections must stay apart for 10 mm down to count as ascending and descending aorta, not a
-# notch in the arch's outline.
+# sections that join again within 10 mm below are a notch in the arch's outline (or a branch
+# stub), not the ascending and descending aorta.
 ARCH_MIN_SECTION_MM2 = 50.0
 ARCH_PERSIST_MM = 10.0
+# 3D pieces of a vessel mask smaller than this (ml) are segmentation specks, not vessel: a
+# 1 cm wide vessel holds 0.8 ml per cm of length.
+SPECK_ML = 0.1
 
 
 @dataclass(frozen=True)
@@ -521,9 +524,10 @@ def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
                          "arch lies above it")
 
 
-def _largest_component(mask):
-    """The largest 26-connected component of a boolean mask (the mask itself when empty);
-    labelled within the mask's bounding box, which is all that costs time."""
+def _without_specks(mask, spacing_zyx, min_ml: float = SPECK_ML):
+    """``mask`` without its 3D pieces (26-connected) smaller than ``min_ml``; labelled within
+    the mask's bounding box, which is all that costs time. Larger pieces all stay: a vessel
+    segmentation may break into several (an ascending aorta apart from the arch)."""
     import numpy as np
     from scipy import ndimage as ndi
 
@@ -533,9 +537,11 @@ def _largest_component(mask):
     lab, n = ndi.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
     if n <= 1:
         return mask
-    sizes = np.bincount(lab.ravel())[1:]
+    min_vox = min_ml * 1000.0 / float(np.prod(spacing_zyx))
+    keep = np.bincount(lab.ravel()) >= min_vox
+    keep[0] = False
     out = np.zeros_like(mask, dtype=bool)
-    out[box] = lab == 1 + int(np.argmax(sizes))
+    out[box] = keep[lab]
     return out
 
 
@@ -556,10 +562,10 @@ def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float = ARCH_MIN_SECTION
                 persist_mm: float = ARCH_PERSIST_MM) -> tuple[int | None, int | None]:
     """Slices of the aortic arch's top and bottom in an aorta mask.
 
-    The top is the highest slice of the aorta's largest 3D component (isolated specks of a
-    segmentation are ignored). Going down from there, the bottom is the first slice where the
+    The top is the highest slice of the aorta without its specks (3D pieces under
+    :data:`SPECK_ML`). Going down from there, the bottom is the first slice where the
     aorta shows two separate sections (ascending and descending aorta) of at least
-    ``min_section_mm2`` each that stay separate for ``persist_mm`` further down: the arch's
+    ``min_section_mm2`` each that do not join again within ``persist_mm`` below: the arch's
     lower border (Rusch et al. 2009: station 5 lies below it, station 6 between the two borders).
 
     Parameters
@@ -572,7 +578,7 @@ def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float = ARCH_MIN_SECTION
         Smallest section counted as a part of the aorta (mm^2); the ascending and descending
         aorta are at least 2 cm wide (> 300 mm^2), segmentation specks far smaller.
     persist_mm : float
-        How far down both sections must continue separately (mm).
+        How far below the two sections must not join again (mm).
 
     Returns
     -------
@@ -583,7 +589,7 @@ def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float = ARCH_MIN_SECTION
     import numpy as np
     from scipy import ndimage as ndi
 
-    aorta = _largest_component(np.asarray(aorta, dtype=bool))
+    aorta = _without_specks(np.asarray(aorta, dtype=bool), spacing_zyx)
     box = _bounding_box(aorta)
     if box is None:
         return None, None
@@ -605,8 +611,9 @@ def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float = ARCH_MIN_SECTION
 
 
 def _stay_separate(mask, k: int, a, b, depth: int) -> bool:
-    """True when sections ``a`` and ``b`` of slice k continue ``depth`` slices down (or to the
-    bottom of the image) as two separate 3D components of ``mask``."""
+    """True when sections ``a`` and ``b`` of slice k do not join again within ``depth`` slices
+    below (within ``mask``): two vessels, not a notch in one section's outline, nor a branch
+    stub rising from the section below."""
     import numpy as np
     from scipy import ndimage as ndi
 
@@ -614,10 +621,7 @@ def _stay_separate(mask, k: int, a, b, depth: int) -> bool:
     sub = mask[lo:k + 1].copy()
     sub[-1] = a | b
     lab, _ = ndi.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
-    ia, ib = set(lab[-1][a].tolist()), set(lab[-1][b].tolist())
-    if ia & ib:
-        return False  # they join again below: a notch in one section, not two vessels
-    return all(any((lab[0] == i).any() for i in ids) for ids in (ia, ib))
+    return not (set(lab[-1][a].tolist()) & set(lab[-1][b].tolist()))
 
 
 def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
@@ -642,7 +646,7 @@ def _pulmonary_artery(ctx: _Context, out: Landmarks, carina) -> None:
     pa = anatomy.mask("pulmonary_artery")
     if not pa.any():
         return
-    pa = _largest_component(pa)
+    pa = _without_specks(pa, ctx.sp)
     bif = anatomy.mask("pul_bifurcation")
     if bif.any():
         kk, jj, ii = np.nonzero(bif)
@@ -763,14 +767,12 @@ def _vertebrae(ctx: _Context, out: Landmarks) -> None:
         return
     labels = np.where(present, anatomy.labels, 0)
     boxes = ndi.find_objects(labels, max_label=max(values))
-    centres = ndi.center_of_mass(present, labels, values)
     last = anatomy.labels.shape[0] - 1
-    for v, c in zip(values, centres, strict=True):
-        box = boxes[v - 1]
-        if box is None:
-            continue
-        if box[0].start == 0 or box[0].stop - 1 == last:
-            continue  # cut by the image: its centre would be wrong
+    # Vertebrae cut by the image are left out: their centre would be wrong.
+    whole = [v for v in values if boxes[v - 1] is not None
+             and boxes[v - 1][0].start > 0 and boxes[v - 1][0].stop - 1 < last]
+    centres = ndi.center_of_mass(present, labels, whole) if whole else []
+    for v, c in zip(whole, centres, strict=True):
         name = VERTEBRA_PREFIX + wanted[v].removeprefix("vertebrae_")
         p = ctx.to_mm(c)
         out.points[name] = _lm(name, p[2], "measured",
