@@ -501,7 +501,10 @@ def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
         return
     zs = ctx.zs
     top, bottom = arch_levels(aorta, ctx.sp)
-    if top is None or top <= mm_to_k(ctx.ref, carina[2]):
+    if top is None:
+        out.notes.append(f"the segmented aorta holds only specks (pieces < {SPECK_ML} ml)")
+        return
+    if top <= mm_to_k(ctx.ref, carina[2]):
         out.notes.append("the segmented aorta does not reach above the carina")
         return
     if top == aorta.shape[0] - 1:
@@ -519,9 +522,9 @@ def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
             AORTIC_ARCH_BOTTOM, zs[bottom], "measured",
             "highest level below the arch where the aorta shows two separate sections "
             "(ascending and descending aorta)")
-    elif top == aorta.shape[0] - 1:
-        out.notes.append("the aorta already shows two sections at the top of the image: the "
-                         "arch lies above it")
+    else:
+        out.notes.append("no level below the top of the segmented aorta shows it as two "
+                         "separate sections: arch bottom not measured")
 
 
 def _without_specks(mask, spacing_zyx, min_ml: float = SPECK_ML):
