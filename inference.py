@@ -1,8 +1,10 @@
 """Grand Challenge entrypoint: stage the study in /input and write /output.
 
 Reads ``INPUT/images/ct/*.mha`` and ``INPUT/images/pet/*.mha`` (PET in SUV, as in
-autoPET) and writes ``OUTPUT/n-stage.json`` and
-``OUTPUT/images/n-staging-segmentation/output.mha``. Real backends are used when
+autoPET), optionally ``INPUT/images/anatomy-segmentation/*.mha`` (a TotalSegmentator
+multilabel segmentation of the CT, class ids of the task in ``NSTAGE_ANATOMY_SEG_TASK``,
+default ``total``; its classes are used instead of segmenting them again), and writes
+``OUTPUT/n-stage.json`` and ``OUTPUT/images/n-staging-segmentation/output.mha``. Real backends are used when
 their weights are present (``/opt/ml/model/lesions``, TotalSegmentator weights in the
 image or under ``/opt/ml/model/totalsegmentator``), the embedded defaults otherwise;
 the JSON says which ran. A thin wrapper over :func:`nstage.pipeline.run_case`.
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     options = RunOptions(anatomy=args.anatomy, lesions=args.lesions,
                          lesion_model=args.lesion_model, fast=args.fast, report=args.report)
     try:
+        from nstage.anatomy.precomputed import with_gc_anatomy_segmentation
+
+        options = with_gc_anatomy_segmentation(options, args.input)
         result = run_case(args.input, None, args.output, options)
     except NStageError as exc:
         print(f"inference.py: error: {exc.one_line()}", file=sys.stderr)

@@ -277,3 +277,182 @@ def test_all_present_folds_are_ensembled_unless_named(tmp_path, offline):
     ct, pet = _images()
     assert "folds [0, 1, 2]" in segment_nnunet(ct, pet, folder, device="cpu").notes[0]
     assert "folds [1]" in segment_nnunet(ct, pet, folder, folds=[1], device="cpu").notes[0]
+
+
+# ---- published model folders as distributed -------------------------------------------------
+
+# An autoPET-style trainer variant that nnunetv2 does not ship (checked in the tests).
+VARIANT = "nnUNetTrainer_TinyAutoPETVariant"
+
+
+def _favour(checkpoint: Path, label: int, value: float) -> None:
+    """Rewrite a checkpoint so its network predicts ``label`` everywhere (bias ``value``)."""
+    import torch
+
+    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    weights = data["network_weights"]
+    key = max((k for k in weights if k.startswith("decoder.seg_layers.") and k.endswith(".bias")),
+              key=lambda k: int(k.split(".")[2]))
+    weights[key] = torch.zeros_like(weights[key])
+    weights[key][label] = value
+    torch.save(data, checkpoint)
+
+
+@pytest.fixture(scope="module")
+def variant_model(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("nnunetv2")
+    from tinymodels import make_tiny_nnunet_model
+
+    return make_tiny_nnunet_model(tmp_path_factory.mktemp("variant"), trainer=VARIANT,
+                                  folds=(0, 1), dataset_name="Dataset221_autoPETTiny")
+
+
+@pytest.mark.models
+def test_trainer_class_not_in_nnunetv2_is_built_from_the_plans(variant_model, offline):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nstage.lesions.nnunet import trainer_class_for
+
+    # nnU-Net's own loader cannot load this folder: it looks the trainer class up by name.
+    assert trainer_class_for(VARIANT) is None
+    with pytest.raises(RuntimeError, match=VARIANT):
+        nnUNetPredictor(device=__import__("torch").device("cpu")) \
+            .initialize_from_trained_model_folder(str(variant_model), use_folds=(0,))
+    result = segment_nnunet(*_images(), variant_model, device="cpu")
+    assert result.mask[BODY].all()
+    assert result.model == {
+        "folder": str(variant_model), "dataset": "Dataset221_autoPETTiny", "trainer": VARIANT,
+        "trainer_class": "built from plans.json (trainer class not in nnunetv2)",
+        "plans": "nnUNetPlans", "configuration": "3d_fullres", "architecture": "PlainConvUNet",
+        "folds": [0, 1], "checkpoint": "checkpoint_final.pth"}
+    assert any(VARIANT in n and "not part of nnunetv2" in n for n in result.notes)
+
+
+@pytest.mark.models
+def test_shipped_trainer_class_is_used(tmp_path, offline):
+    from tinymodels import make_tiny_nnunet_model
+
+    folder = make_tiny_nnunet_model(tmp_path, trainer="nnUNetTrainer_4000epochs_NoMirroring")
+    result = segment_nnunet(*_images(), folder, device="cpu")
+    assert result.model["trainer_class"] == "nnunetv2"
+    assert not any("not part of nnunetv2" in n for n in result.notes)
+
+
+@pytest.mark.models
+def test_residual_encoder_plans(tmp_path, offline):
+    from tinymodels import make_tiny_nnunet_model
+
+    folder = make_tiny_nnunet_model(tmp_path, trainer=VARIANT, plans_name="nnUNetResEncUNetMPlans",
+                                    residual_encoder=True)
+    assert folder.name == f"{VARIANT}__nnUNetResEncUNetMPlans__3d_fullres"
+    result = segment_nnunet(*_images(), folder, device="cpu")
+    assert result.mask[BODY].all()
+    assert result.model["architecture"] == "ResidualEncoderUNet"
+    assert result.model["plans"] == "nnUNetResEncUNetMPlans"
+
+
+@pytest.mark.models
+def test_folds_are_ensembled(tmp_path, offline):
+    """Fold 1 is rewritten to call everything background, three times as strongly as fold 0
+    calls it lesion: alone fold 0 gives lesion, the two-fold ensemble (mean logits) background,
+    so the default really uses both."""
+    from tinymodels import make_tiny_nnunet_model
+
+    folder = make_tiny_nnunet_model(tmp_path, trainer=VARIANT, folds=(0, 1))
+    _favour(folder / "fold_1" / "checkpoint_final.pth", 0, 3000.0)
+    ct, pet = _images()
+    only_0 = segment_nnunet(ct, pet, folder, folds=[0], device="cpu")
+    both = segment_nnunet(ct, pet, folder, device="cpu")
+    assert only_0.mask[BODY].all() and only_0.model["folds"] == [0]
+    assert not both.mask.any() and both.model["folds"] == [0, 1]
+
+
+@pytest.mark.models
+def test_checkpoint_best_or_final(tmp_path, offline):
+    from tinymodels import make_tiny_nnunet_model
+
+    folder = make_tiny_nnunet_model(tmp_path / "a", trainer=VARIANT,
+                                    checkpoints=("checkpoint_final.pth", "checkpoint_best.pth"))
+    _favour(folder / "fold_0" / "checkpoint_best.pth", 0, 1000.0)
+    ct, pet = _images()
+    final = segment_nnunet(ct, pet, folder, device="cpu")
+    best = segment_nnunet(ct, pet, folder, device="cpu", checkpoint="best")
+    assert final.mask[BODY].all() and final.model["checkpoint"] == "checkpoint_final.pth"
+    assert not best.mask.any() and best.model["checkpoint"] == "checkpoint_best.pth"
+    only_final = make_tiny_nnunet_model(tmp_path / "b", trainer=VARIANT)
+    with pytest.raises(ModelError, match="no fold_\\*/checkpoint_best.pth.*--checkpoint final"):
+        segment_nnunet(ct, pet, only_final, device="cpu", checkpoint="best")
+
+
+@pytest.mark.models
+def test_weights_that_do_not_fit_the_plans_fail_clearly(tmp_path, offline):
+    """A variant whose trainer changed the architecture cannot be rebuilt from the plans: the
+    weights do not load, and the message says so (no silent garbage prediction)."""
+    from tinymodels import make_tiny_nnunet_model, write_model_folder
+
+    folder = make_tiny_nnunet_model(tmp_path / "a", trainer=VARIANT, folds=(0, 1))
+    # Fold 1 from a wider network (8/16/32 features) than plans.json describes (4/8/16).
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][
+        "features_per_stage"] = [8, 16, 32]
+    wider = write_model_folder(tmp_path / "b" / folder.name, plans=plans, trainer=VARIANT,
+                               dataset_json=json.loads((folder / "dataset.json").read_text()),
+                               folds=(1,))
+    shutil.copy(wider / "fold_1" / "checkpoint_final.pth",
+                folder / "fold_1" / "checkpoint_final.pth")
+    with pytest.raises(ModelError, match="fold 1 checkpoint_final.pth does not fit") as info:
+        segment_nnunet(*_images(), folder, device="cpu")
+    assert "\n" not in str(info.value) and "not in nnunetv2" in str(info.value)
+
+
+def _write_run_inputs(root: Path) -> tuple[Path, Path]:
+    """A small chest-like CT (body, two lungs; 3 mm) and an SUV PET (background 1, a hot
+    sphere) as .mha files for `nstage run`."""
+    shape = (60, 70, 90)  # z, y, x
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    ct = np.full(shape, -1000, np.int16)
+    body = ((yy - 35) / 30.0) ** 2 + ((xx - 45) / 42.0) ** 2 < 1
+    ct[body] = 40
+    lungs = (((yy - 35) / 20.0) ** 2 + ((xx - 27) / 14.0) ** 2 < 1) | \
+            (((yy - 35) / 20.0) ** 2 + ((xx - 63) / 14.0) ** 2 < 1)
+    ct[lungs & (zz > 10) & (zz < 55)] = -850
+    pet = np.where(body, 1.0, 0.05).astype(np.float32)
+    pet[((zz - 30) ** 2 + (yy - 35) ** 2 + (xx - 27) ** 2) < 9] = 8.0
+    paths = []
+    for name, arr in (("ct.mha", ct), ("pet.mha", pet)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((3.0, 3.0, 3.0))
+        img.SetOrigin((-135.0, -105.0, 400.0))
+        sitk.WriteImage(img, str(root / name))
+        paths.append(root / name)
+    return paths[0], paths[1]
+
+
+@pytest.mark.models
+def test_nstage_run_with_a_published_style_folder_records_both_folds(variant_model, tmp_path,
+                                                                      capsys):
+    from nstage.cli import main
+    from nstage.schema import validate_result
+
+    assert variant_model.name == f"{VARIANT}__nnUNetPlans__3d_fullres"
+    ct, pet = _write_run_inputs(tmp_path)
+    out = tmp_path / "out"
+    code = main(["run", "--ct", str(ct), "--pet", str(pet), "--out", str(out), "--lesions",
+                 "nnunet", "--lesion-model", str(variant_model), "--device", "cpu",
+                 "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "n-stage.json").read_text())
+    validate_result(result)
+    assert result["backends"]["lesions"] == "nnunet"
+    model = result["lesion_model"]
+    assert model["folds"] == [0, 1] and model["trainer"] == VARIANT
+    assert model["plans"] == "nnUNetPlans" and model["configuration"] == "3d_fullres"
+    assert model["checkpoint"] == "checkpoint_final.pth"
+    assert model["trainer_class"].startswith("built from plans.json")
+    code = main(["run", "--ct", str(ct), "--pet", str(pet), "--out", str(tmp_path / "o2"),
+                 "--lesions", "nnunet", "--lesion-model", str(variant_model.parent),
+                 "--folds", "1", "--checkpoint", "final", "--no-report"])
+    assert code == 0
+    assert json.loads((tmp_path / "o2" / "n-stage.json").read_text())["lesion_model"][
+        "folds"] == [1]

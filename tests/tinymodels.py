@@ -30,8 +30,10 @@ def tiny_plans(dataset_name: str, channel_names: Mapping[str, str], *,
                spacing_zyx: Sequence[float] = (3.0, 3.0, 3.0),
                patch_size: Sequence[int] = (32, 32, 32),
                features: Sequence[int] = (4, 8, 16),
-               image_reader_writer: str = "SimpleITKIO") -> dict:
-    """A valid nnU-Net v2 ``plans.json`` with one ``3d_fullres`` tiny ``PlainConvUNet``.
+               image_reader_writer: str = "SimpleITKIO",
+               plans_name: str = "nnUNetPlans", residual_encoder: bool = False) -> dict:
+    """A valid nnU-Net v2 ``plans.json`` with one ``3d_fullres`` tiny ``PlainConvUNet`` (or,
+    with ``residual_encoder``, the ``ResidualEncoderUNet`` of the ``nnUNetResEncUNet*Plans``).
 
     CT channels get ``CTNormalization`` (needs the foreground intensity percentiles), all other
     channels ``ZScoreNormalization``. ``spacing_zyx`` is the target spacing in mm, array order.
@@ -44,9 +46,15 @@ def tiny_plans(dataset_name: str, channel_names: Mapping[str, str], *,
                  for c, s in zip(channels, schemes, strict=True)}
     resample_data = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     resample_seg = {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None}
+    network = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+    per_stage = {"n_conv_per_stage": [1] * n_stages}
+    if residual_encoder:
+        # As nnU-Net's ResEncUNetPlanner writes it (residual blocks in the encoder).
+        network = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+        per_stage = {"n_blocks_per_stage": [1] + [2] * (n_stages - 1)}
     return {
         "dataset_name": dataset_name,
-        "plans_name": "nnUNetPlans",
+        "plans_name": plans_name,
         "original_median_spacing_after_transp": list(map(float, spacing_zyx)),
         "original_median_shape_after_transp": [64, 64, 64],
         "image_reader_writer": image_reader_writer,
@@ -69,15 +77,14 @@ def tiny_plans(dataset_name: str, channel_names: Mapping[str, str], *,
                 "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
                 "resampling_fn_probabilities_kwargs": resample_data,
                 "architecture": {
-                    "network_class_name":
-                        "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                    "network_class_name": network,
                     "arch_kwargs": {
                         "n_stages": n_stages,
                         "features_per_stage": list(map(int, features)),
                         "conv_op": "torch.nn.modules.conv.Conv3d",
                         "kernel_sizes": [[3, 3, 3]] * n_stages,
                         "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
-                        "n_conv_per_stage": [1] * n_stages,
+                        **per_stage,
                         "n_conv_per_stage_decoder": [1] * (n_stages - 1),
                         "conv_bias": True,
                         "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
@@ -100,12 +107,15 @@ def tiny_plans(dataset_name: str, channel_names: Mapping[str, str], *,
 
 def write_model_folder(trainer_dir: Path, *, dataset_json: dict, plans: dict, trainer: str,
                        folds: Sequence[int | str] = (0,), favour_label: int | None = None,
-                       seed: int = 0) -> Path:
-    """Write ``dataset.json``, ``plans.json`` and ``fold_k/checkpoint_final.pth`` into
-    ``trainer_dir`` (``<trainer>__<plans>__3d_fullres``) and return it.
+                       seed: int = 0,
+                       checkpoints: Sequence[str] = ("checkpoint_final.pth",)) -> Path:
+    """Write ``dataset.json``, ``plans.json`` and ``fold_k/<checkpoint>`` for each name in
+    ``checkpoints`` into ``trainer_dir`` (``<trainer>__<plans>__3d_fullres``) and return it.
 
     ``favour_label`` (a label value) gets a large bias in the final 1x1x1 convolution so the
     random network predicts that label nearly everywhere: a deterministic, non-empty output.
+    The network is built with nnU-Net's default ``build_network_architecture`` (what every
+    trainer class uses unless it changes the architecture), whatever ``trainer`` is called.
     """
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -141,7 +151,8 @@ def write_model_folder(trainer_dir: Path, *, dataset_json: dict, plans: dict, tr
     for fold in folds:
         fold_dir = trainer_dir / f"fold_{fold}"
         fold_dir.mkdir(exist_ok=True)
-        torch.save(checkpoint, fold_dir / "checkpoint_final.pth")
+        for name in checkpoints:
+            torch.save(checkpoint, fold_dir / name)
     return trainer_dir
 
 
@@ -150,9 +161,12 @@ def make_tiny_nnunet_model(root: Path, channel_names: Mapping[str, str] | None =
                            folds: Sequence[int | str] = (0,),
                            dataset_name: str = "Dataset901_TinyLesion", *,
                            trainer: str = "nnUNetTrainer", favour_label: int | None = 1,
-                           spacing_zyx: Sequence[float] = (3.0, 3.0, 3.0)) -> Path:
+                           spacing_zyx: Sequence[float] = (3.0, 3.0, 3.0),
+                           plans_name: str = "nnUNetPlans", residual_encoder: bool = False,
+                           checkpoints: Sequence[str] = ("checkpoint_final.pth",),
+                           seed: int = 0) -> Path:
     """A tiny 3-stage (4/8/16 features, patch 32^3) lesion model; returns the trainer folder
-    ``root/<dataset_name>/<trainer>__nnUNetPlans__3d_fullres``.
+    ``root/<dataset_name>/<trainer>__<plans_name>__3d_fullres``.
 
     ``channel_names`` defaults to ``{"0": "CT", "1": "PET"}`` (autoPET order) and ``labels`` to
     ``{"background": 0, "lesion": 1}``. ``favour_label`` biases the network towards that label
@@ -162,10 +176,12 @@ def make_tiny_nnunet_model(root: Path, channel_names: Mapping[str, str] | None =
     labels = dict(labels or {"background": 0, "lesion": 1})
     dataset_json = {"channel_names": channel_names, "labels": labels, "numTraining": 1,
                     "file_ending": ".nii.gz", "name": dataset_name}
-    plans = tiny_plans(dataset_name, channel_names, spacing_zyx=spacing_zyx)
-    folder = Path(root) / dataset_name / f"{trainer}__nnUNetPlans__3d_fullres"
+    plans = tiny_plans(dataset_name, channel_names, spacing_zyx=spacing_zyx,
+                       plans_name=plans_name, residual_encoder=residual_encoder)
+    folder = Path(root) / dataset_name / f"{trainer}__{plans_name}__3d_fullres"
     return write_model_folder(folder, dataset_json=dataset_json, plans=plans, trainer=trainer,
-                              folds=folds, favour_label=favour_label)
+                              folds=folds, favour_label=favour_label,
+                              checkpoints=checkpoints, seed=seed)
 
 
 def totalseg_model_specs(fast: bool = True, *, with_crop_model: bool = False) -> list[dict]:

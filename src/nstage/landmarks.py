@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from nstage.geometry import Point
+from nstage.morphology import bounding_box
 from nstage.thresholds import resolve
 
 Method = Literal["measured", "approximated"]
@@ -35,6 +36,34 @@ STATION7_BOTTOM = "station7_bottom"  # level: lower border of bronchus intermedi
 INFERIOR_PULMONARY_VEIN = "inferior_pulmonary_vein"  # level: station 9 upper limit
 HILUM_LEFT = "hilum_left"  # point: where the left main bronchus enters the lung
 HILUM_RIGHT = "hilum_right"
+PULMONARY_BIFURCATION = "pulmonary_bifurcation"  # level (point where measured): the pulmonary trunk divides into the right and left PA
+SVC_TOP = "superior_vena_cava_top"  # level: upper end of the SVC, where the brachiocephalic veins join
+VERTEBRA_PREFIX = "vertebra_"  # + "T4" etc.: point at the centre of that vertebral body
+
+# Segmented classes each landmark is measured from (groups expand, see anatomy.base.GROUPS), so
+# a report can say which backend measured it when anatomy comes from several (see
+# :func:`source_backend`).
+LANDMARK_CLASSES: dict[str, tuple[str, ...]] = {
+    CARINA: ("trachea", "airway", "lung_airways"),
+    TRACHEA_TOP: ("trachea",),
+    AORTIC_ARCH_TOP: ("aorta",),
+    AORTIC_ARCH_BOTTOM: ("aorta",),
+    LEFT_PA_TOP: ("pulmonary_artery",),
+    PULMONARY_BIFURCATION: ("pulmonary_artery", "pul_bifurcation"),
+    BRACHIOCEPHALIC_CROSSING: ("brachiocephalic_vein_left",),
+    SVC_TOP: ("superior_vena_cava",),
+    INFERIOR_PULMONARY_VEIN: ("pulmonary_vein",),
+    MANUBRIUM_TOP: ("sternum",),
+    CLAVICLE_TOP: ("clavicles",),
+    LUNG_APEX_LEFT: ("lung_left",),
+    LUNG_APEX_RIGHT: ("lung_right",),
+    DIAPHRAGM_LEFT: ("lung_left",),
+    DIAPHRAGM_RIGHT: ("lung_right",),
+    STATION7_BOTTOM: ("main_bronchus_left",),
+    HILUM_LEFT: ("main_bronchus_left",),
+    HILUM_RIGHT: ("main_bronchus_right",),
+}
+
 
 
 @dataclass(frozen=True)
@@ -296,10 +325,11 @@ def find(anatomy, thresholds: dict | None = None) -> Landmarks:
     _trachea_levels(ctx, out, carina)
     _bronchi(ctx, out, carina)
     if carina is not None:
-        _aortic_arch(ctx, out, carina)
-        _vessels(ctx, out, carina)
+        _aortic_arch(ctx, out, carina, th)
+        _vessels(ctx, out, carina, th)
         _station7_bottom(out, carina, th)
     _neck_levels(ctx, out)
+    _vertebrae(ctx, out)
     return complete(out, thresholds)
 
 
@@ -389,7 +419,7 @@ def _carina(ctx: _Context, out: Landmarks):
     split = None
     mbl, mbr = anatomy.mask("main_bronchus_left"), anatomy.mask("main_bronchus_right")
     both = np.nonzero(mbl.any(axis=(1, 2)) & mbr.any(axis=(1, 2)))[0]
-    if both.size and anatomy.backend == "classical":
+    if both.size and anatomy.source_of("main_bronchus_left") == "classical":
         # The classical backend starts its main bronchi at the split it found: the carina is
         # the most cranial level holding both (other sources may start bronchi higher).
         k = int(both[-1])
@@ -477,53 +507,232 @@ def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:
                                    f"distal end of the {side} main bronchus", far)
 
 
-def _aortic_arch(ctx: _Context, out: Landmarks, carina) -> None:
-    """Aortic arch top and bottom from the aorta's axial sections."""
-    import numpy as np
-    from scipy import ndimage as ndi
-
+def _aortic_arch(ctx: _Context, out: Landmarks, carina, th: dict) -> None:
+    """Aortic arch top and bottom from the aorta mask (:func:`arch_levels`)."""
     aorta = ctx.anatomy.mask("aorta")
     if not aorta.any():
         return
-    sp, zs = ctx.sp, ctx.zs
-    k_c = mm_to_k(ctx.ref, carina[2])
-    k0, k1 = _z_range(aorta)
-    if k1 <= k_c:
+    zs = ctx.zs
+    top, bottom = arch_levels(aorta, ctx.sp, min_section_mm2=th["arch_min_section_mm2"],
+                              persist_mm=th["arch_persist_mm"], speck_ml=th["vessel_speck_ml"])
+    if top is None:
+        out.notes.append(f"the segmented aorta holds only specks (pieces < "
+                         f"{th['vessel_speck_ml']} ml)")
+        return
+    if top <= mm_to_k(ctx.ref, carina[2]):
         out.notes.append("the segmented aorta does not reach above the carina")
         return
-    out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[k1], "measured",
-                                      "top of the segmented aorta")
-    px = sp[1] * sp[2]
-    bottom = None
-    for k in range(k1, k0 - 1, -1):
-        lab, n = ndi.label(aorta[k])
-        if n >= 2:
-            counts = np.bincount(lab.ravel())[1:]
-            if (counts * px >= 50.0).sum() >= 2:
-                bottom = k
-                break
+    if top == aorta.shape[0] - 1:
+        # The arch rises above the image: its top is not in view, only bounded from below.
+        typical = th["arch_bottom_above_carina_mm"] + th["arch_height_mm"]
+        z = max(float(zs[top]), carina[2] + typical)
+        out.points[AORTIC_ARCH_TOP] = _lm(
+            AORTIC_ARCH_TOP, z, "approximated",
+            f"the aorta reaches the top of the image ({zs[top]:.1f} mm): arch top above it, "
+            f"taken as carina + {typical:.0f} mm or the top of the image, whichever is higher")
+    else:
+        out.points[AORTIC_ARCH_TOP] = _lm(AORTIC_ARCH_TOP, zs[top], "measured",
+                                          "highest level of the segmented aorta")
     if bottom is not None:
         out.points[AORTIC_ARCH_BOTTOM] = _lm(
             AORTIC_ARCH_BOTTOM, zs[bottom], "measured",
-            "highest level where the aorta shows two sections (ascending, descending)")
+            "highest level below the arch where the aorta shows two separate sections "
+            "(ascending and descending aorta)")
+    else:
+        out.notes.append("no level below the top of the segmented aorta shows it as two "
+                         "separate sections: arch bottom not measured")
 
 
-def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
-    """Left pulmonary artery top, brachiocephalic crossing, inferior pulmonary vein."""
+def _without_specks(mask, spacing_zyx, min_ml: float):
+    """``mask`` without its 3D pieces (26-connected) smaller than ``min_ml``; labelled within
+    the mask's bounding box, which is all that costs time. Larger pieces all stay: a vessel
+    segmentation may break into several (an ascending aorta apart from the arch)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    box = bounding_box(mask)
+    if box[0].stop == 0:
+        return mask
+    lab, n = ndi.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    min_vox = min_ml * 1000.0 / float(np.prod(spacing_zyx))
+    keep = np.bincount(lab.ravel()) >= min_vox
+    keep[0] = False
+    out = np.zeros_like(mask, dtype=bool)
+    out[box] = keep[lab]
+    return out
+
+
+def arch_levels(aorta, spacing_zyx, *, min_section_mm2: float | None = None,
+                persist_mm: float | None = None,
+                speck_ml: float | None = None) -> tuple[int | None, int | None]:
+    """Slices of the aortic arch's top and bottom in an aorta mask.
+
+    The top is the highest slice of the aorta without its specks (3D pieces under
+    ``speck_ml``). Going down from there, the bottom is the first slice where the
+    aorta shows two separate sections (ascending and descending aorta) of at least
+    ``min_section_mm2`` each that do not join again within ``persist_mm`` below: the arch's
+    lower border (Rusch et al. 2009: station 5 lies below it, station 6 between the two borders).
+
+    Parameters
+    ----------
+    aorta : numpy.ndarray of bool
+        Aorta mask, array order ``[z, y, x]`` of a canonical image (k grows superior).
+    spacing_zyx : tuple of float
+        Voxel spacing in mm (z, y, x).
+    min_section_mm2 : float
+        Smallest section counted as a part of the aorta (mm^2); the ascending and descending
+        aorta are at least 2 cm wide (> 300 mm^2), segmentation specks far smaller.
+    persist_mm : float
+        How far below the two sections must not join again (mm).
+    speck_ml : float
+        3D pieces smaller than this (ml) are dropped first.
+    (Each defaults to the packaged ``resources/thresholds.json`` section ``landmarks``.)
+
+    Returns
+    -------
+    (top_k, bottom_k)
+        Slice indices, None where not found. ``bottom_k`` is None when the top slice itself
+        already shows the two sections (the arch lies above the image).
+    """
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    th = resolve(None)["landmarks"]
+    min_section_mm2 = th["arch_min_section_mm2"] if min_section_mm2 is None else min_section_mm2
+    persist_mm = th["arch_persist_mm"] if persist_mm is None else persist_mm
+    speck_ml = th["vessel_speck_ml"] if speck_ml is None else speck_ml
+    aorta = _without_specks(np.asarray(aorta, dtype=bool), spacing_zyx, speck_ml)
+    box = bounding_box(aorta)
+    if box[0].stop == 0:
+        return None, None
+    aorta = aorta[:, box[1], box[2]]  # slice indices unchanged
+    k0, k1 = _z_range(aorta)
+    min_vox = max(1, int(np.ceil(min_section_mm2 / (spacing_zyx[1] * spacing_zyx[2]))))
+    depth = max(1, int(round(persist_mm / spacing_zyx[0])))
+    for k in range(k1, k0 - 1, -1):
+        lab, n = ndi.label(aorta[k])
+        if n < 2:
+            continue
+        counts = np.bincount(lab.ravel())[1:]
+        big = [1 + int(c) for c in np.argsort(-counts)[:2] if counts[c] >= min_vox]
+        if len(big) < 2:
+            continue
+        if _stay_separate(aorta, k, lab == big[0], lab == big[1], depth):
+            return k1, (None if k == k1 else k)
+    return k1, None
+
+
+def _stay_separate(mask, k: int, a, b, depth: int) -> bool:
+    """True when sections ``a`` and ``b`` of slice k do not join again within ``depth`` slices
+    below (within ``mask``): two vessels, not a notch in one section's outline, nor a branch
+    stub rising from the section below."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    lo = max(0, k - depth)
+    sub = mask[lo:k + 1].copy()
+    sub[-1] = a | b
+    lab, _ = ndi.label(sub, structure=np.ones((3, 3, 3), dtype=bool))
+    return not (set(lab[-1][a].tolist()) & set(lab[-1][b].tolist()))
+
+
+def _vessels(ctx: _Context, out: Landmarks, carina, th: dict) -> None:
+    """Pulmonary artery (left PA top, bifurcation), brachiocephalic crossing, SVC top,
+    inferior pulmonary vein."""
+    _pulmonary_artery(ctx, out, carina, th)
+    _brachiocephalic_crossing(ctx, out)
+    _superior_vena_cava(ctx, out)
+    pv = ctx.anatomy.mask("pulmonary_vein")
+    if pv.any():
+        k0, _ = _z_range(pv)
+        out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, ctx.zs[k0], "measured",
+                                                  "lowest level of the pulmonary veins")
+
+
+def _pulmonary_artery(ctx: _Context, out: Landmarks, carina, th: dict) -> None:
+    """Left PA top and the pulmonary bifurcation from ``pulmonary_artery`` (and
+    TotalSegmentator's ``pul_bifurcation`` landmark mask when given)."""
+    import numpy as np
+
+    anatomy, zs = ctx.anatomy, ctx.zs
+    pa = anatomy.mask("pulmonary_artery")
+    if not pa.any():
+        return
+    pa = _without_specks(pa, ctx.sp, th["vessel_speck_ml"])
+    bif = anatomy.mask("pul_bifurcation")
+    if bif.any():
+        kk, jj, ii = np.nonzero(bif)
+        point = ctx.to_mm([kk.mean(), jj.mean(), ii.mean()])
+        out.points[PULMONARY_BIFURCATION] = _lm(
+            PULMONARY_BIFURCATION, point[2], "measured",
+            "centre of the segmented pulmonary bifurcation (pul_bifurcation)", point)
+        ref_x = float(point[0])
+    else:
+        ref_x = float(carina[0])
+        k = pa_bifurcation_level(pa)
+        if k is not None and k < pa.shape[0] - 1:
+            out.points[PULMONARY_BIFURCATION] = _lm(
+                PULMONARY_BIFURCATION, zs[k], "measured",
+                "level of the largest axial section of the pulmonary artery (trunk dividing "
+                "into the right and left PA)")
+    k_top = left_pa_top(pa, mm_to_i(ctx.ref, ref_x))
+    if k_top is None:
+        return
+    if k_top == pa.shape[0] - 1:
+        out.notes.append("the pulmonary artery reaches the top of the image: left PA top not "
+                         "measured")
+        return
+    side = "the pulmonary bifurcation" if bif.any() else "the carina"
+    out.points[LEFT_PA_TOP] = _lm(LEFT_PA_TOP, zs[k_top], "measured",
+                                  f"highest level of the pulmonary artery left of {side}")
+
+
+def left_pa_top(pa, ref_i: float) -> int | None:
+    """Highest slice holding pulmonary artery voxels left (+x, larger column) of column ``ref_i``:
+    the upper rim of the left main pulmonary artery, which arches over the left main bronchus
+    higher than the trunk and the right PA.
+
+    Parameters
+    ----------
+    pa : numpy.ndarray of bool
+        Pulmonary artery mask ``[z, y, x]`` of a canonical image.
+    ref_i : float
+        Fractional column of the dividing x (the bifurcation or the carina).
+    """
+    import numpy as np
+
+    left = pa[:, :, int(np.floor(ref_i)) + 1:] if ref_i >= 0 else pa
+    _, k1 = _z_range(left)
+    return k1
+
+
+def pa_bifurcation_level(pa) -> int | None:
+    """Slice of the largest connected axial section of a pulmonary artery mask: where the
+    trunk divides and the right PA runs horizontally towards the right hilum, trunk and both
+    main branches in one piece. (Total area per slice is not used: below the bifurcation the
+    lobar branches add separate sections of their own.)"""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    best, best_k = 0, None
+    for k in np.nonzero(pa.reshape(pa.shape[0], -1).any(axis=1))[0]:
+        lab, n = ndi.label(pa[k])
+        largest = int(np.bincount(lab.ravel())[1:].max()) if n else 0
+        if largest > best:
+            best, best_k = largest, int(k)
+    return best_k
+
+
+def _brachiocephalic_crossing(ctx: _Context, out: Landmarks) -> None:
+    """Caudal margin of the left brachiocephalic vein where it passes in front of the trachea
+    (2R/4R); approximated from the top of the SVC when only that is segmented."""
     import numpy as np
 
     anatomy, ref, zs = ctx.anatomy, ctx.ref, ctx.zs
-    if "pulmonary_artery" in ctx.names:
-        pa = anatomy.mask("pulmonary_artery")
-        if pa.any():
-            xs_ok = np.nonzero(pa)
-            left = xs_ok[2] > mm_to_i(ref, carina[0])
-            if left.any():
-                out.points[LEFT_PA_TOP] = _lm(LEFT_PA_TOP, zs[xs_ok[0][left].max()], "measured",
-                                              "top of the pulmonary artery left of the carina")
     bcv = anatomy.mask("brachiocephalic_vein_left")
     if bcv.any() and out.trachea:
-        # Caudal margin where the vein passes in front of the trachea.
         xs = np.nonzero(bcv)
         i_lo = mm_to_i(ref, min(t.right_border_x_mm for t in out.trachea))
         i_hi = mm_to_i(ref, max(t.left_border_x_mm for t in out.trachea))
@@ -532,11 +741,56 @@ def _vessels(ctx: _Context, out: Landmarks, carina) -> None:
             out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
                 BRACHIOCEPHALIC_CROSSING, zs[xs[0][over].min()], "measured",
                 "lowest level of the left brachiocephalic vein in front of the trachea")
-    pv = anatomy.mask("pulmonary_vein")
-    if pv.any():
-        k0, _ = _z_range(pv)
-        out.points[INFERIOR_PULMONARY_VEIN] = _lm(INFERIOR_PULMONARY_VEIN, zs[k0], "measured",
-                                                  "lowest level of the pulmonary veins")
+            return
+    svc = anatomy.mask("superior_vena_cava")
+    _, k1 = _z_range(svc)
+    if k1 is not None and k1 < svc.shape[0] - 1:
+        out.points[BRACHIOCEPHALIC_CROSSING] = _lm(
+            BRACHIOCEPHALIC_CROSSING, zs[k1], "approximated",
+            "no left brachiocephalic vein crossing the trachea segmented: top of the superior "
+            "vena cava (the left vein crosses just above where the two veins join)")
+
+
+def _superior_vena_cava(ctx: _Context, out: Landmarks) -> None:
+    """Top of the superior vena cava: where the brachiocephalic veins join."""
+    svc = ctx.anatomy.mask("superior_vena_cava")
+    _, k1 = _z_range(svc)
+    if k1 is None:
+        return
+    if k1 == svc.shape[0] - 1:
+        out.notes.append("the superior vena cava reaches the top of the image: its top not "
+                         "measured")
+        return
+    out.points[SVC_TOP] = _lm(SVC_TOP, ctx.zs[k1], "measured",
+                              "highest level of the superior vena cava (brachiocephalic veins "
+                              "join)")
+
+
+def _vertebrae(ctx: _Context, out: Landmarks) -> None:
+    """Centre of every vertebral body segmented whole (TotalSegmentator ``vertebrae_*``)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    anatomy = ctx.anatomy
+    wanted = {v: n for v, n in anatomy.names.items() if n.startswith("vertebrae_")}
+    if not wanted:
+        return
+    values = sorted(wanted)
+    present = np.isin(anatomy.labels, values)
+    if not present.any():
+        return
+    labels = np.where(present, anatomy.labels, 0)
+    boxes = ndi.find_objects(labels, max_label=max(values))
+    last = anatomy.labels.shape[0] - 1
+    # Vertebrae cut by the image are left out: their centre would be wrong.
+    whole = [v for v in values if boxes[v - 1] is not None
+             and boxes[v - 1][0].start > 0 and boxes[v - 1][0].stop - 1 < last]
+    centres = ndi.center_of_mass(present, labels, whole) if whole else []
+    for v, c in zip(whole, centres, strict=True):
+        name = VERTEBRA_PREFIX + wanted[v].removeprefix("vertebrae_")
+        p = ctx.to_mm(c)
+        out.points[name] = _lm(name, p[2], "measured",
+                               f"centre of the segmented {wanted[v]}", p)
 
 
 def _station7_bottom(out: Landmarks, carina, th: dict) -> None:
@@ -739,3 +993,24 @@ def mm_to_k(ref, z_mm: float) -> float:
 def mm_to_i(ref, x_mm: float) -> float:
     """Fractional column index of ``x_mm`` on a canonical image."""
     return (x_mm - ref.GetOrigin()[0]) / ref.GetSpacing()[0]
+
+
+def source_backend(name: str, landmark: Landmark, anatomy) -> str | None:
+    """Which anatomy backend measured ``landmark`` (None when it was approximated).
+
+    The backends of the classes in :data:`LANDMARK_CLASSES` present in ``anatomy``, joined
+    with " + " when several contributed (e.g. a TotalSegmentator trachea with classical
+    bronchi); ``anatomy.backend`` when none of them is present.
+    """
+    from nstage.anatomy.base import GROUPS
+
+    if landmark.approximated:
+        return None
+    if name.startswith(VERTEBRA_PREFIX):
+        classes: tuple[str, ...] = ("vertebrae_" + name.removeprefix(VERTEBRA_PREFIX),)
+    else:
+        classes = LANDMARK_CLASSES.get(name, ())
+    present = set(anatomy.names.values()) | set(anatomy.extra_masks)
+    members = [m for c in classes for m in GROUPS.get(c, (c,)) if m in present]
+    sources = sorted({anatomy.source_of(m) for m in members})
+    return " + ".join(sources) if sources else anatomy.backend

@@ -51,6 +51,8 @@ class RunOptions:
         nnU-Net v2 trained-model folder (default: ``/opt/ml/model/lesions`` when present).
     folds : tuple of int or None
         nnU-Net folds to use (None: all present).
+    lesion_checkpoint : {"final", "best"}
+        nnU-Net checkpoint of each fold (``checkpoint_final.pth`` / ``checkpoint_best.pth``).
     fast : bool
         TotalSegmentator 3 mm model.
     device : {"auto", "cpu", "cuda"}
@@ -59,6 +61,11 @@ class RunOptions:
     rules : staging.StagingRules
     thresholds : dict or None
         Overrides of ``resources/thresholds.json``.
+    anatomy_seg : tuple of Path or None
+        Precomputed TotalSegmentator results (folders of masks or multilabel files); their
+        classes win and ``anatomy`` fills the rest (see :mod:`nstage.anatomy.precomputed`).
+    anatomy_seg_task : str or None
+        TotalSegmentator task naming a multilabel file without names in its header.
     """
 
     anatomy: str = "auto"
@@ -70,6 +77,9 @@ class RunOptions:
     report: bool = True
     rules: staging.StagingRules = staging.DEFAULT_RULES
     thresholds: dict | None = None
+    lesion_checkpoint: str = "final"
+    anatomy_seg: tuple[Path, ...] | None = None
+    anatomy_seg_task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +200,8 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     with timer.step("anatomy"):
         if anatomy is None:
             anatomy = anatomy_mod.segment(work_ct, backend=options.anatomy, fast=options.fast,
-                                          device=options.device)
+                                          device=options.device, precomputed=options.anatomy_seg,
+                                          precomputed_task=options.anatomy_seg_task)
         else:
             anatomy = _anatomy_on_work_grid(anatomy, study.ct, work_ct, box)
     lung_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
@@ -213,7 +224,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             lesion_mask = lesions_mod.segment(
                 work_ct, work_pet, anatomy, backend=options.lesions,
                 model_dir=options.lesion_model, folds=options.folds, device=options.device,
-                thresholds=thresholds,
+                thresholds=thresholds, checkpoint=options.lesion_checkpoint,
             )
         lms = landmarks_job.result()
         context = context_job.result()
@@ -454,6 +465,7 @@ def _result_dict(*, study, options, n8, n9, nstage, placed, node_results, probab
         "reasons": reasons,
         "primary_side_used": nstage.primary_side,
         "backends": {"anatomy": anatomy.backend, "lesions": lesion_mask.backend},
+        "lesion_model": lesion_mask.model,
         "version": __version__,
         "edition_rules": staging.edition_rules(options.rules),
         "thresholds_changed": differences(thresholds),

@@ -1,6 +1,10 @@
-"""Anatomy backends: TotalSegmentator and the classical CT-only default."""
+"""Anatomy backends: TotalSegmentator, the classical CT-only default, and a precomputed
+TotalSegmentator result merged with one of them."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import SimpleITK as sitk
 
@@ -12,7 +16,8 @@ BACKENDS = ("auto", "classical", "totalsegmentator")
 
 
 def segment(ct: sitk.Image, backend: str = "auto", fast: bool = False,
-            device: str = "auto") -> Anatomy:
+            device: str = "auto", precomputed: Sequence[str | Path] | None = None,
+            precomputed_task: str | None = None) -> Anatomy:
     """Segment the staging anatomy of a (thorax-cropped, canonical) CT.
 
     Parameters
@@ -26,6 +31,12 @@ def segment(ct: sitk.Image, backend: str = "auto", fast: bool = False,
         TotalSegmentator's 3 mm model.
     device : {"auto", "cpu", "cuda"}
         Where TotalSegmentator runs (ignored by the classical backend).
+    precomputed : sequence of path, optional
+        Existing TotalSegmentator results (mask folders or multilabel files, see
+        :mod:`nstage.anatomy.precomputed`); their classes win, ``backend`` fills what they lack
+        (``auto`` then means classical: nothing is run twice).
+    precomputed_task : str, optional
+        TotalSegmentator task naming a multilabel file without a label table in its header.
 
     Returns
     -------
@@ -37,6 +48,20 @@ def segment(ct: sitk.Image, backend: str = "auto", fast: bool = False,
     if backend not in BACKENDS:
         raise UsageError(f"unknown anatomy backend {backend!r}",
                          hint="use one of " + ", ".join(BACKENDS))
+    given = None
+    if precomputed:
+        # Read first: a bad segmentation fails before any backend runs.
+        from nstage.anatomy.precomputed import load_precomputed, merge
+        from nstage.geometry import canonical
+
+        given = load_precomputed(precomputed, canonical(ct), task=precomputed_task)
+        if backend == "auto":
+            backend = "classical"
+    anatomy = _run_backend(ct, backend, fast, device)
+    return anatomy if given is None else merge(given, anatomy)
+
+
+def _run_backend(ct: sitk.Image, backend: str, fast: bool, device: str) -> Anatomy:
     if backend == "auto":
         # Imported lazily: the weights check needs no torch, the classical core none at all.
         from nstage.anatomy.totalseg import totalseg_weights_available

@@ -53,6 +53,9 @@ class Anatomy:
         Boolean masks for structures that overlap labelled ones (e.g. ``body``), same grid.
     notes : list of str
         What the backend could not find or approximated.
+    sources : dict of str to str
+        Which backend produced each class, where they differ (a precomputed TotalSegmentator
+        result merged with the classical backend); a class not listed comes from ``backend``.
     """
 
     labels: np.ndarray
@@ -61,6 +64,11 @@ class Anatomy:
     backend: str
     extra_masks: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def source_of(self, name: str) -> str:
+        """The backend that produced class ``name`` (``backend`` unless listed in ``sources``)."""
+        return self.sources.get(name, self.backend)
 
     def values_of(self, name: str) -> list[int]:
         members = GROUPS.get(name, (name,))

@@ -18,6 +18,9 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                         help="nnU-Net v2 trained-model folder (default /opt/ml/model/lesions)")
     parser.add_argument("--folds", default=None, metavar="0,1,...",
                         help="nnU-Net folds to use (default: all present)")
+    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                        help="nnU-Net checkpoint of each fold: checkpoint_final.pth (default) or "
+                             "checkpoint_best.pth")
     parser.add_argument("--fast", action="store_true",
                         help="TotalSegmentator's 3 mm model (faster, coarser)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -61,6 +64,9 @@ def options_from_args(args: argparse.Namespace):
         fast=args.fast,
         device=args.device,
         report=getattr(args, "report", True),
+        lesion_checkpoint=getattr(args, "checkpoint", "final"),
+        anatomy_seg=tuple(getattr(args, "anatomy_seg", None) or ()) or None,
+        anatomy_seg_task=getattr(args, "anatomy_seg_task", None),
     )
 
 

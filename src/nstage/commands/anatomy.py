@@ -23,7 +23,20 @@ def register(subparsers) -> None:
                    help="where TotalSegmentator runs")
     p.add_argument("--no-crop", dest="crop", action="store_false",
                    help="segment the whole CT instead of the thorax box")
+    add_precomputed_args(p)
     p.set_defaults(func=run)
+
+
+def add_precomputed_args(p: argparse.ArgumentParser) -> None:
+    """``--anatomy-seg`` and ``--anatomy-seg-task`` (shared with ``nstage run``)."""
+    p.add_argument("--anatomy-seg", action="append", type=Path, default=None, metavar="PATH",
+                   help="an existing TotalSegmentator result for this CT: its output folder of "
+                        "per-class masks, or one multilabel file (--ml); repeat for several "
+                        "tasks. Its classes win; the anatomy backend (auto: classical) fills "
+                        "what it lacks")
+    p.add_argument("--anatomy-seg-task", default=None, metavar="TASK",
+                   help="TotalSegmentator task of a multilabel file whose header has no label "
+                        "names (default: total; needs the models extra)")
 
 
 def read_ct(path: str | Path):
@@ -60,10 +73,16 @@ def read_ct(path: str | Path):
     return canonical(image), ImageGeometry.of(image)
 
 
-def landmarks_to_json(landmarks) -> dict:
-    """``landmarks.json`` content: carina, lung volumes, every landmark, trachea, bronchi."""
+def landmarks_to_json(landmarks, anatomy=None) -> dict:
+    """``landmarks.json`` content: carina, lung volumes, every landmark, trachea, bronchi.
+
+    With ``anatomy``, every landmark also says which backend measured it
+    (``source_backend``; null when approximated).
+    """
+    from nstage.landmarks import source_backend
+
     carina = landmarks.get("carina")
-    return {
+    doc = {
         "carina_mm": None if carina is None or carina.point_mm is None
         else [round(v, 2) for v in carina.point_mm],
         "lung_volume_ml": {k: round(v, 1) for k, v in landmarks.lung_volume_ml.items()},
@@ -79,12 +98,14 @@ def landmarks_to_json(landmarks) -> dict:
                     for side, pts in landmarks.bronchi.items()},
         "notes": list(landmarks.notes),
     }
+    if anatomy is not None:
+        for name, entry in doc["landmarks"].items():
+            entry["source_backend"] = source_backend(name, landmarks.points[name], anatomy)
+    return doc
 
 
 def run(args: argparse.Namespace) -> int:
     import time
-
-    import numpy as np
 
     from nstage import anatomy as anatomy_mod
     from nstage import landmarks as landmarks_mod
@@ -100,16 +121,19 @@ def run(args: argparse.Namespace) -> int:
                                             slice(0, size[0]))
     work = crop(ct, box)
     anatomy = anatomy_mod.segment(work, backend=args.backend, fast=args.fast,
-                                  device=args.device)
+                                  device=args.device, precomputed=args.anatomy_seg,
+                                  precomputed_task=args.anatomy_seg_task)
     lms = landmarks_mod.find(anatomy)
-    labels = paste(ct, anatomy.labels, box, dtype=np.uint8)
+    labels = paste(ct, anatomy.labels, box, dtype=anatomy.labels.dtype)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder ({exc.strerror})", out) from None
-    doc = landmarks_to_json(lms)
+    doc = landmarks_to_json(lms, anatomy)
     doc["backend"] = anatomy.backend
+    if anatomy.sources:
+        doc["class_sources"] = dict(sorted(anatomy.sources.items()))
     doc["anatomy_notes"] = list(anatomy.notes)
     doc["thorax_box"] = [[s.start, s.stop] for s in box]
     doc["seconds"] = round(time.perf_counter() - t0, 2)

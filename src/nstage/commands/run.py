@@ -12,6 +12,7 @@ from nstage.commands._common import (
     options_from_args,
     summary_lines,
 )
+from nstage.commands.anatomy import add_precomputed_args
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="PET file in SUV, or PET DICOM folder (converted to SUV from its header)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     add_backend_args(p)
+    add_precomputed_args(p)
     add_report_args(p)
     add_suv_override_args(p)
     p.set_defaults(func=main)

@@ -22,7 +22,8 @@ __all__ = ["BACKENDS", "LesionMask", "segment"]
 
 def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str = "auto",
             model_dir: Path | str | None = None, folds: Sequence[int | str] | None = None,
-            device: str = "auto", thresholds: dict | None = None) -> LesionMask:
+            device: str = "auto", thresholds: dict | None = None,
+            checkpoint: str = "final") -> LesionMask:
     """FDG-avid lesion mask on the working CT grid.
 
     Parameters
@@ -43,6 +44,8 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
     device : {"auto", "cpu", "cuda"}
     thresholds : dict, optional
         Overrides of ``resources/thresholds.json`` for the SUV backend.
+    checkpoint : {"final", "best"}
+        nnU-Net checkpoint of each fold.
 
     Raises
     ------
@@ -62,7 +65,8 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
     if backend == "nnunet":
         from nstage.lesions.nnunet import segment_nnunet
 
-        return segment_nnunet(ct, pet_suv, model_dir, folds=folds, device=device)
+        return segment_nnunet(ct, pet_suv, model_dir, folds=folds, device=device,
+                              checkpoint=checkpoint)
     from nstage.lesions.suv import segment_suv
 
     return segment_suv(ct, pet_suv, anatomy, thresholds)

@@ -2,8 +2,17 @@
 
 A trained-model folder is ``<DatasetNNN_Name>/<trainer>__<plans>__<configuration>/`` holding
 ``dataset.json`` (``channel_names``, ``labels``), ``plans.json`` and
-``fold_<k>/checkpoint_final.pth``. The folder is always loaded from its explicit path, never via
-nnU-Net's ``nnUNet_results`` variable (TotalSegmentator re-points that variable in-process).
+``fold_<k>/checkpoint_final.pth`` (and/or ``checkpoint_best.pth``). The folder is always loaded
+from its explicit path, never via nnU-Net's ``nnUNet_results`` variable (TotalSegmentator
+re-points that variable in-process).
+
+Published folders load as distributed: the network is built from ``plans.json`` with the
+trainer class's ``build_network_architecture`` when nnunetv2 ships that class, and with nnU-Net's
+default (``get_network_from_plans``, any architecture the plans name: ``PlainConvUNet``,
+``ResidualEncoderUNet`` of the ``nnUNetResEncUNet*Plans``, ...) when it does not (autoPET-style
+``nnUNetTrainer_<Variant>`` classes only change training); every fold's weights must then load
+strictly into that network, so an architecture the default cannot build fails with a clear
+message instead of predicting garbage. All folds present are ensembled unless ``folds`` names some.
 
 Channel order comes from ``dataset.json`` ``channel_names``: names such as ``CT``/``PET``/``SUV``
 decide; for non-descriptive names the normalisation scheme (``CTNormalization`` marks CT) and then
@@ -21,6 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +44,7 @@ from nstage.lesions.base import LesionMask
 BACKEND = "nnunet"
 DEFAULT_MODEL_DIR = Path("/opt/ml/model/lesions")
 CHECKPOINT = "checkpoint_final.pth"
+CHECKPOINTS = {"final": CHECKPOINT, "best": "checkpoint_best.pth"}
 _TRAINER_DIR = re.compile(r"^[^_].*__.+__.+$")  # <trainer>__<plans>__<configuration>
 _CT_TOKENS = {"ct", "cect", "ldct", "hu", "cta", "computed", "tomography"}
 _PET_PREFIXES = ("pet", "suv", "fdg")
@@ -171,14 +182,27 @@ def channel_roles(dataset_json: dict, plans: dict | None = None,
     return [str(r) for r in roles]
 
 
-def check_model_folder(path: Path | str, folds: Sequence[int | str] | None = None) -> list:
+def checkpoint_file(checkpoint: str = "final") -> str:
+    """``checkpoint_final.pth`` or ``checkpoint_best.pth`` for ``"final"`` / ``"best"``."""
+    if checkpoint in CHECKPOINTS.values():
+        return checkpoint
+    if checkpoint not in CHECKPOINTS:
+        from nstage.errors import UsageError
+
+        raise UsageError(f"unknown nnU-Net checkpoint {checkpoint!r}", hint="use final or best")
+    return CHECKPOINTS[checkpoint]
+
+
+def check_model_folder(path: Path | str, folds: Sequence[int | str] | None = None,
+                       checkpoint: str = "final") -> list:
     """Check an nnU-Net v2 trainer folder; return the folds to use.
 
     Fails fast with a one-line :class:`ModelError` for a missing folder, a missing or broken
     ``dataset.json``/``plans.json``, unusable channel names, or a missing
-    ``fold_k/checkpoint_final.pth``. ``folds=None`` means every fold present (``fold_all`` only
-    when it is the sole one).
+    ``fold_k/checkpoint_<final|best>.pth``. ``folds=None`` means every fold holding that
+    checkpoint (``fold_all`` only when it is the sole one).
     """
+    name = checkpoint_file(checkpoint)
     folder = Path(path)
     if not folder.is_dir():
         raise ModelError("nnU-Net model folder not found", path=folder,
@@ -192,18 +216,20 @@ def check_model_folder(path: Path | str, folds: Sequence[int | str] | None = Non
     channel_roles(dataset_json, plans, configuration)
     if folds is None:
         present = [p.name[len("fold_"):] for p in sorted(folder.glob("fold_*"))
-                   if (p / CHECKPOINT).is_file()]
+                   if (p / name).is_file()]
         numeric = sorted(int(f) for f in present if f.isdigit())
         chosen: list = numeric or (["all"] if "all" in present else [])
         if not chosen:
-            raise ModelError(f"no fold_*/{CHECKPOINT} in the nnU-Net model folder", path=folder,
-                             hint="copy the trained folds (fold_0 ... fold_4) into the folder")
+            other = "best" if name == CHECKPOINT else "final"
+            raise ModelError(f"no fold_*/{name} in the nnU-Net model folder", path=folder,
+                             hint="copy the trained folds (fold_0 ... fold_4) into the folder"
+                                  f" or try --checkpoint {other}")
         return chosen
     chosen = [f if str(f) == "all" else int(f) for f in folds]
     for fold in chosen:
-        checkpoint = folder / f"fold_{fold}" / CHECKPOINT
-        if not checkpoint.is_file():
-            raise ModelError(f"fold {fold} has no {CHECKPOINT}", path=checkpoint.parent,
+        checkpoint_path = folder / f"fold_{fold}" / name
+        if not checkpoint_path.is_file():
+            raise ModelError(f"fold {fold} has no {name}", path=checkpoint_path.parent,
                              hint="copy that fold or choose folds that are present")
     return chosen
 
@@ -262,31 +288,132 @@ def _model_flip(plans: dict) -> tuple[slice, slice, slice]:
     return (slice(None), slice(None), slice(None))
 
 
-def load_predictor(folder: Path, folds: Sequence, device, mirroring: bool):
-    """An initialised ``nnUNetPredictor`` for ``folder`` (errors become :class:`ModelError`)."""
+@dataclass
+class LoadedModel:
+    """An initialised ``nnUNetPredictor`` and what was loaded into it."""
+
+    predictor: object
+    trainer: str
+    trainer_class: str  # "nnunetv2" or "built from plans.json (trainer class not in nnunetv2)"
+    configuration: str
+    architecture: str
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def _load_checkpoints(folder: Path, folds: Sequence, name: str) -> list[dict]:
+    import torch
+
+    checkpoints = []
+    for fold in folds:
+        path = folder / f"fold_{fold}" / name
+        try:
+            # nnU-Net's checkpoints hold more than tensors (plans, numpy values).
+            checkpoint = torch.load(path, map_location=torch.device("cpu"), weights_only=False)
+        except Exception as exc:  # pickle/zip/torch errors all mean an unusable file
+            raise ModelError(f"cannot load the nnU-Net model ({_first_line(exc)})", path=path,
+                             hint="copy the checkpoint again from the trained model") from exc
+        if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+            raise ModelError("not an nnU-Net v2 checkpoint (no network_weights)", path=path,
+                             hint="copy the checkpoint again from the trained model")
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def trainer_class_for(trainer_name: str):
+    """nnunetv2's trainer class of that name, or None when nnunetv2 does not ship it.
+
+    Published models (autoPET's ``nnUNetTrainer_<Variant>``) often name a class that exists
+    only in their authors' code; it changes training, not the network, so the caller builds
+    the network with nnU-Net's default from the plans instead.
+    """
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        with contextlib.redirect_stdout(sys.stderr):
+            return recursive_find_trainer_class_by_name(trainer_name)
+    except Exception:  # not found, or a broken optional import inside nnunetv2's trainers
+        return None
+
+
+def build_network(plans: dict, dataset_json: dict, configuration: str, trainer_name: str):
+    """The inference network of a model folder: ``(network, plans_manager,
+    configuration_manager, trainer_class_note)``; deep supervision off."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    n_in = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    trainer_class = trainer_class_for(trainer_name)
+    note = "nnunetv2"
+    if trainer_class is None:
+        trainer_class = nnUNetTrainer
+        note = "built from plans.json (trainer class not in nnunetv2)"
+    network = trainer_class.build_network_architecture(
+        plans_manager, configuration_manager, n_in, n_out, enable_deep_supervision=False)
+    return network, plans_manager, configuration_manager, note
+
+
+def load_predictor(folder: Path, folds: Sequence, device, mirroring: bool,
+                   checkpoint: str = "final") -> LoadedModel:
+    """An initialised ``nnUNetPredictor`` for ``folder`` (errors become :class:`ModelError`).
+
+    Like nnU-Net's ``initialize_from_trained_model_folder``, but a trainer class nnunetv2 does
+    not ship does not stop the model: see :func:`trainer_class_for`.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+    name = checkpoint_file(checkpoint)
+    dataset_json = _load_json(folder / "dataset.json")
+    plans = _load_json(folder / "plans.json")
+    checkpoints = _load_checkpoints(folder, folds, name)
+    first = checkpoints[0]
+    trainer = str(first.get("trainer_name") or folder.name.split("__")[0])
+    init_args = first.get("init_args") if isinstance(first.get("init_args"), dict) else {}
+    configuration = str(init_args.get("configuration") or _configuration_of(folder, plans))
     try:
-        # nnU-Net prints notices; nstage keeps stdout for its own output.
-        with contextlib.redirect_stdout(sys.stderr):
-            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
-                                        use_mirroring=mirroring,
-                                        perform_everything_on_device=device.type == "cuda",
-                                        device=device, verbose=False, verbose_preprocessing=False,
-                                        allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
-                                                           checkpoint_name=CHECKPOINT)
-    except Exception as exc:  # torch/pickle/state-dict errors all mean an unusable model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load the nnU-Net model ({type(exc).__name__}: {first[:200]})",
-                         path=folder, hint="check the checkpoints match plans.json and that the "
-                                           "trainer class is installed") from exc
-    return predictor
+        network, plans_manager, configuration_manager, note = build_network(
+            plans, dataset_json, configuration, trainer)
+    except Exception as exc:
+        raise ModelError(f"cannot build the network of plans.json configuration "
+                         f"{configuration!r} ({_first_line(exc)})", path=folder,
+                         hint="check that plans.json belongs to these checkpoints") from exc
+    parameters = [c["network_weights"] for c in checkpoints]
+    for fold, params in zip(folds, parameters, strict=True):
+        try:
+            network.load_state_dict(params)
+        except Exception as exc:
+            why = ("the trainer class is not in nnunetv2 and its network differs from the "
+                   "plans' default" if note != "nnunetv2" else "plans.json does not match")
+            raise ModelError(f"fold {fold} {name} does not fit the network of plans.json "
+                             f"({why}: {_first_line(exc)})", path=folder / f"fold_{fold}",
+                             hint="install the package holding the trainer class, or check "
+                                  "the model folder is complete") from exc
+    network.load_state_dict(parameters[0])
+    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints notices
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
+                                    use_mirroring=mirroring,
+                                    perform_everything_on_device=device.type == "cuda",
+                                    device=device, verbose=False, verbose_preprocessing=False,
+                                    allow_tqdm=False)
+        predictor.manual_initialization(
+            network, plans_manager, configuration_manager, parameters, dataset_json, trainer,
+            first.get("inference_allowed_mirroring_axes"))
+    return LoadedModel(predictor=predictor, trainer=trainer, trainer_class=note,
+                       configuration=configuration,
+                       architecture=configuration_manager.network_arch_class_name)
 
 
 def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | None = None, *,
                    folds: Sequence[int | str] | None = None, device: str = "auto",
-                   mirroring: bool | None = None) -> LesionMask:
+                   mirroring: bool | None = None, checkpoint: str = "final") -> LesionMask:
     """FDG-avid lesion mask from an nnU-Net v2 model, on ``ct``'s grid.
 
     Parameters
@@ -303,18 +430,21 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     mirroring : bool, optional
         Test-time mirroring (8 passes); default on for CUDA, off on the CPU.
+    checkpoint : {"final", "best"}
+        ``checkpoint_final.pth`` (default) or ``checkpoint_best.pth`` of each fold.
 
     Returns
     -------
     LesionMask
         ``mask`` (bool, ``[z, y, x]`` on ``ct``'s grid) = every predicted label > 0,
-        ``backend="nnunet"``, notes naming the model, labels, channels and folds.
+        ``backend="nnunet"``, notes naming the model, labels, channels and folds, and
+        ``model``: folder, trainer, plans, configuration, folds and checkpoint used.
     """
     folder = find_lesion_model(model_dir)
     if folder is None:
         raise ModelError("no nnU-Net lesion model installed", path=DEFAULT_MODEL_DIR,
                          hint="give --lesion-model DIR or use --lesions suv")
-    chosen_folds = check_model_folder(folder, folds)
+    chosen_folds = check_model_folder(folder, folds, checkpoint)
     dataset_json = _load_json(folder / "dataset.json")
     plans = _load_json(folder / "plans.json")
     configuration = _configuration_of(folder, plans)
@@ -342,7 +472,8 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
     arrays = {"CT": ct_arr, "PET": sitk.GetArrayViewFromImage(pet_suv)}
     flip = _model_flip(plans)
     data = np.stack([np.asarray(arrays[r][box], dtype=np.float32)[flip] for r in roles])
-    predictor = load_predictor(folder, chosen_folds, dev, use_mirroring)
+    loaded = load_predictor(folder, chosen_folds, dev, use_mirroring, checkpoint)
+    predictor = loaded.predictor
     threads = torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -358,9 +489,31 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
     mask = np.zeros(ct_arr.shape, dtype=bool)
     mask[box] = seg > 0
     labels = {str(k): v for k, v in dataset_json["labels"].items() if k != "background"}
+    model = _model_record(folder, plans, loaded, chosen_folds, checkpoint_file(checkpoint))
     notes = [
-        f"nnU-Net model {folder.parent.name}/{folder.name}, folds {chosen_folds}, channels "
-        f"{roles}, lesion labels {labels}, device {dev.type}, mirroring {use_mirroring}, "
-        f"{time.perf_counter() - t0:.1f} s",
+        f"nnU-Net model {folder.parent.name}/{folder.name}, folds {chosen_folds}, "
+        f"{model['checkpoint']}, channels {roles}, lesion labels {labels}, device {dev.type}, "
+        f"mirroring {use_mirroring}, {time.perf_counter() - t0:.1f} s",
     ]
-    return LesionMask(mask=mask, backend=BACKEND, notes=notes)
+    if loaded.trainer_class != "nnunetv2":
+        notes.append(f"nnU-Net trainer class {loaded.trainer} is not part of nnunetv2: the "
+                     f"network ({model['architecture']}) was built from plans.json, which is "
+                     "all inference needs (the trainer class only changes training)")
+    return LesionMask(mask=mask, backend=BACKEND, notes=notes, model=model)
+
+
+def _model_record(folder: Path, plans: dict, loaded: LoadedModel, folds: list,
+                  checkpoint: str) -> dict:
+    """What ran, for n-stage.json's ``lesion_model``."""
+    parts = folder.name.split("__")
+    return {
+        "folder": str(folder),
+        "dataset": folder.parent.name,
+        "trainer": loaded.trainer,
+        "trainer_class": loaded.trainer_class,
+        "plans": str(plans.get("plans_name") or (parts[1] if len(parts) == 3 else "")),
+        "configuration": loaded.configuration,
+        "architecture": loaded.architecture.rsplit(".", 1)[-1],
+        "folds": [f if f == "all" else int(f) for f in folds],
+        "checkpoint": checkpoint,
+    }
