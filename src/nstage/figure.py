@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -328,7 +329,15 @@ def _start_pdf(fig, path: Path, dpi: int):
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_pdf_child, args=(fig, path, dpi, send), daemon=True,
                         name="nstage-report-pdf")
-    child.start()
+    # Ctrl-C goes to the whole process group: the child ignores it (the parent reports the
+    # interruption once and waits for it), and SIGINT stays blocked across the fork so it
+    # cannot reach the child before the child ignores it.
+    blocked = _block_sigint()
+    try:
+        child.start()
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     send.close()
 
     def wait() -> None:
@@ -351,7 +360,18 @@ def _start_pdf(fig, path: Path, dpi: int):
     return wait
 
 
+def _block_sigint() -> bool:
+    """Block SIGINT in this thread (True) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return True
+
+
 def _pdf_child(fig, path: Path, dpi: int, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         _save_atomic(fig, path, dpi)
         conn.send(None)
