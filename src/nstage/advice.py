@@ -39,11 +39,12 @@ def missing_package(package: str) -> str | None:
 def totalseg_weights_hint(fast: bool) -> str:
     """How to get TotalSegmentator's weights, or run without them."""
     task = "total_fast" if fast else "total"
-    return (f"download them once on a machine with internet with 'totalseg_download_weights -t "
-            f"{task}' (from {pip_install('models')}; they go to $TOTALSEG_HOME_DIR/nnunet/results, "
-            "default ~/.totalsegmentator) and copy them here, or set TOTALSEG_WEIGHTS_PATH to the "
-            "folder holding the DatasetNNN_* folders (TOTALSEG_HOME_DIR to the folder holding "
-            f"nnunet/results); or run without them with {ANATOMY_FALLBACK}")
+    return (f"get them once on a machine with internet: {pip_install('models')}, then "
+            f"'totalseg_download_weights -t {task}' (it saves them under "
+            "$TOTALSEG_HOME_DIR/nnunet/results, default ~/.totalsegmentator); copy them here, "
+            "or set TOTALSEG_WEIGHTS_PATH to the folder holding the DatasetNNN_* folders "
+            "(or TOTALSEG_HOME_DIR to the folder above nnunet/results); or run without them "
+            f"with {ANATOMY_FALLBACK}")
 
 
 def models_extra_hint(fallback: str) -> str:

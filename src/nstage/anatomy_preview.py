@@ -20,6 +20,7 @@ keep their true proportions. CT window W 1500 / L -300 HU (lung and mediastinum 
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def _fallback_index(labels: np.ndarray, names: dict[int, str],
 
 def render(ct: sitk.Image, labels: np.ndarray, names: dict[int, str], landmarks,
            png_path: str | Path, *, box: tuple[slice, slice, slice] | None = None,
-           title: str = "", notes: list[str] | tuple[str, ...] = ()) -> Path:
+           title: str = "", notes: list[str] | tuple[str, ...] = ()) -> Preview:
     """Draw the anatomy preview of one CT.
 
     Parameters
@@ -137,8 +138,8 @@ def render(ct: sitk.Image, labels: np.ndarray, names: dict[int, str], landmarks,
 
     Returns
     -------
-    Path
-        ``png_path``.
+    Preview
+        The PNG path and where each landmark level was drawn (for checks).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -159,7 +160,7 @@ def render(ct: sitk.Image, labels: np.ndarray, names: dict[int, str], landmarks,
     ax_cor = fig.add_axes((0.025, 0.06, 0.36, 0.85))
     ax_cor.set_anchor("W")
     ax_ax = fig.add_axes((0.575, 0.40, 0.22, 0.50))
-    _coronal(ax_cor, ct, arr, labels, landmarks, structures, colours, j, box)
+    drawn = _coronal(ax_cor, ct, arr, labels, landmarks, structures, colours, j, box)
     _axial(ax_ax, ct, arr, labels, landmarks, structures, colours, k)
     _legend(fig, structures, colours)
     _landmark_list(fig, landmarks, notes)
@@ -178,10 +179,49 @@ def render(ct: sitk.Image, labels: np.ndarray, names: dict[int, str], landmarks,
     try:
         fig.savefig(tmp, dpi=DPI, format="png")
         tmp.replace(out)
+        height = fig.get_size_inches()[1] * DPI
+        bbox = ax_cor.get_window_extent()
+        x_left, x_right = (ax_cor.transData.transform((x, 0.0))[0] for x in drawn.x_range)
+        levels = [DrawnLevel(lm.name, lm.z_mm, lm.approximated,
+                             float(height - ax_cor.transData.transform((0.0, lm.z_mm))[1]),
+                             label) for lm, label in drawn.levels]
+        return Preview(out, levels, (float(x_left), float(x_right)),
+                       (float(height - bbox.y1), float(height - bbox.y0)), centre is not None,
+                       drawn.outside)
     finally:
         tmp.unlink(missing_ok=True)
         fig.clear()
-    return out
+
+
+@dataclass
+class DrawnLevel:
+    """A landmark level as drawn on the coronal view: ``row_px`` from the PNG's top."""
+
+    name: str
+    z_mm: float
+    approximated: bool
+    row_px: float
+    label: str
+
+
+@dataclass
+class Preview:
+    """What :func:`render` drew: the PNG, the landmark levels on the coronal view, that
+    view's image columns and rows (PNG pixels), and whether a carina was there to centre on."""
+
+    png: Path
+    levels: list[DrawnLevel]
+    image_columns_px: tuple[float, float]
+    axes_rows_px: tuple[float, float]
+    through_carina: bool
+    outside: list[str]
+
+
+@dataclass
+class _Drawn:
+    levels: list
+    x_range: tuple[float, float]
+    outside: list[str]
 
 
 def _extent_coronal(ct: sitk.Image) -> tuple[float, float, float, float]:
@@ -197,7 +237,7 @@ def _window() -> dict:
 
 
 def _coronal(ax, ct, arr, labels, landmarks, structures, colours, j: int,
-             box: tuple[slice, slice, slice]) -> None:
+             box: tuple[slice, slice, slice]) -> _Drawn:
     """Coronal CT at row ``j`` with labels, every landmark level named in a gutter on the
     right (outside the image, so no name covers the anatomy)."""
     x0, x1, z0, z1 = _extent_coronal(ct)
@@ -237,6 +277,7 @@ def _coronal(ax, ct, arr, labels, landmarks, structures, colours, j: int,
     ys = spread([lm.z_mm for lm in inside], gap, vz0 + gap / 2, vz1 - gap / 2)
     width = x1 - x0
     tx = x1 + 0.08 * width
+    drawn = _Drawn([], (x0, x1), [lm.name for lm in outside])
     for lm, ty in zip(inside, ys, strict=True):
         colour = APPROXIMATED_COLOUR if lm.approximated else MEASURED_COLOUR
         style = (0, (5, 3)) if lm.approximated else "solid"
@@ -244,7 +285,9 @@ def _coronal(ax, ct, arr, labels, landmarks, structures, colours, j: int,
         ax.plot([x1, tx - 0.01 * width], [lm.z_mm, ty], color=colour, linewidth=0.8,
                 clip_on=False)
         kind = "approx." if lm.approximated else "measured"
-        ax.text(tx, ty, f"{lm.name}  z {lm.z_mm:.0f}  ({kind})", fontsize=8, va="center",
+        label = f"{lm.name}  z {lm.z_mm:.0f}  ({kind})"
+        drawn.levels.append((lm, label))
+        ax.text(tx, ty, label, fontsize=8, va="center",
                 color="black", fontweight="normal" if lm.approximated else "bold",
                 clip_on=False,
                 bbox={"facecolor": colour, "alpha": 0.35, "edgecolor": "none", "pad": 0.8})
@@ -255,6 +298,7 @@ def _coronal(ax, ct, arr, labels, landmarks, structures, colours, j: int,
         names = ", ".join(f"{lm.name} (z {lm.z_mm:.0f})" for lm in outside)
         ax.text(x0, vz0 - 0.02 * (vz1 - vz0), textwrap.fill(f"outside this view: {names}", 90),
                 fontsize=8, va="top", color="#b00000")
+    return drawn
 
 
 def _y_mm(ct: sitk.Image, j: int) -> float:
