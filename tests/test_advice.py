@@ -29,6 +29,7 @@ COMMANDS_OF = {
     "commands/_common.py": ("run", "batch"),
     "gcrun.py": ("gc-run",),
     "phantom/spec.py": ("phantom",),
+    "evaluate.py": ("evaluate",),
 }
 # advice.py holds advice shared by several modules: the commands follow the flag.
 SHARED_ADVICE = {"--anatomy": COMMANDS_OF["anatomy/totalseg.py"],
