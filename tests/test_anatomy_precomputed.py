@@ -248,7 +248,7 @@ def test_bifurcation_level_from_the_pulmonary_artery_alone(tmp_path):
 
 
 def _refused(tmp_path, capsys, segs, *extra) -> str:
-    code, _ = run_anatomy(tmp_path, "mediastinum", segs, *extra)
+    code, _ = run_anatomy(tmp_path, "mediastinum", segs, "--quiet", *extra)
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "landmarks.json").exists()

@@ -14,7 +14,14 @@ import pytest
 from conftest import real_path
 
 from nstage.errors import InputError
-from nstage.evaluate import evaluate, evaluate_files, parse_label, parse_n_label, write_reports
+from nstage.evaluate import (
+    evaluate,
+    evaluate_files,
+    parse_label,
+    parse_n_label,
+    summary_sentences,
+    write_reports,
+)
 
 CATS = ["N0", "N1", "N2", "N3"]
 
@@ -24,6 +31,7 @@ CATS = ["N0", "N1", "N2", "N3"]
 
 
 @pytest.mark.parametrize("text, expected", [
+    ("pN1(mi)", "N1"), ("pN1mi", "N1"), ("ypN1(mi)", "N1"), ("pN2(sn)", "N2"),
     ("N2", "N2"), ("cN2", "N2"), ("pN2a", "N2"), ("pN2b", "N2"), ("ypN1", "N1"),
     ("2", "N2"), ("0", "N0"), ("3", "N3"), ("n1", "N1"), ("  pn3 ", "N3"), ("N 2", "N2"),
     ("N1a", "N1"), ("N1b", "N1"), ("cN0", "N0"), ("pN1(sn)", "N1"), ("pN0(i+)", "N0"),
@@ -229,10 +237,10 @@ def test_duplicate_ids_and_missing_columns_are_clear_errors(tmp_path):
         evaluate_files(pred, truth)
     assert str(pred) in str(exc.value)
     pred.write_text("case_id,n_stage\na,N1\n")
-    truth.write_text("case_id,cN\na,N1\n")
-    with pytest.raises(InputError, match="'pN' is missing") as exc:
+    truth.write_text("case_id,stage\na,N1\n")
+    with pytest.raises(InputError, match="neither a cN nor a pN column") as exc:
         evaluate_files(pred, truth)
-    assert str(truth) in str(exc.value)
+    assert str(truth) in str(exc.value) and "--truth-columns" in str(exc.value)
 
 
 # ---------------------------------------------------------------------------
@@ -311,3 +319,155 @@ def test_cli_bad_input_exit_2_one_line(tmp_path):
     res = _cli("--pred", tmp_path / "missing.csv", "--truth", tmp_path / "truth.csv",
                "--out", tmp_path / "out")
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+# ---------------------------------------------------------------------------
+# A hospital's own table: delimiters, column names, one reference column, descriptors
+
+
+# Clinical N of the first Lung1 cases, read by hand from
+# ../shared/data/real/clinical/nsclc-radiomics-lung1-clinical.csv (column Clinical.N.Stage),
+# and predictions written by hand against them. LUNG1-167 is coded 4 (invalid) in the file.
+LUNG1_HAND = [
+    # case, clinical N in the file, prediction, AI vs clinical
+    ("LUNG1-001", "N3", "N3", "same"),
+    ("LUNG1-002", "N0", "N0", "same"),
+    ("LUNG1-003", "N3", "N2", "lower"),
+    ("LUNG1-004", "N1", "N1", "same"),
+    ("LUNG1-005", "N2", "N2", "same"),
+    ("LUNG1-006", "N1", "N2", "higher"),
+    ("LUNG1-007", "N2", "N2", "same"),
+    ("LUNG1-008", "N2", "N0", "lower"),
+    ("LUNG1-009", "N2", "N2", "same"),
+    ("LUNG1-010", "N3", "N3", "same"),
+    ("LUNG1-011", "N0", "N1", "higher"),
+    ("LUNG1-012", "N2", "N2", "same"),
+    ("LUNG1-167", "code 4", "N2", "excluded"),
+]
+# rows = clinical N0..N3, columns = AI N0..N3, counted from the table above
+LUNG1_CONFUSION = [[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 4, 0], [0, 0, 1, 2]]
+
+
+def _lung1_pred(path):
+    pd.DataFrame({"case_id": [c for c, *_ in LUNG1_HAND],
+                  "n_stage": [p for _, _, p, _ in LUNG1_HAND]}).to_csv(path, index=False)
+    return path
+
+
+def test_real_lung1_table_with_its_own_column_names_and_no_pn(tmp_path):
+    """The real Lung1 table as it is (quoted header, PatientID, Clinical.N.Stage coded 0-3,
+    no pathological N): only AI vs clinical can be computed; the rest is skipped, said so."""
+    truth = real_path("clinical", "nsclc-radiomics-lung1-clinical.csv")
+    pred = _lung1_pred(tmp_path / "pred.csv")
+    out = tmp_path / "out"
+    res = _cli("--pred", pred, "--truth", truth, "--out", out, "--bootstrap", "50",
+               "--truth-columns", "case_id=PatientID,cN=Clinical.N.Stage")
+    assert res.returncode == 0, res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    r = m["ai_vs_clinical"]
+    assert r["n"] == 12 and r["accuracy"]["count"] == 8
+    assert r["upstaging_rate"]["count"] == 2 and r["downstaging_rate"]["count"] == 2
+    assert r["confusion"] == LUNG1_CONFUSION
+    reasons = {e["case_id"]: e["reason"] for e in r["excluded"]["cases"]}
+    assert len(reasons) == 422 - 12
+    assert "code 4" in reasons["LUNG1-167"]
+    assert "no prediction" in reasons["LUNG1-013"]
+    for key in ("ai_vs_pathological", "clinical_vs_pathological", "mcnemar_ai_vs_clinical"):
+        assert m[key]["skipped"] is True and "no pN column" in m[key]["reason"]
+    assert m["reference_columns"] == ["cN"]
+    assert m["inputs"]["truth_columns"] == {"case_id": "PatientID", "cN": "Clinical.N.Stage"}
+    assert "AI vs pathology: skipped: the reference table has no pN column." in res.stderr
+    assert "McNemar test of AI vs clinical staging: skipped" in res.stderr
+    md = (out / "report.md").read_text()
+    assert "## AI vs pathology" in md and "Skipped: the reference table has no pN column." in md
+    assert (out / "confusion_ai_vs_clinical.png").is_file()
+    assert not (out / "confusion_ai_vs_pathological.png").exists()
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_tables_give_the_same_result(tmp_path, sep):
+    """The Lung1 table saved with another delimiter (and the predictions with decimal
+    commas, as Excel writes semicolon files in much of Europe) gives the same metrics."""
+    truth = pd.read_csv(real_path("clinical", "nsclc-radiomics-lung1-clinical.csv"), dtype=str)
+    pred = pd.read_csv(_lung1_pred(tmp_path / "pred.csv"), dtype=str)
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(4), size=len(pred))
+    for k in range(4):
+        pred[f"p_N{k}"] = [f"{v:.4f}" for v in p[:, k]]
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    comma_pred = pred.copy()
+    for k in range(4):
+        comma_pred[f"p_N{k}"] = comma_pred[f"p_N{k}"].str.replace(".", ",", regex=False)
+    (comma_pred if sep == ";" else pred).to_csv(tmp_path / "pred2.csv", index=False, sep=sep)
+    truth.to_csv(tmp_path / "truth2.csv", index=False, sep=sep)
+    columns = {"case_id": "PatientID", "cN": "Clinical.N.Stage"}
+    a = evaluate_files(tmp_path / "pred.csv", tmp_path / "truth.csv", n_boot=30,
+                       truth_columns=columns)
+    b = evaluate_files(tmp_path / "pred2.csv", tmp_path / "truth2.csv", n_boot=30,
+                       truth_columns=columns)
+    assert b["inputs"]["truth_delimiter"] == sep and b["inputs"]["pred_delimiter"] == sep
+    assert a["inputs"]["truth_delimiter"] == ","
+    a.pop("inputs"), b.pop("inputs")
+    assert a == b
+    assert a["ai_vs_clinical"]["n2_3_vs_n0_1"]["roc_auc"]["value"] is not None
+
+
+def test_table_with_only_pn_skips_the_clinical_comparisons():
+    pred = pd.DataFrame({"case_id": list("abcdefghijk"),
+                         "n_stage": ["N0", "N1", "N2", "N2", "N3", "N0", "N0", "N2", "N1",
+                                     "N3", "N0"]})
+    truth = pd.DataFrame({"case_id": list("abcdefghijk"),
+                          "pN": ["pN0", "pN1(mi)", "pN2a", "pN2b", "pN3", "pN0(i+)", "pN1",
+                                 "pN2", "pN1(sn)", "pN2", "pN0"]})
+    m = evaluate(pred, truth, n_boot=0)
+    r = m["ai_vs_pathological"]
+    # by hand: all agree except g (pN1, AI N0: lower) and j (pN2, AI N3: higher)
+    assert r["n"] == 11 and r["accuracy"]["count"] == 9
+    assert r["downstaging_rate"]["count"] == 1 and r["upstaging_rate"]["count"] == 1
+    assert m["clinical_vs_pathological"]["skipped"] and m["ai_vs_clinical"]["skipped"]
+    assert "no cN column" in m["ai_vs_clinical"]["reason"]
+    notes = {n["case_id"]: n["note"] for n in m["label_notes"]}
+    assert set(notes) == {"b", "f", "i"}
+    assert "micrometastasis" in notes["b"] and "read as N1" in notes["b"]
+    assert "isolated tumour cells" in notes["f"] and "read as N0" in notes["f"]
+    lines = summary_sentences(m)
+    assert any("3 label(s) with a descriptor were read as their category" in s for s in lines)
+
+
+def test_fewer_than_ten_cases_warn_instead_of_claiming_certainty(tmp_path):
+    pred = pd.DataFrame({"case_id": list("abcdef"),
+                         "n_stage": ["N0", "N1", "N2", "N2", "N3", "N0"]})
+    truth = pd.DataFrame({"case_id": list("abcdef"), "cN": ["N0", "N1", "N2", "N1", "N3", "N0"],
+                          "pN": ["N0", "N1", "N2", "N2", "N3", "N1"]})
+    m = evaluate(pred, truth, n_boot=50)
+    r = m["ai_vs_pathological"]
+    assert r["n"] == 6
+    assert "6 cases" in r["accuracy"]["warning"] and "unreliable" in r["accuracy"]["warning"]
+    assert "warning" in r["weighted_kappa_quadratic"]
+    assert any(w.startswith("AI vs pathology: 6 case(s), fewer than 10") for w in m["warnings"])
+    assert any("Warning: only 6 case(s)" in s for s in summary_sentences(m))
+    write_reports(m, tmp_path)
+    assert "warning: rests on 6 cases" in (tmp_path / "report.md").read_text()
+    # ten cases or more: the overall interval carries no warning
+    big = evaluate(pd.concat([pred.assign(case_id=pred.case_id + str(i)) for i in range(2)]),
+                   pd.concat([truth.assign(case_id=truth.case_id + str(i)) for i in range(2)]),
+                   n_boot=0)
+    assert big["ai_vs_pathological"]["n"] == 12
+    assert "warning" not in big["ai_vs_pathological"]["accuracy"]
+
+
+def test_truth_columns_errors_are_one_line_exit_2(tmp_path):
+    (tmp_path / "pred.csv").write_text("case_id,n_stage\na,N1\n")
+    (tmp_path / "truth.csv").write_text("id;clinical\na;N1\n")
+    out = tmp_path / "out"
+    res = _cli("--pred", tmp_path / "pred.csv", "--truth", tmp_path / "truth.csv", "--out", out,
+               "--truth-columns", "case_id=id,cN=clinical")
+    assert res.returncode == 0, res.stderr
+    for bad, expected in (("case_id=id,xN=clinical", "'xN', not one of case_id, cN, pN"),
+                          ("case_id=id,cN", "is not NAME=COLUMN"),
+                          ("case_id=id,cN=cN_clin", "column 'cN_clin' (given for cN) is missing")):
+        res = _cli("--pred", tmp_path / "pred.csv", "--truth", tmp_path / "truth.csv",
+                   "--out", out, "--truth-columns", bad)
+        assert res.returncode == 2
+        assert len(res.stderr.strip().splitlines()) == 1 and expected in res.stderr, res.stderr

@@ -345,3 +345,119 @@ def test_report_of_a_staged_phantom(name, tmp_path):
     if name == "NX":
         assert markers == [] and res["reasons"]
         assert _red_text_pixels(png, 0.15, 0.21) > 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Full reasons, slice positions, the primary's lobe, 9th edition probabilities
+
+
+def _long_case():
+    """The N3 case (8 counted nodes) with reasons as long as the pipeline writes them."""
+    case = make_case("N3")
+    reason = ("N3: SUVmax 6.8 > blood pool 1.7 (x3.9) and >= 2.5; short axis 19 mm (>= 10 mm "
+              "supports); station {s} (right): lower paratracheal: 47 mm right of the left "
+              "tracheal border (x=+8), below the brachiocephalic crossing, above the azygos lower "
+              "border; 18 mm from the approximated 4R/10R boundary, lower confidence; landmarks: "
+              "brachiocephalic crossing z=-703 (approximated: no left brachiocephalic vein "
+              "segmented: carina + 50 mm (it crosses the trachea just above the aortic arch)), "
+              "azygos lower border z=-753 (approximated: no azygos class in any backend: carina "
+              "level); approximated: brachiocephalic crossing, azygos lower border; END-{s}")
+    for i, node in enumerate(case.result["nodes"]):
+        node["reason"] = reason.format(s=node["station"])
+        node["ct_slice_index"], node["ct_instance_number"] = 10 + i, 90 - i
+    case.result["inputs"] = {"ct_size": [96, 96, 60]}
+    return case
+
+
+def _words(text: str) -> list[str]:
+    return " ".join(text.split()).split(" ")
+
+
+def test_every_reason_is_printed_in_full():
+    case = _long_case()
+    marks = figure._marks(case.result)
+    paragraphs = figure.detail_paragraphs(case.result, marks)
+    for node in case.result["nodes"]:
+        body = next(p.body for p in paragraphs if p.head.startswith("#") and
+                    f" {node['station']} " in p.head)
+        # every part of the node's reason is there, word for word (the leading "N3:" is in
+        # the heading), ending with its last word
+        assert f"END-{node['station']}" in body
+        for part in node["reason"].split("; ")[1:]:
+            assert " ".join(part.split()) in " ".join(body.split())
+    for size_box in ((450.0, 170.0), (450.0, 60.0), (200.0, 40.0)):
+        size, lines, _ = figure.fit_paragraphs(paragraphs, *size_box)
+        chars = int(size_box[0] / (figure.MONO_ADVANCE * size))
+        assert all(len(text) <= chars for text, *_ in lines)  # wrapped, never clipped
+        joined = _words(" ".join(text for text, *_ in lines))
+        expected = _words(" ".join(f"{p.head} {p.body}" for p in paragraphs))
+        assert joined == expected  # nothing lost, nothing cut
+
+
+def test_long_case_stays_one_page(tmp_path):
+    case = _long_case()
+    markers = render(case.result, case.ct, case.pet, tmp_path / "r.png", tmp_path / "r.pdf")
+    pdf = (tmp_path / "r.pdf").read_bytes()
+    assert len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) == 1
+    assert len(markers) == 9
+    assert sum(m.crop_xy is not None for m in markers) >= 3  # crops give way to the reasons
+
+
+def test_node_slice_position_and_primary_lobe_are_written():
+    case = _long_case()
+    result = case.result
+    marks = figure._marks(result)
+    heads = [p.head for p in figure.detail_paragraphs(result, marks)]
+    node = result["nodes"][0]
+    number = next(m.marker.number for m in marks if m.entry is node)
+    head = next(h for h in heads if h.startswith(f"#{number} "))
+    # input CT slice 1-based (index 10 -> slice 11 of 60), and the DICOM image number
+    assert f"z {node['centroid_mm'][2]:.1f} mm, CT slice 11/60, DICOM image 90" in head
+    assert "P 0.80" in head or f"P {node['probability']:.2f}" in head
+    assert f"station confidence {node['station_confidence']:.2f}" in head
+    assert any(h.startswith("T primary tumour: left upper lobe") for h in heads)
+    result["primary_tumor"]["lobe"] = None
+    heads = [p.head for p in figure.detail_paragraphs(result, figure._marks(result))]
+    assert any("left lung, lobe not determined" in h for h in heads)
+
+
+def test_ninth_edition_probabilities_are_drawn_when_present(tmp_path):
+    """probabilities_9th (written by the pipeline, never computed here) splits the N2 bar."""
+    case = make_case("N2b")
+    png = {}
+    for name, extra in (("plain", {}), ("ninth", {"probabilities_9th": {
+            "N0": 0.05, "N1": 0.05, "N2a": 0.25, "N2b": 0.60, "N3": 0.05}})):
+        render({**case.result, **extra}, case.ct, case.pet, tmp_path / f"{name}.png", None)
+        png[name] = mpimg.imread(tmp_path / f"{name}.png")[..., :3]
+    diff = np.any(np.abs(png["plain"] - png["ninth"]) > 0.05, axis=-1)
+    rows, cols = np.nonzero(diff)
+    h, w = diff.shape
+    # the changes are in the P(N) box of the header (figure x 0.21-0.45, y top 0-0.15)
+    assert rows.size > 50
+    assert rows.max() < 0.15 * h and cols.min() > 0.21 * w and cols.max() < 0.45 * w
+
+
+@pytest.mark.parametrize("box", [(0.455, 0.012, 0.53, 0.27), (0.455, 0.012, 0.53, 0.06)])
+def test_details_text_stays_inside_its_box(box):
+    """Measured on the drawn text: the fitted reasons end inside the box (or, when even the
+    smallest size cannot hold them, they run on, never cut, and only downwards)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    case = _long_case()
+    paragraphs = figure.detail_paragraphs(case.result, figure._marks(case.result))
+    fig = Figure(figsize=figure.FIGSIZE, dpi=figure.DPI)
+    canvas = FigureCanvasAgg(fig)
+    figure._details(fig, box, paragraphs)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    left, bottom, w, h = box
+    fig_w, fig_h = fig.get_size_inches()
+    _, _, fits = figure.fit_paragraphs(paragraphs, w * fig_w * 72, h * fig_h * 72)
+    for text in fig.texts:
+        extent = text.get_window_extent(renderer)
+        assert extent.x1 <= (left + w) * width + 1  # wrapped within the width
+        assert extent.y1 <= (bottom + h) * height + 1
+        if fits:
+            assert extent.y0 >= bottom * height - 1

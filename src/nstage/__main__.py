@@ -1,5 +1,5 @@
 import sys
 
-from nstage.cli import main
+from nstage.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

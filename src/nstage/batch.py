@@ -408,23 +408,37 @@ def run_batch(source: str | Path | list[Case], out: str | Path, options=None, *,
     todo = [c for c in cases if not is_finished(out, c.case_id)]
     summary = BatchSummary(total=len(cases), skipped=len(cases) - len(todo))
     bar = _progress(len(cases), summary.skipped, "nstage batch") if progress else None
+    running: list[str] = []
+
+    def show() -> None:
+        if bar is not None:  # the cases in flight, by name
+            bar.set_postfix_str(f"ok {summary.ok + summary.skipped}, failed {summary.failed}"
+                                + (f"; running {', '.join(running)}" if running else ""))
+
+    def started(case_id: str) -> None:
+        running.append(case_id)
+        show()
 
     def record(case_id: str, status: str, error: str) -> None:
+        if case_id in running:
+            running.remove(case_id)
         if status == STATUS_OK:
             summary.ok += 1
         else:
             summary.failed += 1
             summary.errors[case_id] = error
         if bar is not None:
-            bar.set_postfix(ok=summary.ok + summary.skipped, failed=summary.failed)
+            bar.write(_case_line(out, case_id, status, error), file=sys.stderr)
+            show()
             bar.update(1)
 
     try:
         if workers <= 1 or len(todo) <= 1:
             for case in todo:
+                started(case.case_id)
                 record(*run_one(case, out, options, runner))
         else:
-            _run_parallel(todo, out, options, runner, workers, record)
+            _run_parallel(todo, out, options, runner, workers, record, started)
     finally:
         if bar is not None:
             bar.close()
@@ -433,8 +447,18 @@ def run_batch(source: str | Path | list[Case], out: str | Path, options=None, *,
     return summary
 
 
+def _case_line(out: Path, case_id: str, status: str, error: str) -> str:
+    """One line per finished case for the progress output: its N stage or its error."""
+    if status != STATUS_OK:
+        return f"nstage batch: {case_id}: {status}: {error}"
+    result = read_result(case_dir(out, case_id)) or {}
+    return (f"nstage batch: {case_id}: {result.get('n_stage', '?')} "
+            f"({result.get('n_stage_9th', '?')} 9th edition)")
+
+
 def _run_parallel(todo: list[Case], out: Path, options, runner: Runner, workers: int,
-                  record: Callable[[str, str, str], None]) -> None:
+                  record: Callable[[str, str, str], None],
+                  started: Callable[[str], None] = lambda case_id: None) -> None:
     """Keep ``workers`` cases in flight; a dead worker fails only its own cases."""
     import multiprocessing
 
@@ -448,6 +472,7 @@ def _run_parallel(todo: list[Case], out: Path, options, runner: Runner, workers:
                 while queue and len(running) < workers:
                     case = queue.pop()
                     running[pool.submit(run_one, case, out, options, runner)] = case
+                    started(case.case_id)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     case = running.pop(fut)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ MIP_SUV_MAX = 6.0  # SUVbw at which the inverted-grey MIP is black (nodes of 3-4
 FUSION_SUV_MAX = 8.0  # SUVbw at the top of the fusion colour scale
 FUSION_ALPHA = (1.0, 4.0, 0.8)  # PET opacity: 0 at SUV 1, rising to 0.8 at SUV 4 and above
 CROP_MM = 90.0  # field of view of each axial crop (square, mm)
-MAX_PANELS = 6
+MAX_PANELS = 6  # crops: two rows of three (one row when the reasons need the room)
 DPI = 120
 FIGSIZE = (11.69, 8.27)  # A4 landscape, inches
 COLOURS = {"primary": "#c21fc2", "N1": "#f2d600", "N2": "#ff8c00", "N3": "#e8001c",
@@ -258,10 +259,16 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
         ax_mip = fig.add_axes((0.015, 0.30, 0.41, body_top - 0.33))
         _mip(fig, ax_mip, pet, pet_arr, result, marks)
         _node_table(fig, ax_mip, result, marks)
-        panels = marks[:MAX_PANELS]
+        paragraphs = detail_paragraphs(result, marks)
+        layout = _choose_layout(fig, body_top, paragraphs, len(marks))
+        panels = marks[:layout.panels]
         crop_axes = _crops(fig, ct, ct_arr, pet, pet_arr if pet_on_ct else None, result,
-                           panels, body_top)
-        _trace_text(fig, result, marks)
+                           panels, layout)
+        if len(marks) > len(panels):
+            rest = ", ".join(f"#{m.marker.number} {m.marker.label} {m.marker.kind}"
+                             for m in marks[len(panels):])
+            paragraphs.insert(0, Paragraph(f"Not shown as crops (see the MIP): {rest}"))
+        _details(fig, layout.details, paragraphs)
 
         png_path = Path(png_path)
         png_path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +307,21 @@ def render(result: dict, ct: sitk.Image, pet: sitk.Image, png_path: Path,
     return [m.marker for m in marks]
 
 
+def _choose_layout(fig, body_top: float, paragraphs: list[Paragraph], n_marks: int
+                   ) -> _Layout:
+    """As many rows of crops as the marks need (at most two) when the details fit under
+    them at a readable size (>= 4.5 pt), else one row, so every reason is printed in full."""
+    fig_w, fig_h = fig.get_size_inches()
+    wanted = min(2, -(-n_marks // 3))
+    for rows in range(max(wanted, 1), 0, -1):
+        layout = _layout(body_top, rows, n_marks > 0)
+        _, _, width, height = layout.details
+        size, _, fits = fit_paragraphs(paragraphs, width * fig_w * 72.0, height * fig_h * 72.0)
+        if fits and size >= 4.5:
+            return layout
+    return layout
+
+
 # Longest wait for the PDF (s); it takes about a third of a second.
 PDF_TIMEOUT_S = 120.0
 
@@ -328,7 +350,15 @@ def _start_pdf(fig, path: Path, dpi: int):
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_pdf_child, args=(fig, path, dpi, send), daemon=True,
                         name="nstage-report-pdf")
-    child.start()
+    # Ctrl-C goes to the whole process group: the child ignores it (the parent reports the
+    # interruption once and waits for it), and SIGINT stays blocked across the fork so it
+    # cannot reach the child before the child ignores it.
+    blocked = _block_sigint()
+    try:
+        child.start()
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     send.close()
 
     def wait() -> None:
@@ -351,7 +381,18 @@ def _start_pdf(fig, path: Path, dpi: int):
     return wait
 
 
+def _block_sigint() -> bool:
+    """Block SIGINT in this thread (True) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return True
+
+
 def _pdf_child(fig, path: Path, dpi: int, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         _save_atomic(fig, path, dpi)
         conn.send(None)
@@ -404,17 +445,37 @@ def _header(fig, result: dict) -> float:
     probs = result.get("probabilities") or {}
     cats = ["N0", "N1", "N2", "N3"]
     values = [probs.get(c) for c in cats]
-    pax.set_title("P(N category)", fontsize=8, loc="left", pad=2)
+    pax.set_title("P(N category)" + (", N2a hatched" if _n2_split(result)
+                                     else ""), fontsize=7.5, loc="left", pad=2)
     if all(v is None for v in values):
         pax.axis("off")
         pax.text(0.0, 0.5, "not available" + (" (NX)" if is_nx else ""), fontsize=9,
                  va="center", color="#555555")
     else:
         vals = [float(v) if v is not None else 0.0 for v in values]
-        pax.barh(range(4), vals, color=[COLOURS[c] for c in cats], edgecolor="black",
-                 linewidth=0.5, height=0.7)
+        split = _n2_split(result)
+        colours = [COLOURS[c] for c in cats]
+        if split is not None:  # N2 drawn as N2a (hatched) + N2b, the 9th edition's split
+            colours[2] = "none"
+        pax.barh(range(4), vals, color=colours, edgecolor="black", linewidth=0.5, height=0.7)
+        labels = [_fmt(v, 2) for v in values]
+        if split is not None:
+            n2a, n2b = split
+            pax.barh([2], [n2a], color=COLOURS["N2"], edgecolor="black", linewidth=0.5,
+                     height=0.7, hatch="////")
+            pax.barh([2], [n2b], left=[n2a], color=COLOURS["N2"], edgecolor="black",
+                     linewidth=0.5, height=0.7)
+            if n2a + n2b <= 0.4:  # room after the bar (the axes end at 1.25)
+                labels[2] += f" (a {_fmt(n2a, 2)}, b {_fmt(n2b, 2)})"
+            else:  # inside the segments wide enough to hold it
+                for x0, width, name in ((0.0, n2a, "a"), (n2a, n2b, "b")):
+                    if width >= 0.2:
+                        pax.text(x0 + width / 2, 2, f"{name} {_fmt(width, 2)}", ha="center",
+                                 va="center", fontsize=6, fontweight="bold",
+                                 bbox={"facecolor": "white", "alpha": 0.8, "pad": 0.3,
+                                       "edgecolor": "none"})
         for i, v in enumerate(values):
-            pax.text(min(float(v or 0.0), 1.0) + 0.02, i, _fmt(v, 2), va="center", fontsize=7)
+            pax.text(min(float(v or 0.0), 1.0) + 0.02, i, labels[i], va="center", fontsize=7)
         pax.set_yticks(range(4), cats, fontsize=7)
         pax.invert_yaxis()
         pax.set_xlim(0, 1.25)
@@ -438,6 +499,16 @@ def _header(fig, result: dict) -> float:
     return 0.79
 
 
+def _n2_split(result: dict) -> tuple[float, float] | None:
+    """(P(N2a), P(N2b)) from ``probabilities_9th`` when the result has them (drawn, never
+    computed here)."""
+    p9 = result.get("probabilities_9th") or {}
+    n2a, n2b = p9.get("N2a"), p9.get("N2b")
+    if n2a is None or n2b is None:
+        return None
+    return float(n2a), float(n2b)
+
+
 def nx_banner(result: dict, width: int = 118) -> list[str]:
     """The (at most two) lines of the red NX banner: why N cannot be assessed."""
     reasons = result.get("reasons") or ["no reason recorded"]
@@ -452,8 +523,8 @@ def _header_lines(result: dict) -> list[tuple[str, float, str, str, float]]:
     """Header text lines after the research line: (text, size pt, colour, weight, step)."""
     primary = result.get("primary_tumor")
     if primary:
-        where = " ".join(w for w in (primary.get("side"), primary.get("lobe"),
-                                     "lobe" if primary.get("lobe") else "lung") if w)
+        where = (f"{primary.get('side')} {primary['lobe']} lobe" if primary.get("lobe")
+                 else f"{primary.get('side')} lung (lobe not determined)")
         ptext = (f"Primary tumour: {where}, SUVmax {_fmt(primary.get('suv_max'))}, "
                  f"{_fmt(primary.get('volume_ml'))} ml")
         second = primary.get("second_primary")
@@ -581,21 +652,44 @@ def _mip(fig, ax, pet: sitk.Image, pet_arr: np.ndarray, result: dict,
     cbar.ax.tick_params(labelsize=7, length=2, pad=1)
 
 
+def _slice_text(entry: dict, result: dict, short: bool = False) -> str:
+    """Where to find a lesion in a viewer: z (mm) and the slice of the input CT (1-based, as
+    viewers count), with the DICOM image number when the CT was DICOM."""
+    centroid = entry.get("centroid_mm") or [None] * 3
+    parts = [f"z {_fmt(centroid[2])} mm"]
+    index = entry.get("ct_slice_index")
+    if index is not None:
+        size = (result.get("inputs") or {}).get("ct_size") or []
+        of = f"/{size[2]}" if len(size) == 3 else ""
+        parts.append(f"slice {index + 1}{of}" if short else f"CT slice {index + 1}{of}")
+    number = entry.get("ct_instance_number")
+    if number is not None:
+        parts.append(f"image {number}" if short else f"DICOM image {number}")
+    return ", ".join(parts)
+
+
 def _node_table(fig, ax_mip, result: dict, marks: list[_Mark]) -> None:
     """All regional node candidates, counted first, as a compact text table under the MIP."""
     counted = [(m.marker.number, m.entry, m.marker.kind) for m in marks
                if m.marker.kind != "primary"]
     negatives = sorted(result.get("negative_node_candidates") or [],
                        key=lambda n: -(n.get("suv_max") or 0.0))
-    rows = [f"{'#':>2} {'stn':<4} {'N':<3} {'SUVmax':>6} {'SA mm':>6} {'P':>5}  counted"]
+    rows = [f"{'#':>2} {'stn':<4} {'N':<3} {'SUVmax':>6} {'SA mm':>5} {'P':>4} {'conf':>4} "
+            f"{'z mm':>7} {'slice':>5}  counted"]
+
+    def row(number, entry, kind, counted_text):
+        index = entry.get("ct_slice_index")
+        return (f"{number:>2} {entry.get('station') or '?':<4} {kind:<3} "
+                f"{_fmt(entry.get('suv_max')):>6} {_fmt(entry.get('short_axis_mm')):>5} "
+                f"{_fmt(entry.get('probability'), 2):>4} "
+                f"{_fmt(entry.get('station_confidence'), 2):>4} "
+                f"{_fmt((entry.get('centroid_mm') or [None] * 3)[2]):>7} "
+                f"{'-' if index is None else index + 1:>5}  {counted_text}")
+
     for number, entry, kind in counted:
-        rows.append(f"{number:>2} {entry.get('station', '?'):<4} {kind:<3} "
-                    f"{_fmt(entry.get('suv_max')):>6} {_fmt(entry.get('short_axis_mm')):>6} "
-                    f"{_fmt(entry.get('probability'), 2):>5}  yes")
+        rows.append(row(number, entry, kind, "yes"))
     for entry in negatives:
-        rows.append(f"{'-':>2} {entry.get('station') or '?':<4} {'-':<3} "
-                    f"{_fmt(entry.get('suv_max')):>6} {_fmt(entry.get('short_axis_mm')):>6} "
-                    f"{_fmt(entry.get('probability'), 2):>5}  no")
+        rows.append(row("-", entry, "-", "no"))
     others = result.get("other_lesions") or []
     limit = 11
     extra = len(rows) - 1 - limit
@@ -609,38 +703,70 @@ def _node_table(fig, ax_mip, result: dict, marks: list[_Mark]) -> None:
         rows.append(f"   {len(lung)} other lung lesion(s) (T descriptor / M1a), not nodes")
     if others:
         rows.append(f"   {len(others)} other FDG-avid lesion(s), not regional nodes")
+    rows += ["P: probability the node is involved; conf: station confidence;",
+             "slice: of the input CT as given, 1-based"]
     ax_mip.apply_aspect()
     top = ax_mip.get_position().y0 - 0.095
     fig.text(0.03, top, "Regional node candidates", fontsize=8.5, fontweight="bold", va="top")
-    fig.text(0.03, top - 0.022, "\n".join(rows), fontsize=7, family="monospace", va="top",
+    fig.text(0.03, top - 0.022, "\n".join(rows), fontsize=6.6, family="monospace", va="top",
              linespacing=1.15)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """The right-hand column: crop rows, then the colour bar band, then the details text."""
+
+    rows: int  # rows of crops (3 per row)
+    top: float  # figure fraction where the first row's images start (below its titles)
+    details: tuple[float, float, float, float]  # left, bottom, width, height (figure fraction)
+
+    @property
+    def panels(self) -> int:
+        return 3 * self.rows
+
+    @property
+    def crops_bottom(self) -> float:
+        return self.top - self.rows * CELL_H
+
+
+RIGHT = (0.45, 0.99)  # left and right edge of the right-hand column (figure fraction)
+IMG_H = 0.165  # crop image height (figure fraction): 1.36 in
+CELL_H = IMG_H + 0.075  # image, three lines of text under it, the next row's title
+BAND_H = 0.05  # colour bar and caption under the crops
+
+
+def _layout(body_top: float, rows: int, any_panel: bool) -> _Layout:
+    top = body_top - 0.025  # room for the first row's titles
+    left, right = RIGHT
+    if not any_panel:
+        rows = 0
+    bottom = top - rows * CELL_H - (BAND_H if rows else 0.06)
+    return _Layout(rows, top, (left + 0.005, 0.012, right - left - 0.01, bottom - 0.012))
+
+
 def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
-           panels: list[_Mark], body_top: float) -> list:
-    """Axial CT/PET fusion crops in a 2 x 3 grid on the right; returns their axes.
+           panels: list[_Mark], layout: _Layout) -> list:
+    """Axial CT/PET fusion crops, 3 per row on the right; returns their axes.
 
     ``pet_arr`` is the PET array when the PET is on the CT grid, else None (sampled per crop).
     """
     from matplotlib import cm, colors, patches, patheffects
 
-    left, right, bottom = 0.45, 0.99, 0.245
-    top = body_top - 0.025  # room for the first row's titles
-    ncols, nrows = 3, 2
-    cell_w, cell_h = (right - left) / ncols, (top - bottom) / nrows
-    text_h = 0.09  # figure fraction under each image for the numbers and rules
+    left, right = RIGHT
+    top = layout.top
+    ncols = 3
+    cell_w = (right - left) / ncols
     fig_w, fig_h = fig.get_size_inches()
-    img_h = cell_h - text_h - 0.03
+    img_h = IMG_H
     img_w = img_h * fig_h / fig_w  # square in inches
     axes = []
     sx, sy, _ = ct.GetSpacing()
     hx, hy = round(CROP_MM / 2 / sx), round(CROP_MM / 2 / sy)
     level, width = CT_WINDOW
-    trace = {t.get("station"): t.get("rule", "") for t in result.get("trace") or []}
     for n, m in enumerate(panels):
         r, c = divmod(n, ncols)
         x0 = left + c * cell_w
-        y0 = top - r * cell_h - img_h
+        y0 = top - r * CELL_H - img_h
         ax = fig.add_axes((x0, y0, img_w, img_h))
         axes.append(ax)
         kf, jf, if_ = mm_to_index(ct, m.marker.centroid_mm)
@@ -684,28 +810,23 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
             ax.text(half - 14, half - 7, "20 mm", fontsize=6, ha="center", va="bottom",
                     color="white", bbox={"facecolor": "black", "alpha": 0.4,
                                          "edgecolor": "none", "pad": 0.5})
-        title, lines = _panel_text(m, trace)
+        title, lines = _panel_text(m, result)
         ax.set_title(title, fontsize=9.5, fontweight="bold", color="black", loc="left", pad=3,
                      bbox={"facecolor": colour, "alpha": 0.35, "edgecolor": "none",
                            "pad": 1.5})
-        fig.text(x0, y0 - 0.006, "\n".join(lines), fontsize=6.5, va="top", linespacing=1.15)
+        fig.text(x0, y0 - 0.006, "\n".join(lines), fontsize=6.8, va="top", linespacing=1.15)
     if not panels:
         fig.text(left + 0.01, top - 0.01, "No primary tumour and no counted node to show.",
                  fontsize=12, va="top", color="#555555")
-        reasons = result.get("reasons") or []
-        if result.get("n_stage") == "NX" and reasons:
-            text = "\n".join(textwrap.fill(f"- {r}", 80, subsequent_indent="  ")
-                             for r in reasons[:8])
-            fig.text(left + 0.01, top - 0.06, "N cannot be assessed (NX) because:\n" + text,
-                     fontsize=10, va="top", color="#b00000", linespacing=1.35)
         return axes
-    cax = fig.add_axes((left + 0.005, 0.222, 0.17, 0.011))
+    band = layout.crops_bottom + 0.012
+    cax = fig.add_axes((left + 0.005, band - 0.012, 0.17, 0.011))
     sm = cm.ScalarMappable(norm=colors.Normalize(0, FUSION_SUV_MAX), cmap=fusion_cmap())
     cbar = fig.colorbar(sm, cax=cax, orientation="horizontal", extend="max")
     lo, hi, _ = FUSION_ALPHA
     cbar.set_label("Fusion PET SUVbw", fontsize=7, labelpad=1)
     cbar.ax.tick_params(labelsize=7, length=2, pad=1)
-    fig.text(left + 0.2, 0.236,
+    fig.text(left + 0.2, band + 0.002,
              f"Axial CT/PET fusion, {CROP_MM:.0f} mm field centred on each lesion (dashed "
              f"ring).\nCT W {CT_WINDOW[1]:.0f} / L {CT_WINDOW[0]:.0f} HU; PET clear "
              f"below SUV {lo:g}, most opaque from SUV {hi:g}.\nR = patient right, A = anterior, "
@@ -714,28 +835,31 @@ def _crops(fig, ct: sitk.Image, ct_arr, pet: sitk.Image, pet_arr, result: dict,
     return axes
 
 
-def _panel_text(m: _Mark, trace: dict[str, str]) -> tuple[str, list[str]]:
-    """Title and text lines (wrapped to the panel width) of one crop."""
+def _where_primary(entry: dict) -> str:
+    side = entry.get("side")
+    if entry.get("lobe"):
+        return f"{side} {entry['lobe']} lobe"
+    return f"{side} lung, lobe not determined (anatomy without lobes)"
+
+
+def _panel_text(m: _Mark, result: dict) -> tuple[str, list[str]]:
+    """Title and the three short lines under one crop (the full reason is in the details)."""
     entry = m.entry
-    width = 37  # characters of 6.5 pt text across one crop column (about 2 in)
     if m.marker.kind == "primary":
-        where = " ".join(w for w in (entry.get("side"), entry.get("lobe"),
-                                     "lobe" if entry.get("lobe") else "lung") if w)
-        title = "T  primary tumour"
-        lines = [f"SUVmax {_fmt(entry.get('suv_max'))} | {_fmt(entry.get('volume_ml'))} ml | "
-                 f"SA {_fmt(entry.get('short_axis_mm'), 1, ' mm')}", where]
-        return title, lines
+        where = (f"{entry.get('side')} {entry['lobe']} lobe" if entry.get("lobe")
+                 else f"{entry.get('side')} lung (lobe n/a)")
+        return "T  primary tumour", [
+            f"SUVmax {_fmt(entry.get('suv_max'))} | {_fmt(entry.get('volume_ml'))} ml | "
+            f"SA {_fmt(entry.get('short_axis_mm'), 1, ' mm')}",
+            where,
+            _slice_text(entry, result, short=True)]
     station = str(entry.get("station") or "?")
-    title = f"#{m.marker.number}  station {station}  {m.marker.kind}"
-    lines = [f"SUVmax {_fmt(entry.get('suv_max'))} | SA "
-             f"{_fmt(entry.get('short_axis_mm'), 1, ' mm')} | P {_fmt(entry.get('probability'), 2)}"]
-    rules: list[str] = []
-    for part in _node_rule(entry, trace.get(station, "")):
-        rules.extend(textwrap.wrap(part, width))
-    if len(rules) > 6:
-        rules = rules[:6]
-        rules[-1] = rules[-1][:width - 4].rstrip() + " ..."
-    return title, lines + rules
+    approx = " (approx.)" if entry.get("station_approximated") else ""
+    return f"#{m.marker.number}  station {station}  {m.marker.kind}", [
+        f"SUVmax {_fmt(entry.get('suv_max'))} | SA {_fmt(entry.get('short_axis_mm'), 1, ' mm')}"
+        f" | P {_fmt(entry.get('probability'), 2)}",
+        f"station confidence {_fmt(entry.get('station_confidence'), 2)}{approx}",
+        _slice_text(entry, result, short=True)]
 
 
 def _node_rule(entry: dict, trace_rule: str) -> list[str]:
@@ -767,38 +891,93 @@ def _node_rule(entry: dict, trace_rule: str) -> list[str]:
     return parts
 
 
-def _trace_text(fig, result: dict, marks: list[_Mark]) -> None:
-    """What limited the assessment, marks without a crop, and the staging trace."""
-    lines: list[tuple[str, str, str]] = []  # text, colour, weight
+@dataclass(frozen=True)
+class Paragraph:
+    """One block of the details text: ``head`` in bold, then ``body`` (wrapped, indented)."""
+
+    head: str
+    body: str = ""
+    colour: str = "black"
+
+
+def detail_paragraphs(result: dict, marks: list[_Mark]) -> list[Paragraph]:
+    """Everything the report explains in words, complete: the primary, every counted node
+    with its slice, P, station confidence and FULL reason, the staging trace, and what
+    limited the assessment (or why NX)."""
+    out: list[Paragraph] = []
     reasons = result.get("reasons") or []
-    is_nx = result.get("n_stage") == "NX"
-    if reasons and not (is_nx and not marks):  # NX without marks: listed large above
-        lines.append(("NX because:" if is_nx else "Limitations:", "#b00000", "bold"))
-        lines.extend((f"  - {r}", "#b00000", "normal") for r in reasons)
-    if len(marks) > MAX_PANELS:
-        rest = ", ".join(f"#{m.marker.number} {m.marker.label} {m.marker.kind}"
-                         for m in marks[MAX_PANELS:])
-        lines.append((f"Not shown as crops (see the MIP and the table): {rest}", "black",
-                      "bold"))
-    trace = result.get("trace") or []
+    if reasons:
+        head = "NX because:" if result.get("n_stage") == "NX" else "Limitations:"
+        out.append(Paragraph(head, " | ".join(reasons), "#b00000"))
+    trace = {t.get("station"): t.get("rule", "") for t in result.get("trace") or []}
+    for m in marks:
+        e = m.entry
+        if m.marker.kind == "primary":
+            out.append(Paragraph(
+                f"T primary tumour: {_where_primary(e)}; {_slice_text(e, result)}",
+                f"SUVmax {_fmt(e.get('suv_max'))}, {_fmt(e.get('volume_ml'))} ml, short axis "
+                f"{_fmt(e.get('short_axis_mm'), 1, ' mm')}"))
+            continue
+        station = str(e.get("station") or "?")
+        out.append(Paragraph(
+            f"#{m.marker.number} {station} {m.marker.kind}: {_slice_text(e, result)}; "
+            f"P {_fmt(e.get('probability'), 2)}; station confidence "
+            f"{_fmt(e.get('station_confidence'), 2)}",
+            "; ".join(_node_rule(e, trace.get(station, "")))))
     if trace:
-        lines.append(("Staging trace (the rule each positive station triggered):", "black",
-                      "bold"))
-        lines.extend((f"  {t.get('station')} -> {t.get('category')}: {t.get('rule')}",
-                      "black", "normal") for t in trace)
+        out.append(Paragraph("Staging trace:", " | ".join(
+            f"{t.get('station')} -> {t.get('category')}: {t.get('rule')}"
+            for t in result.get("trace") or [])))
     elif result.get("n_stage") == "N0":
-        lines.append(("No positive regional node: N0.", "black", "bold"))
-    wrapped: list[tuple[str, str, str]] = []
-    for text, colour, weight in lines:
-        for i, part in enumerate(textwrap.wrap(text, 100) or [""]):
-            wrapped.append((part if i == 0 else "      " + part, colour, weight))
-    y, step, limit = 0.18, 0.0163, 10
-    for text, colour, weight in wrapped[:limit]:
-        fig.text(0.455, y, text, fontsize=6.8, color=colour, fontweight=weight, va="top")
-        y -= step
-    if len(wrapped) > limit:
-        fig.text(0.455, y, f"  ... {len(wrapped) - limit} more line(s) in n-stage.json",
-                 fontsize=6.8, va="top")
+        out.append(Paragraph("No positive regional node: N0."))
+    return out
+
+
+MONO_ADVANCE = 0.6  # DejaVu Sans Mono: every glyph advances 0.6 em, so wrapping is exact
+LINE_SPACING = 1.22
+
+
+def fit_paragraphs(paragraphs: list[Paragraph], width_pt: float, height_pt: float, *,
+                   largest: float = 7.0, smallest: float = 2.5
+                   ) -> tuple[float, list[tuple[str, str, str]], bool]:
+    """Wrap every paragraph in full at the largest monospace size that fits the box.
+
+    Returns
+    -------
+    size_pt, lines, fits
+        Font size, the lines as (text, colour, weight), and whether they fit (False only
+        when even ``smallest`` does not: nothing is cut, the text runs lower).
+    """
+    size = largest
+    while True:
+        chars = max(int(width_pt / (MONO_ADVANCE * size)), 20)
+        lines: list[tuple[str, str, str]] = []
+        for para in paragraphs:
+            lines += [(t, para.colour, "bold")
+                      for t in textwrap.wrap(para.head, chars, break_on_hyphens=False)]
+            lines += [(t, para.colour, "normal")
+                      for t in textwrap.wrap(para.body, chars, initial_indent="   ",
+                                             subsequent_indent="   ", break_on_hyphens=False)]
+        fits = len(lines) * size * LINE_SPACING <= height_pt
+        if fits or size <= smallest:
+            return size, lines, fits
+        size = round(size - 0.25, 2)
+
+
+def _details(fig, box: tuple[float, float, float, float],
+             paragraphs: list[Paragraph]) -> float:
+    """Draw the paragraphs in ``box`` (left, bottom, width, height; figure fraction) at the
+    size that fits; returns that size (pt)."""
+    left, bottom, width, height = box
+    fig_w, fig_h = fig.get_size_inches()
+    size, lines, _ = fit_paragraphs(paragraphs, width * fig_w * 72.0, height * fig_h * 72.0)
+    # One text object per style, blank where another style's line goes: the same monospace
+    # metrics keep the lines aligned, and a few objects draw much faster than one per line.
+    for style in dict.fromkeys((colour, weight) for _, colour, weight in lines):
+        text = "\n".join(t if (c, w) == style else "" for t, c, w in lines)
+        fig.text(left, bottom + height, text, fontsize=size, family="monospace",
+                 color=style[0], fontweight=style[1], va="top", linespacing=LINE_SPACING)
+    return size
 
 
 def write_report(staged, out_dir: Path) -> dict[str, Path]:

@@ -24,6 +24,8 @@ import SimpleITK as sitk
 
 from nstage import __version__, staging
 from nstage.anatomy.base import Anatomy
+from nstage.progress import QUIET, StepReporter
+from nstage.progress import reporter as progress_reporter
 from nstage.study import Study
 
 if TYPE_CHECKING:  # the analysis modules (scipy, scikit-image) load in the background
@@ -32,6 +34,8 @@ if TYPE_CHECKING:  # the analysis modules (scipy, scikit-image) load in the back
 
 OUTPUT_JSON = "n-stage.json"
 OUTPUT_OVERLAY = Path("images") / "n-staging-segmentation" / "output.mha"
+# Written next to n-stage.json when the CT was read from DICOM (for PACS, OHIF, 3D Slicer).
+OUTPUT_DICOM_SEG = "n-staging-segmentation.dcm"
 
 # Overlay values (DESIGN.md, "Output contract").
 LABEL_PRIMARY = 1
@@ -66,6 +70,9 @@ class RunOptions:
         classes win and ``anatomy`` fills the rest (see :mod:`nstage.anatomy.precomputed`).
     anatomy_seg_task : str or None
         TotalSegmentator task naming a multilabel file without names in its header.
+    progress : bool
+        Print one line per step on stderr (``nstage: anatomy ... 3.1 s``) and an elapsed bar
+        for long model steps (see :mod:`nstage.progress`); the CLI sets it unless ``--quiet``.
     """
 
     anatomy: str = "auto"
@@ -80,6 +87,7 @@ class RunOptions:
     lesion_checkpoint: str = "final"
     anatomy_seg: tuple[Path, ...] | None = None
     anatomy_seg_task: str | None = None
+    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,16 +122,20 @@ class StageResult:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    def __init__(self, reporter: StepReporter = QUIET) -> None:
         self.timings: dict[str, float] = {}
+        self.reporter = reporter
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
-            yield
+            with self.reporter.activity(name):
+                yield
         finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+            seconds = time.perf_counter() - t0
+            self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+        self.reporter.part_done(name, seconds)  # only after success: no line for a failed step
 
     def timed(self, name: str, fn, *args, **kwargs):
         with self.step(name):
@@ -180,7 +192,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     from nstage.anatomy.crop import thorax_box
     from nstage.geometry import crop, paste
 
-    timer = _Timer()
+    timer = _Timer(progress_reporter(options.progress))
     reasons: list[str] = []
     thresholds = positivity.load_thresholds(options.thresholds)
     ath = thresholds["assessment"]
@@ -341,8 +353,30 @@ def _pt(p) -> list[float]:
     return [round(float(v), 1) for v in p]
 
 
-def _node_entry(n: NodeResult) -> dict:
+def ct_slice_of(point_mm, study: Study) -> tuple[int | None, int | None]:
+    """The slice of the INPUT CT holding ``point_mm``, as a user finds it in a viewer.
+
+    Returns
+    -------
+    (index, instance_number)
+        0-based index along the third axis of the CT grid as given (``Study.ct_geometry``,
+        not the canonical copy), None outside the CT; and that slice's DICOM InstanceNumber
+        (the image number PACS shows) when the CT was read from DICOM, else None.
+    """
+    g = study.ct_geometry
+    direction = np.reshape(g.direction, (3, 3))
+    # ITK: point = origin + direction @ (spacing * index)
+    index = np.linalg.solve(direction, np.subtract(point_mm, g.origin)) / np.asarray(g.spacing)
+    k = int(round(float(index[2])))
+    if not 0 <= k < g.size[2]:
+        return None, None
+    numbers = study.meta.ct_instance_numbers
+    return k, (numbers[k] if k < len(numbers) else None)
+
+
+def _node_entry(n: NodeResult, study: Study) -> dict:
     p, call, les = n.placement, n.call, n.placement.lesion
+    slice_index, instance_number = ct_slice_of(les.centroid_mm, study)
     st = p.station
     label = LABEL_BY_CATEGORY[n.category] if n.counted else LABEL_OTHER
     if n.counted:
@@ -364,6 +398,8 @@ def _node_entry(n: NodeResult) -> dict:
         "tlg": _r(les.tlg),
         "short_axis_mm": _r(les.short_axis_mm, 1),
         "centroid_mm": _pt(les.centroid_mm),
+        "ct_slice_index": slice_index,
+        "ct_instance_number": instance_number,
         "label_value": label,
         "probability": call.probability,
         "station_confidence": _r(st.confidence, 3),
@@ -450,8 +486,8 @@ def _result_dict(*, study, options, n8, n9, nstage, placed, node_results, probab
         "n_stage": n8,
         "n_stage_9th": n9,
         "primary_tumor": _primary_entry(placed),
-        "nodes": [_node_entry(n) for n in sorted(positive, key=lambda n: n.placement.id)],
-        "negative_node_candidates": [_node_entry(n) for n in negative],
+        "nodes": [_node_entry(n, study) for n in sorted(positive, key=lambda n: n.placement.id)],
+        "negative_node_candidates": [_node_entry(n, study) for n in negative],
         "lung_lesions": [_lesion_brief(p, LABEL_OTHER) for p in placed.lung_lesions],
         "other_lesions": [_lesion_brief(p, LABEL_OTHER) for p in placed.others],
         "probabilities": {k: None if nx else _r(v, 4) for k, v in probabilities.n8.items()},
@@ -516,6 +552,10 @@ def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions,
     t0 = time.perf_counter()
     write_label_image(staged.overlay, staged.study.ct, staged.study.ct_geometry,
                       out_dir / OUTPUT_OVERLAY)
+    if staged.study.meta.ct_dicom_files:
+        error = _write_dicom_seg(staged, out_dir / OUTPUT_DICOM_SEG)
+        if error:
+            staged.result["notes"].append(f"DICOM SEG not written: {error}")
     if options.report:
         error = _draw_report(staged, out_dir)
         if error:
@@ -525,7 +565,24 @@ def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions,
     if started is not None:
         timings["total"] = round(time.perf_counter() - started, 3)
     write_json_atomic(staged.result, out_dir / OUTPUT_JSON)
+    progress_reporter(options.progress).step("outputs",
+                                             timings["write"] + timings.get("overlay", 0.0))
     return staged.result
+
+
+def _write_dicom_seg(staged: StageResult, path: Path) -> str | None:
+    """Write the overlay as a DICOM SEG of the CT series; the error as one line, or None.
+
+    Like the visual report an extra: PACS users need it, but a study highdicom cannot
+    describe must not cost them the JSON and the overlay.
+    """
+    from nstage.dicom_seg import write_dicom_seg
+
+    try:
+        written = write_dicom_seg(staged.overlay, staged.study, staged.result, path)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None if written else "the overlay holds no lesion (a SEG needs one segment)"
 
 
 def _draw_report(staged: StageResult, out_dir: Path) -> str | None:
@@ -592,6 +649,7 @@ def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
     finally:
         preloading.join()
     t_load = round(time.perf_counter() - t0, 3)
+    progress_reporter(options.progress).step("load", t_load)
     staged = stage_study(study, options)
     staged.result["timings_s"] = {"load": t_load, **staged.result["timings_s"]}
     return write_outputs(staged, Path(out_dir), options, started=t0)

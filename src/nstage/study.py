@@ -59,6 +59,12 @@ class StudyMeta:
         Manufacturer / model where known.
     notes : list of str
         Anything a reader of the result should know (resampling, orientation, timing fixes).
+    ct_dicom_files : list of str
+        When the CT was read from DICOM: its files in the order of the slices of the CT grid
+        as given (``ct_geometry``'s third axis, k = 0, 1, ...), for the DICOM SEG that must
+        reference each source slice; empty otherwise.
+    ct_instance_numbers : list of int or None
+        InstanceNumber (0020,0013) of each of those slices, the image number PACS viewers show.
     """
 
     ct_source: str
@@ -68,6 +74,8 @@ class StudyMeta:
     pet_units: str = "SUV"
     scanner: str | None = None
     notes: list[str] = field(default_factory=list)
+    ct_dicom_files: list[str] = field(default_factory=list)
+    ct_instance_numbers: list[int | None] = field(default_factory=list)
 
 
 @dataclass

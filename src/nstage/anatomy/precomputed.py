@@ -227,8 +227,8 @@ def task_class_map(task: str, path: Path) -> dict[int, str]:
             "a multilabel segmentation without label names in its header needs "
             f"TotalSegmentator's class map of task {task!r}, and TotalSegmentator is not "
             "installed", path,
-            hint='pip install "nstage[models]", or give the folder of per-class masks '
-                 "(TotalSegmentator without --ml)") from None
+            hint='pip install "nstage[models]", or give the folder of per-class masks that '
+                 "TotalSegmentator writes by default") from None
     if task not in class_map:
         raise UsageError(f"unknown TotalSegmentator task {task!r}",
                          hint="use the task the segmentation was made with, e.g. total, "

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nstage.advice import ANATOMY_FALLBACK, models_extra_hint, totalseg_weights_hint
 from nstage.anatomy.base import Anatomy
 from nstage.errors import InputError, ModelError
 from nstage.geometry import canonical, direction_matrix, resample_to, spacing_zyx
@@ -208,11 +209,10 @@ def check_totalseg_weights(fast: bool = False,
         raise ModelError(
             f"TotalSegmentator {mode} model folder not found (nstage never downloads weights)",
             path=missing,
-            hint="put the TotalSegmentator weights there, or set TOTALSEG_WEIGHTS_PATH to the "
-                 "folder holding the DatasetNNN_* folders, or use --backend classical")
+            hint=totalseg_weights_hint(fast))
     if not totalseg_installed():
         raise ModelError("TotalSegmentator, nnunetv2 or torch is not installed",
-                         hint="install nstage[models], or use --backend classical")
+                         hint=models_extra_hint(ANATOMY_FALLBACK))
     weights = totalseg_weights_dir()
     assert weights is not None
     return weights
@@ -275,7 +275,7 @@ def _select_device(device: str) -> str:
         import torch
     except ImportError as exc:
         raise ModelError(f"cannot import torch ({exc})",
-                         hint="reinstall nstage[models], or use --backend classical") from exc
+                         hint=models_extra_hint(ANATOMY_FALLBACK)) from exc
 
     dev = device.lower()
     if dev == "auto":
@@ -393,7 +393,7 @@ def run_totalsegmentator(image: sitk.Image, *, fast: bool, roi_subset: Sequence[
             from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         except ImportError as exc:
             raise ModelError(f"cannot import TotalSegmentator ({exc})",
-                             hint="reinstall nstage[models], or use --backend classical") from exc
+                             hint=models_extra_hint(ANATOMY_FALLBACK)) from exc
 
         threads = torch.get_num_threads()
         with contextlib.ExitStack() as stack:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nstage.progress import add_quiet_arg
+
+PREVIEW_NAME = "anatomy-preview.png"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -15,8 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--ct", required=True, type=Path, metavar="CT",
                    help="CT image file (.mha, .nii.gz, .nrrd) or DICOM folder")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--backend", choices=["auto", "classical", "totalsegmentator"],
-                   default="auto",
+    # --anatomy as in nstage run/batch, so the same advice works for every command.
+    p.add_argument("--backend", "--anatomy", dest="backend",
+                   choices=["auto", "classical", "totalsegmentator"], default="auto",
                    help="auto: TotalSegmentator when its weights are present, else classical")
     p.add_argument("--fast", action="store_true", help="TotalSegmentator's 3 mm model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -24,6 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-crop", dest="crop", action="store_false",
                    help="segment the whole CT instead of the thorax box")
     add_precomputed_args(p)
+    p.add_argument("--preview", action="store_true",
+                   help=f"also write DIR/{PREVIEW_NAME}: coronal and axial CT through the "
+                        "carina with the labels and every landmark level drawn and named")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -113,17 +122,26 @@ def run(args: argparse.Namespace) -> int:
     from nstage.errors import InputError
     from nstage.geometry import crop, paste
     from nstage.io import write_json_atomic, write_label_image
+    from nstage.progress import reporter
 
+    progress = reporter(not args.quiet)
     t0 = time.perf_counter()
     ct, geometry = read_ct(args.ct)
+    progress.step("load", time.perf_counter() - t0)
+    t_step = time.perf_counter()
     size = ct.GetSize()
     box = thorax_box(ct) if args.crop else (slice(0, size[2]), slice(0, size[1]),
                                             slice(0, size[0]))
     work = crop(ct, box)
-    anatomy = anatomy_mod.segment(work, backend=args.backend, fast=args.fast,
-                                  device=args.device, precomputed=args.anatomy_seg,
-                                  precomputed_task=args.anatomy_seg_task)
+    with progress.activity("anatomy"):
+        anatomy = anatomy_mod.segment(work, backend=args.backend, fast=args.fast,
+                                      device=args.device, precomputed=args.anatomy_seg,
+                                      precomputed_task=args.anatomy_seg_task)
+    progress.step("anatomy", time.perf_counter() - t_step)
+    t_step = time.perf_counter()
     lms = landmarks_mod.find(anatomy)
+    progress.step("landmarks", time.perf_counter() - t_step)
+    t_step = time.perf_counter()
     labels = paste(ct, anatomy.labels, box, dtype=anatomy.labels.dtype)
     out = Path(args.out)
     try:
@@ -136,13 +154,20 @@ def run(args: argparse.Namespace) -> int:
         doc["class_sources"] = dict(sorted(anatomy.sources.items()))
     doc["anatomy_notes"] = list(anatomy.notes)
     doc["thorax_box"] = [[s.start, s.stop] for s in box]
+    if args.preview:
+        from nstage.anatomy_preview import render
+
+        render(ct, labels, anatomy.names, lms, out / PREVIEW_NAME, box=box,
+               title=f"{Path(args.ct).name}, {anatomy.backend} anatomy", notes=anatomy.notes)
     doc["seconds"] = round(time.perf_counter() - t0, 2)
     # Landmarks and names first, the image last: a crash leaves no label map without them.
     write_json_atomic({str(v): n for v, n in sorted(anatomy.names.items())},
                       out / "labels.json")
     write_json_atomic(doc, out / "landmarks.json")
     write_label_image(labels, ct, geometry, out / "anatomy.mha")
+    progress.step("outputs", time.perf_counter() - t_step)
     carina = doc["carina_mm"]
     print(f"anatomy ({anatomy.backend}) -> {out}: carina {carina}, lungs "
-          f"{doc['lung_volume_ml']} ml, {doc['seconds']} s")
+          f"{doc['lung_volume_ml']} ml, {doc['seconds']} s"
+          + (f", preview {out / PREVIEW_NAME}" if args.preview else ""))
     return 0

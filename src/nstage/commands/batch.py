@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from nstage.commands._common import add_backend_args, add_report_args, options_from_args
+from nstage.progress import add_quiet_arg
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="parallel processes (default 1; each needs the memory of one case)")
     add_backend_args(p)
     add_report_args(p)
+    add_quiet_arg(p)
     p.set_defaults(func=main)
     return p
 
@@ -39,7 +41,8 @@ def main(args) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {args.workers}")
-    summary = run_batch(args.cases, args.out, options_from_args(args), workers=args.workers)
+    summary = run_batch(args.cases, args.out, options_from_args(args), workers=args.workers,
+                        progress=not args.quiet)
     print(f"{summary.total} case(s): {summary.skipped} already done, {summary.ok} done now, "
           f"{summary.failed} failed; table: {summary.predictions}", file=sys.stderr)
     for case_id, error in summary.errors.items():

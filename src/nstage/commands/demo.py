@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from nstage.progress import add_quiet_arg
+
 DEMO_NODES = ("4R", "7", "10R")
 
 
@@ -24,6 +26,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
     p.add_argument("--no-report", dest="report", action="store_false", default=True,
                    help="do not write the visual report")
+    add_quiet_arg(p)
     p.set_defaults(func=main)
     return p
 
@@ -34,16 +37,16 @@ def main(args) -> int:
     from nstage.pipeline import RunOptions, run_case
 
     out: Path = args.out
-    print(f"nstage demo: generating a thorax phantom (seed {args.seed}) in {out} ...",
-          file=sys.stderr)
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
+    say(f"nstage demo: generating a thorax phantom (seed {args.seed}) in {out} ...")
     spec = PhantomSpec(nodes=DEMO_NODES, primary_side="right", primary_lobe="upper",
                        extent="thorax", seed=args.seed)
     paths = write_phantom(make_phantom(spec), out)
     truth = json.loads(Path(paths["truth"]).read_text())
-    print("nstage demo: staging with the embedded defaults (classical anatomy, SUV lesions) ...",
-          file=sys.stderr)
+    say("nstage demo: staging with the embedded defaults (classical anatomy, SUV lesions) ...")
     result = run_case(out / "input", None, out,
-                      RunOptions(anatomy="classical", lesions="suv", report=args.report))
+                      RunOptions(anatomy="classical", lesions="suv", report=args.report,
+                                 progress=not args.quiet))
     print("\n".join(summary_lines(result, out)))
     expected = f"{truth['n_stage']} / {truth['n_stage_9th']}"
     got = f"{result['n_stage']} / {result['n_stage_9th']}"

@@ -46,7 +46,20 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
+def check_gc_extra() -> None:
+    """Refuse early, with the install command, when the ``gc`` extra is missing."""
+    import importlib.util
+
+    from nstage.advice import missing_package
+    from nstage.errors import UsageError
+
+    for package in ("gcapi", "httpx"):
+        if importlib.util.find_spec(package) is None:
+            raise UsageError(missing_package(package))
+
+
 def main(args) -> int:
+    check_gc_extra()
     from nstage.batch import EXIT_SOME_FAILED
     from nstage.errors import UsageError
     from nstage.gcrun import run_on_grand_challenge

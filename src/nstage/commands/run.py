@@ -13,6 +13,7 @@ from nstage.commands._common import (
     summary_lines,
 )
 from nstage.commands.anatomy import add_precomputed_args
+from nstage.progress import add_quiet_arg
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def register(sub) -> argparse.ArgumentParser:
     add_precomputed_args(p)
     add_report_args(p)
     add_suv_override_args(p)
+    add_quiet_arg(p)
     p.set_defaults(func=main)
     return p
 
@@ -57,9 +59,11 @@ def override_from_args(args):
 
 
 def main(args) -> int:
+    from dataclasses import replace
+
     from nstage.pipeline import run_case
 
-    result = run_case(args.ct, args.pet, args.out, options_from_args(args),
-                      override=override_from_args(args))
+    options = replace(options_from_args(args), progress=not args.quiet)
+    result = run_case(args.ct, args.pet, args.out, options, override=override_from_args(args))
     print("\n".join(summary_lines(result, args.out)), file=sys.stderr)
     return 0

@@ -269,12 +269,17 @@ class _Loaded:
     factor: SUVFactor | None = None
     suv_source: str = ""
     units: str = "SUV"
+    dicom_files: list[Path] = field(default_factory=list)  # in slice order (DICOM SEG)
+    instance_numbers: list[int | None] = field(default_factory=list)
 
 
 def _load_ct_series(series: DicomSeries) -> _Loaded:
     vol = read_series(series)
+    numbers = [None if h.get("InstanceNumber") in (None, "") else int(h.InstanceNumber)
+               for h in vol.headers]
     return _Loaded(_as_ct_type(vol.image), series.folder, scanner=series.scanner,
-                   frame_of_reference=series.frame_of_reference)
+                   frame_of_reference=series.frame_of_reference, dicom_files=list(vol.files),
+                   instance_numbers=numbers)
 
 
 def _load_ct(path: Path, frame_of_reference: str | None = None) -> _Loaded:
@@ -476,6 +481,8 @@ def assemble_study(ct_part: _Loaded, pet_part: _Loaded) -> Study:
         pet_units=pet_part.units,
         scanner=pet_part.scanner or ct_part.scanner,
         notes=notes,
+        ct_dicom_files=[str(f) for f in ct_part.dicom_files],
+        ct_instance_numbers=list(ct_part.instance_numbers),
     )
     return Study(ct=canonical(ct_raw), pet=sitk.Cast(canonical(pet_raw), sitk.sitkFloat32),
                  ct_geometry=ImageGeometry.of(ct_raw), meta=meta)

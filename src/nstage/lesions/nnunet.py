@@ -37,6 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nstage.advice import LESIONS_FALLBACK, models_extra_hint
 from nstage.errors import InputError, ModelError
 from nstage.geometry import resample_to, spacing_zyx
 from nstage.lesions.base import LesionMask
@@ -453,7 +454,7 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
         raise InputError("CT and PET must be 3D images", hint="pass 3D volumes")
     if not nnunet_installed():
         raise ModelError("nnunetv2 or torch is not installed", path=folder,
-                         hint="install nstage[models], or use --lesions suv")
+                         hint=models_extra_hint(LESIONS_FALLBACK))
     if not _same_grid(ct, pet_suv):
         pet_suv = resample_to(pet_suv, ct, default=0.0, pixel_type=sitk.sitkFloat32)
 
@@ -462,7 +463,7 @@ def segment_nnunet(ct: sitk.Image, pet_suv: sitk.Image, model_dir: Path | str | 
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401
     except ImportError as exc:
         raise ModelError(f"cannot import nnunetv2 ({exc})", path=folder,
-                         hint="reinstall nstage[models], or use --lesions suv") from exc
+                         hint=models_extra_hint(LESIONS_FALLBACK)) from exc
 
     t0 = time.perf_counter()
     dev = _torch_device(device)
