@@ -282,17 +282,18 @@ def test_sigkill_of_the_parent_leaves_no_worker_and_no_resource_tracker(tmp_path
 
 
 @LINUX_ONLY
-def test_sigterm_ends_workers_keeps_finished_cases_and_rebuilds_the_table(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_ends_workers_and_rebuilds_the_table(tmp_path, signum):
     cohort = make_fake_cohort(tmp_path / "cohort", {"a": "N0", "b": "N1 10R", "c": "N0"})
     out = tmp_path / "out"
     proc = _start_slow_batch(cohort, out)
     workers = [int(p) for p in (cohort / "pids.log").read_text().split()]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)  # to the parent alone: it must end its workers itself
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + signum, err
     assert err.strip().splitlines()[-1] == (
-        f"nstage batch: stopped by signal 15; finished cases are kept in {out} (run the same "
-        "command again to resume)")
+        f"nstage batch: stopped by signal {int(signum)}; finished cases are kept in {out} (run "
+        "the same command again to resume)")
     assert "Traceback" not in err
     assert [w for w in workers if _running(w)] == []
     # nothing half-done: no attempt folders, no lock; the table lists every case as pending

@@ -313,3 +313,16 @@ def test_dicom_study_folder_with_dicom_pet_and_ct(tmp_path):
     assert study.meta.ct_source.endswith("ct") and study.meta.pet_source.endswith("pet")
     assert sitk.GetArrayViewFromImage(study.ct).max() == 40
     assert study.meta.pet_units == "BQML"
+
+
+def test_suv_conversion_keeps_nan_voxels_as_nan(tmp_path, capsys):
+    """``nstage suv`` must not turn missing PET data into SUV 0: a later ``nstage run`` on the
+    converted file would then not see the region at all."""
+    arr = body_pet(body=5000.0, hot=20000.0)
+    arr[0, 0, :3] = np.nan
+    pet = write(image(arr), tmp_path / "bqml.mha")
+    out = tmp_path / "suv.mha"
+    assert cli_main(["suv", str(pet), "-o", str(out), "--weight", "70", "--dose", "350"]) == 0
+    assert "3 voxels hold no valid value (NaN/inf); kept as NaN" in capsys.readouterr().out
+    suv = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.isnan(suv[0, 0, :3]).all() and np.isfinite(suv[1:]).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -50,10 +51,11 @@ def main(args) -> int:
     try:
         summary = run_batch(args.cases, args.out, options_from_args(args),
                             workers=args.workers)
-    except BatchStopped as stop:
-        print(f"nstage batch: stopped by signal {stop.signum}; finished cases are kept in "
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (BatchStopped)
+        signum = stop.signum if isinstance(stop, BatchStopped) else signal.SIGINT
+        print(f"nstage batch: stopped by signal {int(signum)}; finished cases are kept in "
               f"{args.out} (run the same command again to resume)", file=sys.stderr)
-        return 128 + stop.signum
+        return 128 + int(signum)
     print(f"{summary.total} case(s): {summary.skipped} already done, {summary.ok} done now, "
           f"{summary.failed} failed; table: {summary.predictions}", file=sys.stderr)
     for case_id, error in summary.errors.items():
