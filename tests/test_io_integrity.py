@@ -178,11 +178,18 @@ def crafted_huge_mha(path: Path, size=(2048, 2048, 1024)) -> Path:
     return path
 
 
+# Peak RSS of this process image: VmHWM (ru_maxrss would also count the parent's memory,
+# which Linux carries across the fork/exec that started it).
 PEAK_RSS = """
 import resource, sys
+from pathlib import Path
 from nstage.cli import main
 code = main(sys.argv[1:])
-print(f"peak-rss-kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+status = Path("/proc/self/status")
+lines = status.read_text().splitlines() if status.exists() else []
+hwm = [int(ln.split()[1]) for ln in lines if ln.startswith("VmHWM:")]
+peak = hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(f"peak-rss-kb {peak}", file=sys.stderr)
 sys.exit(code)
 """
 

@@ -618,8 +618,9 @@ def _run_locked(cases: list[Case], out: Path, algorithm: str, algorithm_obj, led
         attempts[cid] = attempts.get(cid, 0) + 1
         if attempts[cid] < MAX_SUBMIT_ATTEMPTS:
             return False
-        if look_up(cid):
-            return True
+        found = look_up(cid)
+        if found is not False:
+            return bool(found)  # adopted, or still cannot tell: wait
         finish(cid, False, problem)
         return True
 
@@ -649,7 +650,7 @@ def _run_locked(cases: list[Case], out: Path, algorithm: str, algorithm_obj, led
             code, text = _http_problem(exc)
             if code in (401, 403):
                 raise _auth_error(code, text, token_env) from None
-            if code is not None and code >= 500 or code in (408, 409, 423):
+            if (code is not None and code >= 500) or code in (408, 409, 423):
                 # the platform may have created the job before the error: look it up
                 return maybe_created(cid, f"Grand Challenge refused the job (HTTP {code}: "
                                           f"{text})")
