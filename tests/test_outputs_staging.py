@@ -230,6 +230,27 @@ def test_disk_that_fills_during_the_run_leaves_nothing(capsys, mount_tmpfs, monk
 
 
 @pytest.mark.slow
+def test_disk_full_through_the_cli_keeps_the_earlier_result(tmp_path, capsys, monkeypatch):
+    """Runs everywhere (no mount needed): the JSON write fails with ENOSPC after the overlay
+    and the report were written into the staging folder."""
+    out = tmp_path / "out"
+    assert cli_main(["run", "--ct", str(TEST_INPUT), "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    before = files_in(out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nstage.io, "write_json_atomic", full)
+    code = cli_main(["run", "--ct", str(TEST_INPUT), "--out", str(out), *FAST, "--no-report"])
+    line = one_error_line(capsys, code)
+    assert line == (f"nstage run: error: {out}: the disk is full (No space left on device) "
+                    "while writing the outputs; nothing was written (free some space or "
+                    "choose another output folder)")
+    assert files_in(out) == before  # the earlier result with its report, byte for byte
+
+
+@pytest.mark.slow
 def test_rerun_without_report_removes_the_old_report_only(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["run", "--ct", str(TEST_INPUT), "--out", str(out), *FAST]) == 0
