@@ -8,6 +8,10 @@ default ``total``; its classes are used instead of segmenting them again), and w
 their weights are present (``/opt/ml/model/lesions``, TotalSegmentator weights in the
 image or under ``/opt/ml/model/totalsegmentator``), the embedded defaults otherwise;
 the JSON says which ran. A thin wrapper over :func:`nstage.pipeline.run_case`.
+
+Input checks: ``--max-memory-gb`` (or ``NSTAGE_MAX_MEMORY_GB``; default the container's memory
+limit) and ``--allow-different-studies`` (or ``NSTAGE_ALLOW_DIFFERENT_STUDIES=1``, or a Bool
+input socket ``allow-different-studies`` set to true in ``inputs.json``) as for ``nstage run``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true",
                         default=os.environ.get("NSTAGE_FAST", "") not in ("", "0"))
     parser.add_argument("--no-report", dest="report", action="store_false", default=True)
+    parser.add_argument("--max-memory-gb", type=float,
+                        default=_env_float("NSTAGE_MAX_MEMORY_GB"), metavar="GB")
+    parser.add_argument("--allow-different-studies", action="store_true",
+                        default=os.environ.get("NSTAGE_ALLOW_DIFFERENT_STUDIES", "")
+                        not in ("", "0"))
     args = parser.parse_args(argv)
+    if args.max_memory_gb is not None and not args.max_memory_gb > 0:
+        parser.error(f"--max-memory-gb must be more than 0, got {args.max_memory_gb}")
 
     try:
         from nstage.errors import EXIT_USER_ERROR, NStageError
+        from nstage.io.readers import gc_input_value
         from nstage.memory import reuse_freed_memory
         from nstage.pipeline import RunOptions, run_case
     except ImportError as exc:  # pragma: no cover - broken installation
@@ -43,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     reuse_freed_memory()
-    options = RunOptions(anatomy=args.anatomy, lesions=args.lesions,
-                         lesion_model=args.lesion_model, fast=args.fast, report=args.report)
     try:
+        allow = args.allow_different_studies or \
+            gc_input_value(args.input, "allow-different-studies") is True
+        options = RunOptions(anatomy=args.anatomy, lesions=args.lesions,
+                             lesion_model=args.lesion_model, fast=args.fast, report=args.report,
+                             max_memory_gb=args.max_memory_gb, allow_different_studies=allow)
         from nstage.anatomy.precomputed import with_gc_anatomy_segmentation
 
         options = with_gc_anatomy_segmentation(options, args.input)
@@ -62,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"N stage {result['n_stage']} / {result['n_stage_9th']} "
           f"(anatomy: {result['backends']['anatomy']}, lesions: {result['backends']['lesions']})")
     return 0
+
+
+def _env_float(name: str) -> float | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        print(f"inference.py: error: {name}={text!r} is not a number (GB)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _exit_now(code: int) -> None:

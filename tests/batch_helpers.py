@@ -10,6 +10,7 @@ how often a case ran.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def fake_runner(ct: Path, pet, out_dir: Path, options) -> dict:
     ct = Path(ct)
     with open(ct.parent / "calls.log", "a") as fh:
         fh.write(ct.name + "\n")
-    time.sleep(float((options or {}).get("sleep", 0)))
+    time.sleep(float(options.get("sleep", 0) if isinstance(options, dict) else 0))
     spec = (ct / "stage.txt").read_text().split()
     if spec[0] == "crash":
         raise RuntimeError("simulated crash in the pipeline")
@@ -65,3 +66,14 @@ def make_fake_cohort(root: Path, specs: dict[str, str]) -> Path:
 def calls(root: Path) -> list[str]:
     log = root / "calls.log"
     return log.read_text().split() if log.exists() else []
+
+
+def slow_runner(ct: Path, pet, out_dir: Path, options) -> dict:
+    """Records the call with this process's id, then takes a minute: to be interrupted."""
+    ct = Path(ct)
+    with open(ct.parent / "calls.log", "a") as fh:
+        fh.write(f"{ct.name}\n")
+    with open(ct.parent / "pids.log", "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    time.sleep(60)
+    return fake_runner(ct, pet, out_dir, options)

@@ -9,17 +9,28 @@ from gcapi's client.py, create_strategies.py and models.py):
 - ``POST uploads/``, ``PATCH uploads/<pk>/<s3>/generate-presigned-urls/``,
   ``PUT  <presigned url>``, ``PATCH uploads/<pk>/<s3>/complete-multipart-upload/``
 - ``POST algorithms/jobs/``, ``GET algorithms/jobs/<pk>/``
-- ``GET  cases/images/<pk>/`` and the image file itself
+- ``GET  algorithms/jobs/?algorithm_image__algorithm=<pk>`` (the job list, paginated by
+  ``offset``/``limit``, newest first), each job with its ``ct``/``pet`` input images
+- ``GET  cases/images/<pk>/`` (input images are named after the uploaded file, as the
+  platform does) and the output image file itself
 
 The "algorithm" reads the uploaded CT bytes: ``N2 4R,7`` gives that result,
 ``fail`` a failed job with an error message. Jobs advance one status per poll.
 Everything the server saw is recorded for the tests to inspect.
+
+Faults after a job was created (the job exists, the client never hears of it):
+``reset_after_create`` resets the connection instead of answering, ``error_after_create``
+answers 502; each counts down once per job creation. ``inputs_pending`` hides new jobs'
+input images from the job list (as while the platform still imports them).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import socket
 import ssl
+import struct
 import subprocess
 import threading
 import uuid
@@ -31,6 +42,12 @@ from batch_helpers import fake_result
 
 API = "/api/v1/"
 ALGORITHM_SLUG = "nstage-test"
+_MARKER = re.compile(r"^nstage-[0-9a-f]{12}-")
+
+
+def case_file_name(uploaded: str) -> str:
+    """The case's own file name: without the marker gc-run puts in front of it."""
+    return _MARKER.sub("", uploaded)
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
@@ -74,6 +91,11 @@ class FakeGrandChallenge:
         self.uploads: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
         self.images: dict[str, bytes] = {}
+        self.input_images: dict[str, str] = {}  # image pk -> name (the uploaded file's)
+        self.reset_after_create = 0
+        self.error_after_create = 0
+        self.inputs_pending = threading.Event()  # while set, new jobs list no input images
+        self.job_counter = 0
         self.log: list[tuple[float, str, str, int]] = []  # (time, method, path, status)
         self.auth_headers: list[str] = []
         self.max_active_seen = 0
@@ -81,16 +103,27 @@ class FakeGrandChallenge:
 
     # -- helpers for tests
     def uploads_per_file(self) -> dict[str, int]:
+        """Uploads per case file (the marker gc-run adds to the name left out)."""
         counts: dict[str, int] = {}
         for up in self.uploads.values():
-            counts[up["filename"]] = counts.get(up["filename"], 0) + 1
+            name = case_file_name(up["filename"])
+            counts[name] = counts.get(name, 0) + 1
         return counts
 
     def jobs_per_ct(self) -> dict[str, int]:
+        """Jobs per case CT file (the marker gc-run adds to the name left out)."""
         counts: dict[str, int] = {}
         for job in self.jobs.values():
-            counts[job["ct_name"]] = counts.get(job["ct_name"], 0) + 1
+            name = case_file_name(job["ct_name"])
+            counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def release_inputs(self) -> None:
+        """Show every job's input images (their import has finished)."""
+        self.inputs_pending.clear()
+        with self.lock:
+            for job in self.jobs.values():
+                job["inputs_pending"] = False
 
     def active_jobs(self) -> int:
         return sum(j["status"] not in ("Succeeded", "Failed") for j in self.jobs.values())
@@ -102,6 +135,12 @@ class FakeGrandChallenge:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def finish(self):
+                try:
+                    super().finish()
+                except OSError:  # the connection was reset on purpose
+                    pass
 
             def do_GET(self):
                 fake.handle(self, "GET")
@@ -145,6 +184,9 @@ class FakeGrandChallenge:
         status, payload, headers = self.route(req, method, url, body)
         with self.lock:
             self.log.append((time.monotonic(), method, url.path, status))
+        if status == "reset":
+            self.reset(req)
+            return
         if isinstance(payload, bytes):
             data, ctype = payload, "application/octet-stream"
         else:
@@ -156,6 +198,27 @@ class FakeGrandChallenge:
             req.send_header(k, v)
         req.end_headers()
         req.wfile.write(data)
+
+    @staticmethod
+    def reset(req: BaseHTTPRequestHandler) -> None:
+        """Drop the connection with a TCP reset, without an answer."""
+        req.close_connection = True
+        conn = req.connection
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        except OSError:
+            pass
+
+    def _fault_after_create(self) -> str | None:
+        with self.lock:
+            if self.reset_after_create > 0:
+                self.reset_after_create -= 1
+                return "reset"
+            if self.error_after_create > 0:
+                self.error_after_create -= 1
+                return "error"
+        return None
 
     def _limited(self, kind: str) -> bool:
         with self.lock:
@@ -213,7 +276,15 @@ class FakeGrandChallenge:
         if parts == ["algorithms", "jobs"] and method == "POST":
             if self._limited("job_create"):
                 return 429, {"detail": "Request was throttled."}, {"Retry-After": self.retry_after}
-            return 201, self.create_job(json.loads(body)), {}
+            created = self.create_job(json.loads(body))
+            fault = self._fault_after_create()
+            if fault == "reset":
+                return "reset", None, {}
+            if fault == "error":
+                return 502, {"detail": "Bad gateway."}, {}
+            return 201, created, {}
+        if parts == ["algorithms", "jobs"] and method == "GET":
+            return 200, self.job_list(query), {}
         if len(parts) == 3 and parts[:2] == ["algorithms", "jobs"] and method == "GET":
             if self._limited("job_detail"):
                 return 429, {"detail": "Request was throttled."}, {"Retry-After": self.retry_after}
@@ -224,6 +295,8 @@ class FakeGrandChallenge:
             return 200, self.public_job(job), {}
         if len(parts) == 3 and parts[:2] == ["cases", "images"] and method == "GET":
             pk = parts[2]
+            if pk in self.input_images:
+                return 200, self.image_detail(pk, self.input_images[pk]), {}
             return 200, self.image_detail(pk), {}
         return 404, {"detail": f"no fake endpoint for {method} {path}"}, {}
 
@@ -255,9 +328,15 @@ class FakeGrandChallenge:
         assert set(by_socket) == {"ct", "pet"}, by_socket
         ct = by_socket["ct"]
         spec = b"".join(ct["parts"][k] for k in sorted(ct["parts"], key=int)).decode()
+        images = {slug: str(uuid.uuid4()) for slug in by_socket}
         job = {"pk": pk, "status": "Queued", "steps": 0, "spec": spec,
-               "ct_name": ct["filename"], "inputs": data["inputs"]}
+               "ct_name": ct["filename"], "inputs": data["inputs"], "images": images,
+               "inputs_pending": self.inputs_pending.is_set()}
         with self.lock:
+            self.job_counter += 1
+            job["number"] = self.job_counter
+            for slug, image_pk in images.items():
+                self.input_images[image_pk] = by_socket[slug]["filename"]
             self.jobs[pk] = job
             self.max_active_seen = max(self.max_active_seen, self.active_jobs())
         return {"pk": pk, "status": "Queued",
@@ -276,7 +355,8 @@ class FakeGrandChallenge:
                     job["error_message"] = "Time limit exceeded"
                 else:
                     job["status"] = "Succeeded"
-                    self.images[job["pk"]] = b"overlay-of-" + job["ct_name"].encode()
+                    self.images[job["pk"]] = (b"overlay-of-"
+                                              + case_file_name(job["ct_name"]).encode())
             else:
                 job["status"] = "Executing"
 
@@ -293,10 +373,14 @@ class FakeGrandChallenge:
                  "interface": SOCKETS["n-staging-segmentation"], "value": None, "file": None,
                  "image": f"{self.base_url}cases/images/{job['pk']}/", "pk": 11},
             ]
+        inputs = [] if job["inputs_pending"] else [
+            {"socket": SOCKETS[slug], "interface": SOCKETS[slug], "value": None, "file": None,
+             "image": f"{self.base_url}cases/images/{image_pk}/", "pk": 20 + i}
+            for i, (slug, image_pk) in enumerate(sorted(job["images"].items()))]
         out = {"pk": job["pk"], "url": f"{self.origin}/jobs/{job['pk']}/",
                "api_url": f"{self.base_url}algorithms/jobs/{job['pk']}/",
                "algorithm_image": f"{self.base_url}algorithms/images/img-1/",
-               "inputs": [], "outputs": outputs, "status": job["status"],
+               "inputs": inputs, "outputs": outputs, "status": job["status"],
                "rendered_result_text": "", "started_at": None, "completed_at": None,
                "hanging_protocol": None, "optional_hanging_protocols": [],
                "view_content": {}, "exec_duration": None, "invoke_duration": None,
@@ -305,8 +389,18 @@ class FakeGrandChallenge:
             out["error_message"] = job["error_message"]
         return out
 
-    def image_detail(self, pk: str) -> dict:
-        return {"pk": pk, "name": "output.mha",
+    def job_list(self, query: dict[str, str]) -> dict:
+        """The user's jobs of the algorithm, newest first (filter as the platform's)."""
+        with self.lock:
+            jobs = sorted(self.jobs.values(), key=lambda j: -j["number"])
+        if query.get("algorithm_image__algorithm") not in (None, "alg-1"):
+            jobs = []
+        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 100))
+        page = [self.public_job(j) for j in jobs[offset:offset + limit]]
+        return {"count": len(jobs), "next": None, "previous": None, "results": page}
+
+    def image_detail(self, pk: str, name: str = "output.mha") -> dict:
+        return {"pk": pk, "name": name,
                 "files": [{"pk": f"f-{pk}", "image": f"{self.base_url}cases/images/{pk}/",
                            "file": f"{self.origin}/media/{pk}/output.mha", "image_type": "MHD"}],
                 "dicom_image_set": None, "width": 4, "height": 4, "depth": 4,

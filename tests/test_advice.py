@@ -24,6 +24,11 @@ COMMANDS_OF = {
     "anatomy/totalseg.py": ("run", "batch", "anatomy"),
     "anatomy/precomputed.py": ("run", "anatomy"),
     "thresholds.py": ("run", "batch"),
+    "batch.py": ("batch", "gc-run"),
+    "io/limits.py": ("run", "batch"),
+    "io/identity.py": ("run", "batch"),
+    "io/outputs.py": ("run", "batch"),
+    "io/integrity.py": ("run",),
     "lesions/nnunet.py": ("run", "batch"),
     "io/readers.py": ("run",),
     "io/dicom.py": ("run",),
@@ -141,7 +146,9 @@ def test_every_suggested_flag_parses_in_its_command(command, flag, value, where)
             else:
                 argv.append(sorted(action.choices)[0])
         else:
-            argv.append(SAMPLE.get(action.type, "x"))
+            # A number for numeric (or custom-typed numeric) options, else a word.
+            argv.append(SAMPLE.get(action.type, "x" if action.type in (None, str, Path)
+                                   else "2"))
     parser.parse_args(argv)  # SystemExit (exit 2) fails the test
 
 

@@ -205,3 +205,178 @@ def test_real_pipeline_on_phantom_cases_in_parallel(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=PROJECT)
     assert res.returncode == 0 and "2 already done" in res.stderr
     assert mtimes == {c: (out / "cases" / c / "n-stage.json").stat().st_mtime_ns for c in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 19: nothing left running, one run per folder, spreadsheet-safe cells
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+BATCH_CLI = ("import sys; import nstage.batch as b; from batch_helpers import slow_runner; "
+             "b.pipeline_runner = slow_runner; from nstage.cli import main; "
+             "sys.exit(main(sys.argv[1:]))")
+
+
+def _start_slow_batch(cohort: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``nstage batch --workers 2`` whose cases take a minute; returns once two cases run."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT / "src"),
+                                                        str(PROJECT / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-c", BATCH_CLI, "batch", "--cases", str(cohort),
+                             "--out", str(out), "--workers", "2", *extra], cwd=PROJECT,
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(calls(cohort)) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    assert len(calls(cohort)) == 2, "the workers never started their cases"
+    return proc
+
+
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads processes from /proc")
+
+
+@LINUX_ONLY
+def test_sigkill_of_the_parent_leaves_no_worker_and_no_resource_tracker(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", {"a": "N0", "b": "N1 10R", "c": "N0"})
+    proc = _start_slow_batch(cohort, tmp_path / "out")
+    children = _children(proc.pid)
+    kinds = sorted("resource_tracker" if "resource_tracker" in _cmdline(c) else "worker"
+                   for c in children)
+    assert kinds == ["resource_tracker", "worker", "worker"], [_cmdline(c) for c in children]
+    proc.kill()  # SIGKILL: no handler runs in the parent
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(c) for c in children):
+        time.sleep(0.1)
+    assert [c for c in children if _running(c)] == []
+
+
+@LINUX_ONLY
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_ends_workers_and_rebuilds_the_table(tmp_path, signum):
+    cohort = make_fake_cohort(tmp_path / "cohort", {"a": "N0", "b": "N1 10R", "c": "N0"})
+    out = tmp_path / "out"
+    proc = _start_slow_batch(cohort, out)
+    workers = [int(p) for p in (cohort / "pids.log").read_text().split()]
+    proc.send_signal(signum)  # to the parent alone: it must end its workers itself
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines()[-1] == (
+        f"nstage batch: stopped by signal {int(signum)}; finished cases are kept in {out} (run "
+        "the same command again to resume)")
+    assert "Traceback" not in err
+    assert [w for w in workers if _running(w)] == []
+    # nothing half-done: no attempt folders, no lock; the table lists every case as pending
+    assert sorted(p.name for p in out.iterdir()) == ["cases", "predictions.csv"]
+    assert list((out / "cases").iterdir()) == []
+    assert [r["status"] for r in _table(out / "predictions.csv")] == ["pending"] * 3
+
+
+@LINUX_ONLY
+def test_second_batch_on_the_same_folder_is_refused_naming_lock_and_pid(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", {"a": "N0", "b": "N1 10R", "c": "N0"})
+    out = tmp_path / "out"
+    first = _start_slow_batch(cohort, out)
+    try:
+        res = subprocess.run([sys.executable, "-m", "nstage", "batch", "--cases", str(cohort),
+                              "--out", str(out)], capture_output=True, text=True, timeout=120,
+                             cwd=PROJECT)
+        assert res.returncode == 2
+        assert res.stderr == (
+            f"nstage batch: error: {out / '.nstage.lock'}: another 'nstage batch' (PID "
+            f"{first.pid}) is writing into this output folder (wait for it to finish or use "
+            "another --out; delete this lock file only if no such process runs)\n")
+        assert len(calls(cohort)) == 2  # the second run computed nothing
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert not (out / ".nstage.lock").exists()
+
+
+def test_lock_of_a_dead_run_is_taken_over(tmp_path):
+    cohort = make_fake_cohort(tmp_path / "cohort", {"a": "N0"})
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (out / ".nstage.lock").write_text(json.dumps({"pid": int(dead), "command": "nstage batch"}))
+    summary = run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    assert summary.ok == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cases", "predictions.csv"]
+
+
+def test_output_folder_that_is_a_file_is_refused_before_the_cohort(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("keep")
+    res = subprocess.run([sys.executable, "-m", "nstage", "batch", "--cases",
+                          str(tmp_path / "no-such-cohort"), "--out", str(target)],
+                         capture_output=True, text=True, timeout=120, cwd=PROJECT)
+    assert res.returncode == 2
+    assert res.stderr == (f"nstage batch: error: {target}: is a file, not a folder (give a "
+                          "folder for the outputs)\n")
+    assert target.read_text() == "keep"
+
+
+FORMULA_IDS = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "'quoted", "plain-id"]
+
+
+def test_predictions_cells_cannot_run_as_formulas(tmp_path):
+    specs = {cid: "N2 4R,7" for cid in FORMULA_IDS}
+    cohort = make_fake_cohort(tmp_path / "cohort", specs)
+    out = tmp_path / "out"
+    run_batch(cohort, out, {}, runner=fake_runner, progress=False)
+    lines = (out / "predictions.csv").read_text().splitlines()
+    text_cells = [ln.split(",")[0] for ln in lines[1:]]
+    # Case folders are taken in name order: ' + - = @ p
+    assert text_cells == ["''quoted", "'+SUM(A1)", "'-2+3", "'=1+1", "'@cmd", "plain-id"]
+    for line in lines[1:]:
+        cells = next(csv.reader([line]))
+        assert not cells[0].startswith(("=", "+", "-", "@", "\t", "\r"))
+        assert cells[5] == "0.85"  # p_N2: the numeric columns stay numbers
+    # nstage evaluate reads the ids back as they were
+    truth = tmp_path / "truth.csv"
+    truth.write_text("case_id,cN,pN\n" + "".join(f'"{c}",N2,pN2\n' for c in FORMULA_IDS))
+    m = evaluate_files(out / "predictions.csv", truth, n_boot=0)
+    assert m["ai_vs_pathological"]["n"] == len(FORMULA_IDS)
+    assert m["ai_vs_pathological"]["accuracy"]["count"] == len(FORMULA_IDS)
+
+
+def test_error_messages_in_the_table_are_safe_too(tmp_path):
+    from nstage.batch import write_predictions
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_predictions(out, ["x"], {"x": ("error", "-rf: =cmd|' /C calc'!A0")})
+    rows = _table(out / "predictions.csv")
+    assert rows[0]["error"] == "'-rf: =cmd|' /C calc'!A0"
+    assert rows[0]["status"] == "error"

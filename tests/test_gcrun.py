@@ -202,3 +202,97 @@ def test_stop_waiting_leaves_jobs_for_the_next_run(platform, tmp_path):
     assert (summary.done, summary.active) == (2, 0)
     assert [r["n_stage"] for r in _rows(out).values()] == ["N1", "N3"]
     assert len(platform.jobs) == 2 and len(platform.uploads) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Job creation is not idempotent: a request whose answer is lost must not create a second job.
+
+
+def test_connection_reset_after_the_job_was_created_makes_no_second_job(platform, tmp_path):
+    cohort = make_cohort(tmp_path / "cohort", {"a": "N2 4R,7", "b": "N0"})
+    out = tmp_path / "out"
+    platform.reset_after_create = 1  # case a: job created, the answer never arrives
+    summary = run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                                     poll_s=0.02, max_poll_s=0.05, progress=False,
+                                     deadline_s=60)
+    assert platform.reset_after_create == 0, "the fake never reset a connection"
+    assert (summary.done, summary.failed) == (2, 0)
+    assert platform.jobs_per_ct() == {"a-ct.mha": 1, "b-ct.mha": 1}
+    rows = _rows(out)
+    assert rows["a"]["n_stage"] == "N2" and rows["a"]["stations"] == "4R;7"
+    ledger = json.loads((out / LEDGER).read_text())["cases"]
+    assert ledger["a"]["job"] in platform.jobs and ledger["a"]["state"] == "done"
+    assert sorted(p.name for p in out.iterdir()) == ["cases", LEDGER, "predictions.csv"]
+
+
+def test_server_error_after_the_job_was_created_makes_no_second_job(platform, tmp_path):
+    cohort = make_cohort(tmp_path / "cohort", {"a": "N1 10R"})
+    platform.error_after_create = 1  # 502 although the job exists (gcapi must not re-send)
+    summary = run_on_grand_challenge(cohort, tmp_path / "out", ALGORITHM_SLUG,
+                                     base_url=platform.base_url, poll_s=0.02, max_poll_s=0.05,
+                                     progress=False, deadline_s=60)
+    assert platform.error_after_create == 0
+    assert (summary.done, summary.failed) == (1, 0)
+    assert platform.jobs_per_ct() == {"a-ct.mha": 1}
+    posts = [e for e in platform.log if e[1:3] == ("POST", "/api/v1/algorithms/jobs/")]
+    assert [e[3] for e in posts] == [502]
+
+
+def test_restart_from_creating_state_finds_the_job_instead_of_creating_another(platform,
+                                                                               tmp_path):
+    cohort = make_cohort(tmp_path / "cohort", {"a": "N3 4L", "b": "N1 10R"})
+    out = tmp_path / "out"
+    # First run: the answer to a's creation is lost and the run stops right away, leaving a
+    # in "creating" (as a run killed at that moment would); the job's inputs are still being
+    # imported, so a job list does not show them yet.
+    platform.reset_after_create = 1
+    platform.inputs_pending.set()
+    platform.hold.set()
+    first = run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                                   max_active=1, poll_s=0.02, progress=False, deadline_s=0)
+    ledger = json.loads((out / LEDGER).read_text())["cases"]
+    assert ledger["a"]["state"] == "creating" and ledger["a"]["job"] is None
+    assert ledger["a"]["marker"] and first.done == 0
+    assert len(platform.jobs) == 1
+    # Second run while the inputs are still pending: the job cannot be matched yet, so the
+    # case waits instead of creating a second one.
+    run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                           max_active=1, poll_s=0.02, max_poll_s=0.05, progress=False,
+                           deadline_s=0.5)
+    assert platform.jobs_per_ct() == {"a-ct.mha": 1}
+    assert json.loads((out / LEDGER).read_text())["cases"]["a"]["state"] == "creating"
+    # Third run once the inputs are imported: the job is found by its marker and collected.
+    platform.release_inputs()
+    platform.hold.clear()
+    summary = run_on_grand_challenge(cohort, out, ALGORITHM_SLUG, base_url=platform.base_url,
+                                     max_active=1, poll_s=0.02, max_poll_s=0.05,
+                                     progress=False, deadline_s=60)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert platform.jobs_per_ct() == {"a-ct.mha": 1, "b-ct.mha": 1}
+    assert [r["n_stage"] for r in _rows(out).values()] == ["N3", "N1"]
+    assert set(platform.uploads_per_file().values()) == {1}
+
+
+def test_second_run_on_a_locked_folder_is_refused(platform, tmp_path):
+    cohort = make_cohort(tmp_path / "cohort", {"a": "N0"})
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from nstage.batch import OutputLock; "
+         f"lock = OutputLock({str(out)!r}, 'nstage gc-run'); lock.acquire(); print('held', "
+         "flush=True); time.sleep(60)"],
+        cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+        res = subprocess.run(_cli(out, cohort, platform.base_url, env), cwd=PROJECT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2
+        assert res.stderr == (
+            f"nstage gc-run: error: {out / '.nstage.lock'}: another 'nstage gc-run' (PID "
+            f"{holder.pid}) is writing into this output folder (wait for it to finish or use "
+            "another --out; delete this lock file only if no such process runs)\n")
+        assert not platform.uploads and not platform.jobs
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)

@@ -164,7 +164,7 @@ def test_nan_only_pet_is_refused(tmp_path, capsys):
                 "nan.mha", "only NaN/inf")
 
 
-def test_some_nan_voxels_become_zero_with_a_note(tmp_path):
+def test_some_nan_voxels_are_zero_for_the_analysis_and_kept_as_a_region(tmp_path):
     ct = write(image(body_ct()), tmp_path / "ct.mha")
     arr = body_pet()
     arr[0, 0, :3] = np.nan
@@ -172,7 +172,11 @@ def test_some_nan_voxels_become_zero_with_a_note(tmp_path):
     study = load_study(ct, pet)
     assert np.isfinite(sitk.GetArrayViewFromImage(study.pet)).all()
     assert sitk.GetArrayViewFromImage(study.pet)[0, 0, :3].tolist() == [0, 0, 0]
-    assert any("3 NaN/inf voxels" in n for n in study.meta.notes)
+    assert any("3 voxels" in n and "NaN/inf" in n for n in study.meta.notes)
+    # The region is kept: the pipeline decides whether it hides what is staged.
+    assert set(study.invalid) == {"PET"}
+    mask = sitk.GetArrayViewFromImage(study.invalid["PET"])
+    assert mask.sum() == 3 and mask[0, 0, :3].all()
 
 
 def test_pet_and_ct_that_do_not_overlap_are_refused(tmp_path, capsys):
@@ -309,3 +313,16 @@ def test_dicom_study_folder_with_dicom_pet_and_ct(tmp_path):
     assert study.meta.ct_source.endswith("ct") and study.meta.pet_source.endswith("pet")
     assert sitk.GetArrayViewFromImage(study.ct).max() == 40
     assert study.meta.pet_units == "BQML"
+
+
+def test_suv_conversion_keeps_nan_voxels_as_nan(tmp_path, capsys):
+    """``nstage suv`` must not turn missing PET data into SUV 0: a later ``nstage run`` on the
+    converted file would then not see the region at all."""
+    arr = body_pet(body=5000.0, hot=20000.0)
+    arr[0, 0, :3] = np.nan
+    pet = write(image(arr), tmp_path / "bqml.mha")
+    out = tmp_path / "suv.mha"
+    assert cli_main(["suv", str(pet), "-o", str(out), "--weight", "70", "--dose", "350"]) == 0
+    assert "3 voxels hold no valid value (NaN/inf); kept as NaN" in capsys.readouterr().out
+    suv = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.isnan(suv[0, 0, :3]).all() and np.isfinite(suv[1:]).all()

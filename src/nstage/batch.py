@@ -19,25 +19,33 @@ gc-run`` writes the same layout and shares :func:`write_predictions`.
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nstage.errors import InputError, NStageError
+from nstage.errors import InputError, NStageError, OutputError
 
 PREDICTION_COLUMNS = ["case_id", "n_stage", "n_stage_9th", "p_N0", "p_N1", "p_N2", "p_N3",
                       "stations", "status", "error"]
+# Written as numbers (formatted from floats here); every other column is text and made
+# spreadsheet-safe (nstage.io.csvsafe).
+NUMERIC_COLUMNS = frozenset({"p_N0", "p_N1", "p_N2", "p_N3"})
+LOCK = ".nstage.lock"
 RESULT_JSON = "n-stage.json"
 ERROR_JSON = "error.json"
 OVERLAY = Path("images") / "n-staging-segmentation" / "output.mha"
@@ -290,13 +298,19 @@ def collect_rows(out: str | Path, case_ids: Iterable[str],
 
 def write_predictions(out: str | Path, case_ids: Iterable[str],
                       pending: dict[str, tuple[str, str]] | None = None) -> Path:
-    """(Re)build ``out/predictions.csv`` from the per-case folders, atomically."""
+    """(Re)build ``out/predictions.csv`` from the per-case folders, atomically.
+
+    Text cells that a spreadsheet would run as a formula get a leading ``'``
+    (:mod:`nstage.io.csvsafe`); the probability columns are numbers.
+    """
+    from nstage.io.csvsafe import safe_row
+
     out = Path(out)
     rows = collect_rows(out, case_ids, pending)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PREDICTION_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(safe_row(row, NUMERIC_COLUMNS) for row in rows)
     path = out / PREDICTIONS
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -305,6 +319,114 @@ def write_predictions(out: str | Path, case_ids: Iterable[str],
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------
+# One run per output folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class OutputLock:
+    """``DIR/.nstage.lock``: one ``nstage batch`` / ``gc-run`` writing into a folder at a time.
+
+    The lock is an ``flock`` on the file, which the kernel releases when its process dies
+    however it dies, so a lock left by a killed run is simply taken over; the file names the
+    holder's PID for the message a second run prints. Without ``fcntl`` (Windows) the file
+    is created exclusively and taken over when the PID in it is no longer running.
+
+    Raises
+    ------
+    OutputError
+        From :meth:`acquire`, when another live process holds the lock.
+    """
+
+    def __init__(self, out: str | Path, command: str):
+        self.path = Path(out) / LOCK
+        self.command = command
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _holder(self) -> tuple[str, str]:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return str(info.get("pid", "?")), str(info.get("command", "nstage"))
+        except (OSError, ValueError, AttributeError):
+            return "?", "nstage"
+
+    def _refuse(self) -> OutputError:
+        pid, command = self._holder()
+        return OutputError(
+            f"another '{command}' (PID {pid}) is writing into this output folder", self.path,
+            hint="wait for it to finish or use another --out; delete this lock file only if "
+                 "no such process runs")
+
+    def _stamp(self, fd: int) -> None:
+        info = {"pid": os.getpid(), "command": self.command, "host": os.uname().nodename
+                if hasattr(os, "uname") else "", "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            self._acquire_by_pid()
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise self._refuse() from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file the previous holder removed after we opened it
+                self._stamp(fd)
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def _acquire_by_pid(self) -> None:  # pragma: no cover - not POSIX
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pid, _ = self._holder()
+                if pid.isdigit() and _pid_alive(int(pid)):
+                    raise self._refuse() from None
+                self.path.unlink(missing_ok=True)  # a dead run's lock: take it over
+                continue
+            self._stamp(fd)
+            self._fd = fd
+            return
+        raise self._refuse()
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still holding it: no one can slip in
+        os.close(self._fd)
+        self._fd = None
 
 
 # ---------------------------------------------------------------------------
@@ -343,6 +465,9 @@ def run_one(case: Case, out: str | Path, options, runner: Runner = pipeline_runn
     except Exception as exc:  # one failing case must not stop the cohort
         message = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
         detail = traceback.format_exc()
+    except BaseException:  # stopped (Ctrl-C, SIGTERM): leave no half-done attempt behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     # A failed attempt keeps no partial outputs: only its error record.
     shutil.rmtree(work, ignore_errors=True)
     work = new_work_dir(out, case.case_id)
@@ -375,10 +500,55 @@ def _progress(total: int, initial: int, desc: str):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+class BatchStopped(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM); finished cases are kept.
+
+    A KeyboardInterrupt, so everything that handles Ctrl-C handles it too.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`BatchStopped` in the main thread for the block's duration."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise BatchStopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _per_worker_memory(options, workers: int):
+    """Each of ``workers`` parallel cases gets its share of the memory (unless one was given)."""
+    if workers <= 1 or getattr(options, "max_memory_gb", "n/a") is not None:
+        return options
+    from dataclasses import replace
+
+    from nstage.io.limits import memory_limit
+
+    return replace(options, max_memory_gb=memory_limit().nbytes / 1e9 / workers)
+
+
 def run_batch(source: str | Path | list[Case], out: str | Path, options=None, *,
-              workers: int = 1, runner: Runner = pipeline_runner,
+              workers: int = 1, runner: Runner | None = None,
               progress: bool = True) -> BatchSummary:
     """Run every unfinished case of a cohort and rebuild ``predictions.csv``.
+
+    The output folder is checked first and locked for the run (``DIR/.nstage.lock``: a second
+    run on the same folder is refused). SIGTERM and Ctrl-C stop the run: the workers are ended,
+    the cases in flight leave nothing behind, ``predictions.csv`` is rebuilt and
+    :class:`BatchStopped` (or KeyboardInterrupt) is raised. Workers also end when this process
+    dies, however it dies.
 
     Parameters
     ----------
@@ -387,23 +557,42 @@ def run_batch(source: str | Path | list[Case], out: str | Path, options=None, *,
     out : path
         Output folder (see module docstring for its layout).
     options : nstage.pipeline.RunOptions, optional
-        Passed to ``runner`` (default ``RunOptions()``).
+        Passed to ``runner`` (default ``RunOptions()``). With several workers and no
+        ``max_memory_gb``, each case gets its share of the memory available.
     workers : int
         Parallel processes; 1 runs the cases one after the other in this process.
-    runner : callable
-        ``runner(ct, pet, out_dir, options)``; must be a module-level function
-        (it is sent to worker processes, which are started with ``spawn``).
+    runner : callable, optional
+        ``runner(ct, pet, out_dir, options)`` (default :func:`pipeline_runner`); must be a
+        module-level function (it is sent to worker processes, started with ``spawn``).
     progress : bool
         Show a progress bar with ETA on stderr.
+
+    Raises
+    ------
+    InputError
+        The cohort cannot be read.
+    OutputError
+        The output folder is a file, cannot be written, or another run holds its lock.
     """
+    from nstage.io.outputs import check_output_folder
+
     if options is None:
         from nstage.pipeline import RunOptions
 
         options = RunOptions()
-    cases = source if isinstance(source, list) else discover_cases(source)
+    options = _per_worker_memory(options, workers)
+    runner = runner or pipeline_runner
     out = Path(out)
+    check_output_folder(out)
+    cases = source if isinstance(source, list) else discover_cases(source)
     out.mkdir(parents=True, exist_ok=True)
-    clean_stale_work_dirs(out)
+    with OutputLock(out, "nstage batch"), _stop_on_sigterm():
+        return _run_locked(cases, out, options, workers, runner, progress)
+
+
+def _run_locked(cases: list[Case], out: Path, options, workers: int, runner: Runner,
+                progress: bool) -> BatchSummary:
+    clean_stale_work_dirs(out)  # only safe under the lock: no other run is writing
     ids = [c.case_id for c in cases]
     todo = [c for c in cases if not is_finished(out, c.case_id)]
     summary = BatchSummary(total=len(cases), skipped=len(cases) - len(todo))
@@ -439,6 +628,9 @@ def run_batch(source: str | Path | list[Case], out: str | Path, options=None, *,
                 record(*run_one(case, out, options, runner))
         else:
             _run_parallel(todo, out, options, runner, workers, record, started)
+    except BaseException:
+        clean_stale_work_dirs(out)  # the workers are gone: their attempts can go too
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -456,6 +648,50 @@ def _case_line(out: Path, case_id: str, status: str, error: str) -> str:
             f"({result.get('n_stage_9th', '?')} 9th edition)")
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Make this process end when ``parent_pid`` (the batch run) dies, however it dies.
+
+    Linux: the kernel sends SIGTERM on the parent's death (prctl PR_SET_PDEATHSIG). Every
+    platform: a watchdog thread notices when the parent is gone (the process is re-parented)
+    and exits; it also covers a parent that died before the prctl call.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nstage-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int) -> None:
+    """First thing in every worker: end with the parent; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent_pid)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's worker processes now (a case in flight is abandoned)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
 def _run_parallel(todo: list[Case], out: Path, options, runner: Runner, workers: int,
                   record: Callable[[str, str, str], None],
                   started: Callable[[str], None] = lambda case_id: None) -> None:
@@ -465,7 +701,9 @@ def _run_parallel(todo: list[Case], out: Path, options, runner: Runner, workers:
     ctx = multiprocessing.get_context("spawn")
     queue = list(reversed(todo))
     while queue:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        try:
             running: dict[Future, Case] = {}
             broken = False
             while (queue or running) and not broken:
@@ -487,6 +725,11 @@ def _run_parallel(todo: list[Case], out: Path, options, runner: Runner, workers:
                 for fut, case in running.items():
                     fut.cancel()
                     _record_died(out, case, record)
+        except BaseException:
+            _terminate_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _record_died(out: Path, case: Case, record: Callable[[str, str, str], None]) -> None:

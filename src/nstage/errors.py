@@ -62,3 +62,7 @@ class ModelError(NStageError):
 
 class UsageError(NStageError):
     """A command line argument is invalid (unknown station code, bad option)."""
+
+
+class OutputError(NStageError):
+    """The output folder cannot take the results (a file, not writable, disk full)."""

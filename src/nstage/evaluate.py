@@ -297,8 +297,18 @@ def read_table(path: str | Path, required: tuple[str, ...], *,
 
 
 def read_pred(path: str | Path) -> pd.DataFrame:
-    """Read a predictions table (``case_id,n_stage`` and optional ``p_N0..p_N3``)."""
-    return read_table(path, PRED_REQUIRED)
+    """Read a predictions table (``case_id,n_stage`` and optional ``p_N0..p_N3``).
+
+    Text cells nstage wrote with a leading ``'`` (spreadsheet-safe, :mod:`nstage.io.csvsafe`)
+    are read back as they were.
+    """
+    from nstage.io.csvsafe import read_cell
+
+    df = read_table(path, PRED_REQUIRED)
+    for col in ("case_id", "n_stage", "status", "error"):
+        if col in df.columns:
+            df[col] = df[col].map(read_cell)
+    return df
 
 
 def read_truth(path: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:

@@ -9,9 +9,20 @@ works unchanged.
 Resuming: ``DIR/gc-ledger.json`` records, per case, the job id and its last
 known state, rewritten atomically after every change. A restart polls the jobs
 in the ledger instead of uploading their cases again, skips downloaded cases,
-and reports failed jobs (``retry_failed`` submits those again). A case whose
-upload was interrupted before the platform returned a job id has no job and is
-submitted again.
+and reports failed jobs (``retry_failed`` submits those again).
+
+Creating a job is not idempotent: a connection reset or a server error after the
+platform created the job would leave the job without the client knowing it. So
+before the request the ledger records the case as ``creating`` with a case
+marker, a random token that also goes into the names of the uploaded files (and
+so into the names of the job's input images). After a failed or reset request,
+and on a restart that finds a case ``creating``, the platform's jobs of this
+algorithm are searched for that marker before another job is created; while a
+job whose inputs are still being imported cannot be told apart, the case waits
+(at most :data:`LOOKUP_PATIENCE_S`). gcapi's own retries never repeat a job
+creation that got a server error.
+
+One run per output folder: ``DIR/.nstage.lock`` (as ``nstage batch``).
 
 The API token is read from an environment variable only and is never printed,
 logged or written anywhere.
@@ -23,8 +34,12 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +50,7 @@ from nstage.batch import (
     RESULT_JSON,
     STATUS_ERROR,
     Case,
+    OutputLock,
     commit_case_dir,
     discover_cases,
     is_finished,
@@ -59,10 +75,16 @@ SUCCEEDED = "Succeeded"
 FAILED_STATUSES = {"Failed", "Cancelled"}
 QUEUED_STATUSES = {"Queued", "Re-Queued", "Validating inputs"}
 
-# Ledger states
-S_SUBMITTING, S_QUEUED, S_RUNNING = "submitting", "queued", "running"
-S_DONE, S_FAILED = "done", "failed"
+# Ledger states. "creating": the job creation request was (about to be) sent and its
+# answer never recorded; the job may exist. ("submitting" is what older ledgers wrote.)
+S_CREATING, S_SUBMITTING, S_QUEUED, S_RUNNING = "creating", "submitting", "queued", "running"
+S_PENDING, S_DONE, S_FAILED = "pending", "done", "failed"
 ACTIVE_STATES = {S_QUEUED, S_RUNNING}
+MAYBE_CREATED = {S_CREATING, S_SUBMITTING}
+# How long a case in "creating" waits for jobs whose inputs are still being imported (and so
+# cannot be matched to a case yet) before it is created again (seconds).
+LOOKUP_PATIENCE_S = 600.0
+MARKER_PREFIX = "nstage-"
 
 _IMAGE_SUFFIXES = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".tif", ".tiff", ".dcm")
 # Submission problems that clear up by waiting (rate limit, platform busy, too many jobs).
@@ -150,7 +172,7 @@ def connect(token_env: str = DEFAULT_TOKEN_ENV, base_url: str | None = None):
     from gcapi.check_version import UnsupportedVersionError
 
     try:
-        return gcapi.Client(token=token, base_url=base_url)
+        client = gcapi.Client(token=token, base_url=base_url, retry_strategy=_retry_strategy())
     except UnsupportedVersionError as exc:
         raise GrandChallengeError(f"{exc}", hint="pip install --upgrade gcapi") from None
     except httpx.HTTPError as exc:
@@ -160,6 +182,39 @@ def connect(token_env: str = DEFAULT_TOKEN_ENV, base_url: str | None = None):
     except RuntimeError as exc:
         # gcapi: "Base URL must be https", "Invalid token format"; never contains the token.
         raise GrandChallengeError(f"{exc}", hint=f"check {token_env} and the base URL") from None
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _remember_request]}
+    return client
+
+
+_current_request = threading.local()  # the request each thread is sending (for the retries)
+
+
+def _remember_request(request) -> None:
+    _current_request.request = request
+
+
+def _retry_strategy():
+    """gcapi's back-off, except that a job creation answered with a server error is never sent
+    again blindly: the platform may have created the job (gc-run looks it up instead). 429
+    (throttled: the request was not processed) is still retried after Retry-After.
+
+    gcapi's strategies see only the response; the request comes from an httpx request hook
+    (:func:`_remember_request`) in the same thread.
+    """
+    from gcapi.retries import SelectiveBackoffStrategy
+
+    class NoBlindJobCreation(SelectiveBackoffStrategy):
+        def get_delay(self, latest_response):
+            request = getattr(_current_request, "request", None)
+            if (request is not None and request.method == "POST"
+                    and request.url.path.rstrip("/").endswith("algorithms/jobs")
+                    and latest_response.status_code != 429):
+                return None
+            return super().get_delay(latest_response)
+
+    # gcapi's defaults: 0.1 s doubling, 8 retries (about 25 s).
+    return NoBlindJobCreation(backoff_factor=0.1, maximum_number_of_retries=8)
 
 
 def _http_problem(exc) -> tuple[int | None, str]:
@@ -250,6 +305,74 @@ def case_inputs(case: Case) -> dict[str, list[Path]]:
                 "use the Grand Challenge layout, or a CSV with case_id,ct,pet")
         files[socket] = found
     return files
+
+
+@contextmanager
+def marked_files(files: dict[str, list[Path]], marker: str) -> Iterator[dict[str, list[Path]]]:
+    """The case's files under names that carry ``marker`` (links in a temporary folder).
+
+    The platform names an uploaded image after its file, so the marker identifies the job's
+    inputs later (:func:`find_created_job`). Symbolic links cost nothing; where they cannot be
+    made the files are copied.
+    """
+    with tempfile.TemporaryDirectory(prefix="nstage-upload-") as tmp:
+        marked: dict[str, list[Path]] = {}
+        for socket, paths in files.items():
+            folder = Path(tmp) / socket
+            folder.mkdir()
+            marked[socket] = []
+            for path in paths:
+                link = folder / f"{MARKER_PREFIX}{marker}-{path.name}"
+                try:
+                    link.symlink_to(path.resolve())
+                except OSError:
+                    shutil.copyfile(path, link)
+                marked[socket].append(link)
+        yield marked
+
+
+def _socket_slug(value) -> str:
+    socket = getattr(value, "socket", None) or getattr(value, "interface", None)
+    return getattr(socket, "slug", "") or ""
+
+
+def find_created_job(client, algorithm, marker: str, known: set[str]) -> tuple[str, object]:
+    """Search the platform for a job an interrupted creation may have made.
+
+    Looks at this algorithm's jobs (``algorithm_image__algorithm`` filter) that the ledger
+    does not hold for another case; a job is the case's when its ``ct`` input image's name
+    carries ``marker``.
+
+    Returns
+    -------
+    ("found", job) | ("absent", None) | ("unsure", None)
+        "unsure": a job's inputs are still being imported (no image yet), so it could be the
+        case's; or the platform could not be asked. Look again later.
+    """
+    import httpx
+
+    unsure = False
+    try:
+        for job in client.algorithm_jobs.iterate_all(
+                params={"algorithm_image__algorithm": algorithm.pk}):
+            if job.pk in known:
+                continue
+            ct = [v for v in job.inputs if _socket_slug(v) == "ct" and v.image]
+            if not ct:
+                unsure = unsure or job.status not in FAILED_STATUSES | {SUCCEEDED}
+                continue
+            if marker in client.images.detail(api_url=ct[0].image).name:
+                return "found", job
+    except httpx.HTTPError:
+        return "unsure", None
+    return ("unsure" if unsure else "absent"), None
+
+
+def _seconds_since(stamp: str | None) -> float:
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(str(stamp))).total_seconds()
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 # ---------------------------------------------------------------------------
@@ -391,20 +514,37 @@ def run_on_grand_challenge(
     GrandChallengeError
         The token is missing or refused, the algorithm is not found or has no
         ct/pet interface, or the platform cannot be reached.
+    OutputError
+        The output folder is a file, cannot be written, or another run holds its lock.
     """
-    import httpx
-    from gcapi import SocketValueSpec
-    from gcapi.exceptions import ObjectNotFound
+    from nstage.io.outputs import check_output_folder
 
     if max_active < 1:
         raise UsageError(f"--max-active must be 1 or more, got {max_active}")
-    cases = source if isinstance(source, list) else discover_cases(source)
     out = Path(out)
-    ledger = Ledger(out / LEDGER, algorithm)
+    check_output_folder(out)
+    cases = source if isinstance(source, list) else discover_cases(source)
+    Ledger(out / LEDGER, algorithm)  # a ledger of another algorithm: refuse before connecting
     if client is None:
         client = connect(token_env, base_url)
-    check_algorithm(client, algorithm, token_env)
+    algorithm_obj = check_algorithm(client, algorithm, token_env)
     out.mkdir(parents=True, exist_ok=True)  # only once the platform accepted us
+    with OutputLock(out, "nstage gc-run"):
+        ledger = Ledger(out / LEDGER, algorithm)  # as left by the run that held the lock
+        return _run_locked(cases, out, algorithm, algorithm_obj, ledger, client,
+                           token_env=token_env, max_active=max_active, poll_s=poll_s,
+                           max_poll_s=max_poll_s, retry_failed=retry_failed,
+                           progress=progress, deadline_s=deadline_s, sleep=sleep)
+
+
+def _run_locked(cases: list[Case], out: Path, algorithm: str, algorithm_obj, ledger: Ledger,
+                client, *, token_env: str, max_active: int, poll_s: float, max_poll_s: float,
+                retry_failed: bool, progress: bool, deadline_s: float | None,
+                sleep: Callable[[float], None]) -> GCSummary:
+    """The body of :func:`run_on_grand_challenge`, with the output folder locked."""
+    import httpx
+    from gcapi import SocketValueSpec
+    from gcapi.exceptions import ObjectNotFound
 
     ids = [c.case_id for c in cases]
     by_id = {c.case_id: c for c in cases}
@@ -450,24 +590,71 @@ def run_on_grand_challenge(
         if bar is not None:
             bar.update(1)
 
+    def known_jobs() -> set[str]:
+        return {str(e["job"]) for e in ledger.cases.values() if e.get("job")}
+
+    def adopt(cid: str, job) -> None:
+        active[cid] = job.pk
+        ledger.update(cid, state=S_QUEUED, job=job.pk, status=job.status, submitted=_now())
+
+    def look_up(cid: str) -> bool | None:
+        """For a case whose job may exist: True when found (adopted), None to wait, False when
+        there is none (create it)."""
+        entry = ledger.get(cid)
+        marker = entry.get("marker")
+        if not marker:
+            return False  # an older ledger: no marker to look for
+        verdict, job = find_created_job(client, algorithm_obj, marker, known_jobs())
+        if verdict == "found":
+            adopt(cid, job)
+            return True
+        if verdict == "unsure" and _seconds_since(entry.get("creating_since")) < \
+                LOOKUP_PATIENCE_S:
+            return None
+        return False
+
+    def maybe_created(cid: str, problem: str) -> bool:
+        """The creation request failed where the job may exist: look it up next round."""
+        attempts[cid] = attempts.get(cid, 0) + 1
+        if attempts[cid] < MAX_SUBMIT_ATTEMPTS:
+            return False
+        found = look_up(cid)
+        if found is not False:
+            return bool(found)  # adopted, or still cannot tell: wait
+        finish(cid, False, problem)
+        return True
+
     def submit(cid: str) -> bool:
-        """Upload and start one case; False when the platform asks to wait."""
+        """Upload and start one case; False when it must wait (platform busy, or a job an
+        earlier attempt may have created cannot be found yet)."""
         case = by_id[cid]
+        if ledger.get(cid).get("state") in MAYBE_CREATED:
+            found = look_up(cid)
+            if found is not False:
+                return bool(found)
         try:
             files = case_inputs(case)
         except NStageError as exc:
             finish(cid, False, exc.one_line())
             return True
-        ledger.update(cid, state=S_SUBMITTING, job=None, error=None)
+        marker = uuid.uuid4().hex[:12]
+        ledger.update(cid, state=S_CREATING, job=None, error=None, marker=marker,
+                      creating_since=_now())
         try:
-            job = client.start_algorithm_job(
-                algorithm_slug=algorithm,
-                inputs=[SocketValueSpec(socket_slug=s, files=[str(f) for f in files[s]])
-                        for s in INPUT_SOCKETS])
+            with marked_files(files, marker) as marked:
+                job = client.start_algorithm_job(
+                    algorithm_slug=algorithm,
+                    inputs=[SocketValueSpec(socket_slug=s, files=[str(f) for f in marked[s]])
+                            for s in INPUT_SOCKETS])
         except httpx.HTTPStatusError as exc:
             code, text = _http_problem(exc)
             if code in (401, 403):
                 raise _auth_error(code, text, token_env) from None
+            if (code is not None and code >= 500) or code in (408, 409, 423):
+                # the platform may have created the job before the error: look it up
+                return maybe_created(cid, f"Grand Challenge refused the job (HTTP {code}: "
+                                          f"{text})")
+            ledger.update(cid, state=S_PENDING)  # refused outright: no job was created
             if code == 400 and "too many" in text.lower():
                 return False  # the user's quota of active jobs is full: wait, however long
             attempts[cid] = attempts.get(cid, 0) + 1
@@ -475,18 +662,13 @@ def run_on_grand_challenge(
                 return False
             finish(cid, False, f"Grand Challenge refused the job (HTTP {code}: {text})")
             return True
-        except httpx.HTTPError as exc:
-            attempts[cid] = attempts.get(cid, 0) + 1
-            if attempts[cid] < MAX_SUBMIT_ATTEMPTS:
-                return False
-            finish(cid, False, f"cannot reach Grand Challenge: {type(exc).__name__}")
-            return True
+        except httpx.HTTPError as exc:  # reset, timeout: the job may or may not exist
+            return maybe_created(cid, f"cannot reach Grand Challenge: {type(exc).__name__}")
         except (ValueError, OSError) as exc:
+            ledger.update(cid, state=S_PENDING)
             finish(cid, False, f"cannot submit the case: {' '.join(str(exc).split())}")
             return True
-        active[cid] = job.pk
-        ledger.update(cid, state=S_QUEUED, job=job.pk, status=job.status,
-                      submitted=_now())
+        adopt(cid, job)
         return True
 
     def poll(cid: str) -> bool:

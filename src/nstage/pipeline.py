@@ -9,6 +9,7 @@ of errors.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import threading
 import time
@@ -36,6 +37,10 @@ OUTPUT_JSON = "n-stage.json"
 OUTPUT_OVERLAY = Path("images") / "n-staging-segmentation" / "output.mha"
 # Written next to n-stage.json when the CT was read from DICOM (for PACS, OHIF, 3D Slicer).
 OUTPUT_DICOM_SEG = "n-staging-segmentation.dcm"
+# Every file a run writes into its output folder (relative paths): a rerun removes those it
+# does not write again, and never touches any other file.
+OUTPUT_FILES = (Path(OUTPUT_JSON), OUTPUT_OVERLAY, Path("n-stage-report.png"),
+                Path("n-stage-report.pdf"), Path(OUTPUT_DICOM_SEG))
 
 # Overlay values (DESIGN.md, "Output contract").
 LABEL_PRIMARY = 1
@@ -73,6 +78,12 @@ class RunOptions:
     progress : bool
         Print one line per step on stderr (``nstage: anatomy ... 3.1 s``) and an elapsed bar
         for long model steps (see :mod:`nstage.progress`); the CLI sets it unless ``--quiet``.
+    max_memory_gb : float or None
+        Memory available to the run (GB); inputs whose voxels do not fit are refused before
+        they are read. None: the container's limit or the physical memory.
+    allow_different_studies : bool
+        Stage a CT and PET whose PatientID, StudyInstanceUID or FrameOfReferenceUID differ
+        (with a note) instead of refusing them.
     """
 
     anatomy: str = "auto"
@@ -88,6 +99,8 @@ class RunOptions:
     anatomy_seg: tuple[Path, ...] | None = None
     anatomy_seg_task: str | None = None
     progress: bool = False
+    max_memory_gb: float | None = None
+    allow_different_studies: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,64 @@ def _pet_coverage(study: Study, work_ct: sitk.Image) -> float:
     return float(sitk.GetArrayViewFromImage(inside).mean())
 
 
+@dataclass(frozen=True)
+class UnreadableRegion:
+    """Where one input held no finite value (NaN/inf); see :attr:`nstage.study.Study.invalid`.
+
+    Attributes
+    ----------
+    modality : {"CT", "PET"}
+    volume_ml : float
+        Volume of those voxels on the modality's own grid (ml).
+    z_range_mm : tuple of float
+        Lowest and highest voxel centre (mm, LPS: +z superior).
+    affects_staging : bool
+        The region lies in the thoracic region that is staged (for the PET: inside the body
+        there, where a node or the primary could hide).
+    """
+
+    modality: str
+    volume_ml: float
+    z_range_mm: tuple[float, float]
+    affects_staging: bool
+
+    def reason(self) -> str:
+        where = (f"{self.volume_ml:.1f} ml at z {self.z_range_mm[0]:.0f} to "
+                 f"{self.z_range_mm[1]:.0f} mm")
+        if self.affects_staging:
+            return (f"{self.modality} has no valid values (NaN/inf) in {where}, inside the "
+                    "thoracic region that is staged: lesions there cannot be assessed")
+        return (f"{self.modality} has no valid values (NaN/inf) in {where}, outside the body "
+                "or the thoracic region that is staged: it cannot change the N stage")
+
+
+def _unreadable_regions(study: Study, work_ct: sitk.Image, anatomy: Anatomy
+                        ) -> list[UnreadableRegion]:
+    """The input regions without a finite value, and whether each can hide what is staged.
+
+    A CT region inside the work box makes the anatomy unreliable there; a PET region inside
+    the body within the work box (the ``body`` mask when the anatomy has one) can hide a node
+    or the primary. Either makes the study NX (see :func:`stage_study`).
+    """
+    regions = []
+    for modality, mask in sorted(study.invalid.items()):
+        arr = sitk.GetArrayViewFromImage(mask)
+        slices = np.flatnonzero(arr.any(axis=(1, 2)))
+        if slices.size == 0:
+            continue
+        voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+        z = [mask.TransformIndexToPhysicalPoint((0, 0, int(k)))[2]
+             for k in (slices[0], slices[-1])]
+        on_work = sitk.Resample(mask, work_ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                sitk.sitkUInt8)
+        hit = sitk.GetArrayViewFromImage(on_work) > 0
+        if modality == "PET" and anatomy.has("body"):
+            hit = hit & anatomy.mask("body")
+        regions.append(UnreadableRegion(modality, round(float(arr.sum()) * voxel_ml, 2),
+                                        (min(z), max(z)), bool(hit.any())))
+    return regions
+
+
 def stage_study(study: Study, options: RunOptions = RunOptions(),
                 anatomy: Anatomy | None = None) -> StageResult:
     """Run the whole analysis on a loaded study; never writes files.
@@ -216,6 +287,8 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
                                           precomputed_task=options.anatomy_seg_task)
         else:
             anatomy = _anatomy_on_work_grid(anatomy, study.ct, work_ct, box)
+    unreadable = _unreadable_regions(study, work_ct, anatomy)
+    reasons.extend(r.reason() for r in unreadable)
     lung_ml = {s: anatomy.volume_ml(f"lung_{s}") for s in ("left", "right")}
     thorax_in_view = min(lung_ml.values()) >= ath["min_lung_volume_ml"]
     if not thorax_in_view:
@@ -262,7 +335,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     n8, n9 = nstage.n_stage, nstage.n_stage_9th
     all_reasons = list(reasons) + list(nstage.reasons)
     counted = [n for n in node_results if n.call.positive]
-    if not thorax_in_view or not covered:
+    if not thorax_in_view or not covered or any(r.affects_staging for r in unreadable):
         n8, n9 = "NX", "NX"
     elif placed.primary is None and not counted:
         n8, n9 = "NX", "NX"
@@ -537,37 +610,59 @@ def _lobe_of(lesion) -> str | None:
 
 def write_outputs(staged: StageResult, out_dir: Path, options: RunOptions,
                   started: float | None = None) -> dict:
-    """Write the overlay, the visual report and n-stage.json, each atomically.
+    """Write the overlay, the visual report and n-stage.json into ``out_dir`` as one step.
 
-    The result is validated against the schema before anything is written, and the JSON
-    goes last: its presence means the case finished (``nstage batch`` resumes on it).
-    A failure to draw the visual report is recorded in ``notes``, not fatal: the report
-    is an extra, the JSON and overlay are the contract.
+    The result is validated against the schema before anything is written. Every file is
+    written into a staging folder inside ``out_dir`` and moved in at the end, n-stage.json
+    last (its presence means the case finished: ``nstage batch`` resumes on it); outputs of an
+    earlier run that this run does not write are removed (:mod:`nstage.io.outputs`). A failure
+    leaves ``out_dir`` as it was. A failure to draw the visual report is recorded in
+    ``notes``, not fatal: the report is an extra, the JSON and overlay are the contract.
+
+    Raises
+    ------
+    nstage.errors.OutputError
+        The outputs cannot be written (disk full, no permission); nothing new is left.
     """
-    from nstage.io import write_json_atomic, write_label_image
+    from nstage.io.outputs import OutputStaging, output_error
     from nstage.schema import validate_result
 
     out_dir = Path(out_dir)
     validate_result(staged.result)
     t0 = time.perf_counter()
+    with OutputStaging(out_dir, OUTPUT_FILES, Path(OUTPUT_JSON)) as staging:
+        try:
+            _write_files(staged, staging.path, options, t0, started)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: SimpleITK's writers
+            raise output_error(exc, out_dir, "writing the outputs") from None
+        staging.commit()
+    timings = staged.result["timings_s"]
+    progress_reporter(options.progress).step("outputs",
+                                             timings["write"] + timings.get("overlay", 0.0))
+    return staged.result
+
+
+def _write_files(staged: StageResult, folder: Path, options: RunOptions, t0: float,
+                 started: float | None) -> None:
+    """Every output into ``folder`` (the staging folder, never the output folder itself):
+    each writer gets ``folder``; n-stage.json is written last."""
+    from nstage.io import write_json_atomic, write_label_image
+
     write_label_image(staged.overlay, staged.study.ct, staged.study.ct_geometry,
-                      out_dir / OUTPUT_OVERLAY)
+                      folder / OUTPUT_OVERLAY)
     if staged.study.meta.ct_dicom_files:
-        error = _write_dicom_seg(staged, out_dir / OUTPUT_DICOM_SEG)
+        error = _write_dicom_seg(staged, folder / OUTPUT_DICOM_SEG)
         if error:
             staged.result["notes"].append(f"DICOM SEG not written: {error}")
     if options.report:
-        error = _draw_report(staged, out_dir)
+        error = _draw_report(staged, folder)
         if error:
             staged.result["notes"].append(f"visual report not written: {error}")
     timings = staged.result["timings_s"]
     timings["write"] = round(time.perf_counter() - t0, 3)
     if started is not None:
         timings["total"] = round(time.perf_counter() - started, 3)
-    write_json_atomic(staged.result, out_dir / OUTPUT_JSON)
-    progress_reporter(options.progress).step("outputs",
-                                             timings["write"] + timings.get("overlay", 0.0))
-    return staged.result
+    write_json_atomic(staged.result, folder / OUTPUT_JSON)
 
 
 def _write_dicom_seg(staged: StageResult, path: Path) -> str | None:
@@ -591,6 +686,10 @@ def _draw_report(staged: StageResult, out_dir: Path) -> str | None:
 
     try:
         write_report(staged, out_dir)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise  # a full disk fails the whole write, not just the figure
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     except Exception as exc:  # the figure must never cost the user the result
         return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return None
@@ -629,6 +728,10 @@ def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
              options: RunOptions = RunOptions(), *, override=None) -> dict:
     """Load, stage and write one case. Raises :class:`nstage.errors.NStageError` on bad input.
 
+    The output folder is checked first (a folder, writable), its free space once the CT's size
+    is known, both before any analysis; the inputs' sizes and identities before their voxels
+    are read (:func:`nstage.io.load_study`).
+
     Parameters
     ----------
     ct, pet : path
@@ -641,18 +744,23 @@ def run_case(ct: str | Path, pet: str | Path | None, out_dir: str | Path,
         Weight/dose/times for PET images without usable headers.
     """
     from nstage.io import load_study
+    from nstage.io.outputs import check_free_space, check_output_folder, expected_output_bytes
 
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     t0 = time.perf_counter()
     preloading = _preload(options.report)
     try:
-        study = load_study(ct, pet, override=override)
+        study = load_study(ct, pet, override=override, max_memory_gb=options.max_memory_gb,
+                           allow_different_studies=options.allow_different_studies)
     finally:
         preloading.join()
+    check_free_space(out_dir, expected_output_bytes(study.ct_geometry.size))
     t_load = round(time.perf_counter() - t0, 3)
     progress_reporter(options.progress).step("load", t_load)
     staged = stage_study(study, options)
     staged.result["timings_s"] = {"load": t_load, **staged.result["timings_s"]}
-    return write_outputs(staged, Path(out_dir), options, started=t0)
+    return write_outputs(staged, out_dir, options, started=t0)
 
 
 def options_with(options: RunOptions, **changes) -> RunOptions:

@@ -92,12 +92,18 @@ class Study:
     ct_geometry : ImageGeometry
         The CT grid exactly as given, so outputs can be written onto it.
     meta : StudyMeta
+    invalid : dict of str to SimpleITK.Image
+        Where an input held no finite value (NaN/inf), per modality (``"CT"``, ``"PET"``):
+        uint8 masks on that modality's canonical grid. Those voxels are air (CT) or SUV 0
+        (PET) in ``ct``/``pet``; the pipeline decides whether they hide what is staged.
+        Empty when every voxel was finite.
     """
 
     ct: sitk.Image
     pet: sitk.Image
     ct_geometry: ImageGeometry
     meta: StudyMeta
+    invalid: dict[str, sitk.Image] = field(default_factory=dict)
 
     def pet_on(self, reference: sitk.Image) -> sitk.Image:
         """PET (SUV, float32) resampled linearly onto ``reference``'s grid; 0 outside the PET."""

@@ -39,6 +39,30 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
                        help="do not write the visual report")
 
 
+def positive_gb(text: str) -> float:
+    """argparse type for ``--max-memory-gb``: a positive number of GB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def add_input_check_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory-gb`` and ``--allow-different-studies`` (checks made before reading)."""
+    g = parser.add_argument_group("input checks")
+    g.add_argument("--max-memory-gb", type=positive_gb, default=None, metavar="GB",
+                   help="memory available to one case; inputs whose voxels would not fit (a "
+                        "quarter of it, staging holds about four working copies) are refused "
+                        "before they are read (default: the container's memory limit, else "
+                        "the machine's memory)")
+    g.add_argument("--allow-different-studies", action="store_true",
+                   help="stage a CT and PET whose PatientID, StudyInstanceUID or "
+                        "FrameOfReferenceUID differ (refused by default; a note says so)")
+
+
 def options_from_args(args: argparse.Namespace):
     from nstage.errors import UsageError
     from nstage.pipeline import RunOptions
@@ -67,6 +91,8 @@ def options_from_args(args: argparse.Namespace):
         lesion_checkpoint=getattr(args, "checkpoint", "final"),
         anatomy_seg=tuple(getattr(args, "anatomy_seg", None) or ()) or None,
         anatomy_seg_task=getattr(args, "anatomy_seg_task", None),
+        max_memory_gb=getattr(args, "max_memory_gb", None),
+        allow_different_studies=getattr(args, "allow_different_studies", False),
     )
 
 

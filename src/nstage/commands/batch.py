@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from nstage.commands._common import add_backend_args, add_report_args, options_from_args
+from nstage.commands._common import (
+    add_backend_args,
+    add_input_check_args,
+    add_report_args,
+    options_from_args,
+)
 from nstage.progress import add_quiet_arg
 
 
@@ -21,7 +27,9 @@ def register(sub) -> argparse.ArgumentParser:
                     "DIR/predictions.csv (usable as 'nstage evaluate --pred'). Re-running "
                     "skips finished cases and retries failed ones. Exit code 0: all cases "
                     "done; 3: finished but some cases failed (see predictions.csv); 2: the "
-                    "cohort could not be read.",
+                    "cohort could not be read, or the output folder cannot be used (a file, "
+                    "not writable, or locked by another run: DIR/.nstage.lock); 143/130: "
+                    "stopped by SIGTERM/Ctrl-C (finished cases are kept).",
     )
     p.add_argument("--cases", required=True, type=Path, metavar="DIR_OR_CSV",
                    help="folder of case folders, or CSV with case_id,ct,pet")
@@ -31,18 +39,25 @@ def register(sub) -> argparse.ArgumentParser:
     add_backend_args(p)
     add_report_args(p)
     add_quiet_arg(p)
+    add_input_check_args(p)
     p.set_defaults(func=main)
     return p
 
 
 def main(args) -> int:
-    from nstage.batch import EXIT_SOME_FAILED, run_batch
+    from nstage.batch import EXIT_SOME_FAILED, BatchStopped, run_batch
     from nstage.errors import UsageError
 
     if args.workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {args.workers}")
-    summary = run_batch(args.cases, args.out, options_from_args(args), workers=args.workers,
-                        progress=not args.quiet)
+    try:
+        summary = run_batch(args.cases, args.out, options_from_args(args),
+                            workers=args.workers, progress=not args.quiet)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (BatchStopped)
+        signum = stop.signum if isinstance(stop, BatchStopped) else signal.SIGINT
+        print(f"nstage batch: stopped by signal {int(signum)}; finished cases are kept in "
+              f"{args.out} (run the same command again to resume)", file=sys.stderr)
+        return 128 + int(signum)
     print(f"{summary.total} case(s): {summary.skipped} already done, {summary.ok} done now, "
           f"{summary.failed} failed; table: {summary.predictions}", file=sys.stderr)
     for case_id, error in summary.errors.items():

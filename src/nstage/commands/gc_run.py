@@ -19,7 +19,8 @@ def register(sub) -> argparse.ArgumentParser:
                     "still running. The API token is read only from the environment variable "
                     "named by --token-env. Exit code 0: all cases done; 3: finished but some "
                     "jobs failed; 4: stopped waiting with jobs still running (run again); "
-                    "2: token, algorithm or cohort problem.",
+                    "2: token, algorithm, cohort or output-folder problem (another run holding "
+                    "DIR/.nstage.lock).",
     )
     p.add_argument("--algorithm", required=True, metavar="SLUG",
                    help="algorithm slug (from https://grand-challenge.org/algorithms/SLUG/)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nstage.commands._common import (
     add_backend_args,
+    add_input_check_args,
     add_report_args,
     options_from_args,
     summary_lines,
@@ -32,6 +33,7 @@ def register(sub) -> argparse.ArgumentParser:
     add_backend_args(p)
     add_precomputed_args(p)
     add_report_args(p)
+    add_input_check_args(p)
     add_suv_override_args(p)
     add_quiet_arg(p)
     p.set_defaults(func=main)

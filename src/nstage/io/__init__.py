@@ -9,6 +9,12 @@ SUVOverride, suv_factor(header) -> SUVFactor
     Explicit weight/dose/times; the pure SUVbw factor from PET DICOM header fields.
 write_label_image, write_json_atomic, write_image_atomic
     Outputs that appear complete or not at all.
+
+Checks made before an image's voxels are read or anything is written (issue 19):
+:mod:`nstage.io.integrity` (headers, complete voxel data), :mod:`nstage.io.limits` (memory
+budget), :mod:`nstage.io.identity` (one patient, study and frame of reference),
+:mod:`nstage.io.outputs` (the output folder, staged writing), :mod:`nstage.io.csvsafe`
+(spreadsheet-safe CSV cells).
 """
 
 from nstage.io.dicom import DicomSeries, find_series, pet_refusal, read_series

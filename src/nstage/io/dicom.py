@@ -60,6 +60,26 @@ class DicomSeries:
         return str(value) if value else None
 
     @property
+    def identity(self) -> dict[str, str]:
+        """PatientID, StudyInstanceUID and FrameOfReferenceUID where the series carries them,
+        as ``{"patient": ..., "study": ..., "frame_of_reference": ...}``."""
+        found = {}
+        for what, keyword in (("patient", "PatientID"), ("study", "StudyInstanceUID"),
+                              ("frame_of_reference", "FrameOfReferenceUID")):
+            value = str(self.first.get(keyword, "") or "").strip()
+            if value:
+                found[what] = value
+        return found
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes :func:`read_series` holds for the volume (float64), from the headers alone."""
+        rows = int(self.first.get("Rows", 0) or 0)
+        cols = int(self.first.get("Columns", 0) or 0)
+        frames = sum(int(h.get("NumberOfFrames", 1) or 1) for h in self.headers)
+        return rows * cols * frames * 8
+
+    @property
     def folder(self) -> Path:
         return self.files[0].parent
 

@@ -26,6 +26,16 @@ import SimpleITK as sitk
 from nstage.errors import GeometryError, InputError, SUVError
 from nstage.geometry import canonical
 from nstage.io.dicom import DicomSeries, choose_ct, choose_pet, find_series, read_series
+from nstage.io.identity import check_same_study
+from nstage.io.integrity import (
+    ImageHeader,
+    check_layout,
+    data_layout,
+    identity_from_metadata,
+    read_header,
+    verify_stream,
+)
+from nstage.io.limits import InputSize, check_input_sizes, memory_limit
 from nstage.io.suv import F18_HALF_LIFE_S, SUVFactor, SUVOverride, suv_factor
 from nstage.study import ImageGeometry, Study, StudyMeta
 
@@ -51,40 +61,70 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and name.endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a 3D scalar image file (anything SimpleITK reads).
+def read_image(path: str | Path, *, max_memory_gb: float | None = None) -> sitk.Image:
+    """Read a 3D scalar image file (anything SimpleITK reads), checked before reading.
 
-    A 4D image with a single time point is reduced to 3D.
+    The header is read first: an image whose voxels exceed the memory budget
+    (:mod:`nstage.io.limits`) is refused before any voxel is read, and the voxel data must be
+    complete (:mod:`nstage.io.integrity`). A 4D image with a single time point is reduced to 3D.
+
+    Parameters
+    ----------
+    max_memory_gb : float, optional
+        Memory available to the run (default: the container's limit or the physical memory).
 
     Raises
     ------
     InputError
-        Missing or unreadable file, vector/RGB pixels.
+        Missing, unreadable, truncated or damaged file, vector/RGB pixels, too large for the
+        memory available.
     GeometryError
         Not 3D (2D, a single slice, or 4D with several time points).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("does not exist", path)
+    header = _checked_header(read_header(path))
+    check_input_sizes([InputSize("image", header.path, header.nbytes, header.describe())],
+                      memory_limit(max_memory_gb))
+    return read_verified(header)
+
+
+def _checked_header(header: ImageHeader) -> ImageHeader:
+    """Refuse, from the header alone, what cannot be a CT or PET volume."""
+    path, size = header.path, header.size
+    if header.components != 1:
+        raise InputError(f"has {header.components} components per voxel (colour or vector "
+                         "image), expected a scalar CT/PET volume", path)
+    dim = len(size) - (1 if len(size) == 4 and size[3] == 1 else 0)
+    if dim != 3:
+        raise GeometryError(f"is {len(size)}D (size {size}), expected a 3D volume", path,
+                            hint="give one 3D volume per modality")
+    if min(size[:3]) < 2:
+        raise GeometryError(f"has size {size[:3]}: a single slice is not a 3D volume", path)
+    return header
+
+
+def read_verified(header: ImageHeader) -> sitk.Image:
+    """The voxels of a file whose header was read, after checking that the file holds all of
+    them (:func:`nstage.io.integrity.check_layout`); 3D, as given.
+
+    Raises
+    ------
+    InputError
+        Truncated or damaged voxel data, or SimpleITK cannot read them.
+    """
+    path = header.path
+    layout = data_layout(header)
+    check_layout(header, layout)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        problem = verify_stream(header, layout)  # says what is wrong with the data, if it is
+        if problem is not None:
+            raise problem from None
         msg = " ".join(str(exc).split())
         raise InputError(f"cannot be read as an image ({msg[-160:]})", path,
                          hint="give a .mha, .nii.gz or .nrrd file or a DICOM folder") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-                         "(colour or vector image), expected a scalar CT/PET volume", path)
-    dim = image.GetDimension()
-    if dim == 4 and image.GetSize()[3] == 1:
+    if image.GetDimension() == 4:
         image = sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, 0])
-        dim = 3
-    if dim != 3:
-        raise GeometryError(f"is {dim}D (size {image.GetSize()}), expected a 3D volume", path,
-                            hint="give one 3D volume per modality")
-    if min(image.GetSize()) < 2:
-        raise GeometryError(f"has size {image.GetSize()}: a single slice is not a 3D volume",
-                            path)
     return image
 
 
@@ -123,6 +163,23 @@ def _socket_folders(folder: Path) -> tuple[list[Path], list[Path]]:
             elif slug in PET_SLUGS:
                 pet_dirs.insert(0, target)
     return ct_dirs, pet_dirs
+
+
+def gc_input_value(folder: str | Path, slug: str):
+    """The ``value`` of the socket ``slug`` in a Grand Challenge ``inputs.json`` (None when the
+    file or the socket is absent; a value socket such as a Bool carries it inline)."""
+    manifest = Path(folder) / "inputs.json"
+    if not manifest.is_file():
+        return None
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"is not valid JSON ({exc})", manifest) from None
+    for entry in entries if isinstance(entries, list) else []:
+        interface = entry.get("interface", {}) if isinstance(entry, dict) else {}
+        if isinstance(interface, dict) and str(interface.get("slug", "")).lower() == slug:
+            return entry.get("value")
+    return None
 
 
 def _one_image(candidates: list[Path], folder: Path, what: str, default: str) -> Path:
@@ -191,25 +248,44 @@ def suv_plausibility_problem(values: np.ndarray) -> str | None:
     return None
 
 
-def _fix_non_finite(image: sitk.Image, path: Path, fill: float, what: str,
-                    notes: list[str]) -> sitk.Image:
-    """Replace NaN/inf voxels with ``fill`` (with a note); refuse images without finite values."""
+def _refuse_all_non_finite(arr: np.ndarray, path: Path, what: str) -> None:
+    if arr.size and not np.isfinite(arr).any():
+        raise GeometryError(f"{what} holds only NaN/inf values, no finite voxel", path,
+                            hint="check the export of this image")
+
+
+def _non_finite(image: sitk.Image, path: Path, fill: float, what: str,
+                notes: list[str]) -> tuple[sitk.Image, sitk.Image | None]:
+    """Voxels without a finite value (NaN/inf): filled with ``fill`` for the analysis, and
+    returned as a uint8 mask (same grid) so the pipeline can decide what they hide.
+
+    Returns
+    -------
+    (image, mask or None)
+        The image with ``fill`` in place of NaN/inf, and the mask of those voxels (None when
+        every voxel is finite).
+
+    Raises
+    ------
+    GeometryError
+        No finite voxel at all.
+    """
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
-        return image
+        return image, None
     arr = sitk.GetArrayViewFromImage(image)
     bad = ~np.isfinite(arr)
     n_bad = int(bad.sum())
     if n_bad == 0:
-        return image
-    if n_bad == arr.size:
-        raise GeometryError(f"{what} holds only NaN/inf values, no finite voxel", path,
-                            hint="check the export of this image")
-    fixed = np.where(bad, fill, arr).astype(arr.dtype)
-    out = sitk.GetImageFromArray(fixed)
-    out.CopyInformation(image)
-    notes.append(f"{what}: {n_bad} NaN/inf voxels ({100 * n_bad / arr.size:.2g} %) set to "
-                 f"{fill:g}")
-    return out
+        return image, None
+    _refuse_all_non_finite(arr, path, what)
+    fixed = sitk.GetImageFromArray(np.where(bad, fill, arr).astype(arr.dtype))
+    fixed.CopyInformation(image)
+    mask = sitk.GetImageFromArray(bad.view(np.uint8))
+    mask.CopyInformation(image)
+    notes.append(f"{what}: {n_bad} voxels ({100 * n_bad / arr.size:.2g} %) hold no valid value "
+                 f"(NaN/inf); set to {fill:g} for the analysis, their region is judged in "
+                 "reasons")
+    return fixed, mask
 
 
 def _as_ct_type(image: sitk.Image) -> sitk.Image:
@@ -260,6 +336,78 @@ def check_overlap(ct: sitk.Image, pet: sitk.Image, ct_path: Path, pet_path: Path
 
 
 @dataclass
+class _Source:
+    """One modality located but not read yet: an image file (header read) or a DICOM series
+    (headers read), so sizes and identities can be checked before any voxel is read."""
+
+    what: str                              # "CT" or "PET"
+    path: Path                             # the image file, or the series' folder
+    header: ImageHeader | None = None
+    series: DicomSeries | None = None
+    notes: list[str] = field(default_factory=list)
+    declared: str = "input file declared as SUV"  # how a PET file's SUV is vouched for
+
+    def size(self) -> InputSize:
+        """Bytes the voxels take once read (PET as float32, CT at least int16)."""
+        if self.series is not None:
+            first = self.series.first
+            shape = f"{len(self.series.files)} DICOM slices of {first.get('Rows')}x" \
+                    f"{first.get('Columns')}"
+            return InputSize(self.what, self.path, self.series.held_bytes, shape)
+        header = self.header
+        working = 4 if self.what == "PET" else 2
+        per_voxel = max(header.dtype.itemsize * header.components, working)
+        return InputSize(self.what, self.path, header.voxels * per_voxel, header.describe())
+
+    @property
+    def identity(self) -> dict[str, str]:
+        if self.series is not None:
+            return self.series.identity
+        return identity_from_metadata(self.header.metadata)
+
+
+def _file_source(what: str, path: Path, declared: str = "input file declared as SUV"
+                 ) -> _Source:
+    return _Source(what, path, header=_checked_header(read_header(path)), declared=declared)
+
+
+def _locate_one(what: str, path: Path, frame_of_reference: str | None = None) -> _Source:
+    """A CT or PET given alone: an image file, or a folder holding its DICOM series."""
+    if not path.exists():
+        raise InputError("does not exist", path)
+    if not path.is_dir():
+        return _file_source(what, path)
+    if what == "PET":
+        series, notes = choose_pet(find_series(path), path)
+    else:
+        series, notes = choose_ct(find_series(path), path, frame_of_reference)
+    return _Source(what, series.folder, series=series, notes=notes)
+
+
+def _locate(ct: Path, pet: Path | None) -> tuple[_Source, _Source]:
+    """CT and PET sources from the two paths (or one folder holding both)."""
+    if pet is not None:
+        pet_src = _locate_one("PET", pet)
+        ct_src = _locate_one("CT", ct, pet_src.identity.get("frame_of_reference"))
+        return ct_src, pet_src
+    if is_gc_folder(ct):
+        ct_file, pet_file = find_gc_inputs(ct)
+        return (_file_source("CT", ct_file),
+                _file_source("PET", pet_file, "input declared as SUV (Grand Challenge socket)"))
+    if ct.is_dir():
+        series = find_series(ct)
+        if not series:
+            raise InputError("holds neither DICOM series nor the Grand Challenge layout "
+                             "(images/ct, images/pet)", ct, hint="give --ct and --pet separately")
+        pet_series, pet_notes = choose_pet(series, ct)
+        ct_series, ct_notes = choose_ct(series, ct, pet_series.frame_of_reference)
+        return (_Source("CT", ct_series.folder, series=ct_series, notes=ct_notes),
+                _Source("PET", pet_series.folder, series=pet_series, notes=pet_notes))
+    raise InputError("no PET given: a single CT file is not enough", ct,
+                     hint="give --pet PET, or a folder holding both CT and PET")
+
+
+@dataclass
 class _Loaded:
     image: sitk.Image           # as given (not canonical)
     source: Path
@@ -273,22 +421,24 @@ class _Loaded:
     instance_numbers: list[int | None] = field(default_factory=list)
 
 
-def _load_ct_series(series: DicomSeries) -> _Loaded:
-    vol = read_series(series)
-    numbers = [None if h.get("InstanceNumber") in (None, "") else int(h.InstanceNumber)
-               for h in vol.headers]
-    return _Loaded(_as_ct_type(vol.image), series.folder, scanner=series.scanner,
-                   frame_of_reference=series.frame_of_reference, dicom_files=list(vol.files),
-                   instance_numbers=numbers)
+def _read_ct(src: _Source) -> _Loaded:
+    if src.series is not None:
+        vol = read_series(src.series)
+        numbers = [None if h.get("InstanceNumber") in (None, "") else int(h.InstanceNumber)
+                   for h in vol.headers]
+        return _Loaded(_as_ct_type(vol.image), src.path, list(src.notes),
+                       scanner=src.series.scanner,
+                       frame_of_reference=src.series.frame_of_reference,
+                       dicom_files=list(vol.files), instance_numbers=numbers)
+    return _Loaded(_as_ct_type(read_verified(src.header)), src.path, list(src.notes))
 
 
-def _load_ct(path: Path, frame_of_reference: str | None = None) -> _Loaded:
-    if path.is_dir():
-        series, notes = choose_ct(find_series(path), path, frame_of_reference)
-        loaded = _load_ct_series(series)
-        loaded.notes.extend(notes)
+def _read_pet(src: _Source, override: SUVOverride | None) -> _Loaded:
+    if src.series is not None:
+        loaded = _load_pet_series(src.series, override)
+        loaded.notes[:0] = src.notes
         return loaded
-    return _Loaded(_as_ct_type(read_image(path)), path)
+    return _load_pet_file(src.header, override, src.declared)
 
 
 def _load_pet_series(series: DicomSeries, override: SUVOverride | None) -> _Loaded:
@@ -362,11 +512,14 @@ def override_factor(override: SUVOverride, path: Path) -> SUVFactor:
                      "override: weight, dose and times given")
 
 
-def _load_pet_file(path: Path, override: SUVOverride | None, declared: str) -> _Loaded:
-    image = read_image(path)
+def _load_pet_file(header: ImageHeader, override: SUVOverride | None, declared: str
+                   ) -> _Loaded:
+    """A PET image file in SUV (or Bq/ml with ``override``); NaN/inf voxels are kept."""
+    path = header.path
+    image = sitk.Cast(read_verified(header), sitk.sitkFloat32)
     notes: list[str] = []
-    image = _fix_non_finite(sitk.Cast(image, sitk.sitkFloat32), path, 0.0, "PET", notes)
     values = sitk.GetArrayViewFromImage(image)
+    _refuse_all_non_finite(values, path, "PET")
     if override is not None and not override.empty:
         factor = override_factor(override, path)
         suv = (values * factor.factor).astype(np.float32)
@@ -386,21 +539,18 @@ def _load_pet_file(path: Path, override: SUVOverride | None, declared: str) -> _
     return _Loaded(image, path, notes, suv_source=declared, units="SUV")
 
 
-def _load_pet(path: Path, override: SUVOverride | None) -> _Loaded:
-    if path.is_dir():
-        series, notes = choose_pet(find_series(path), path)
-        loaded = _load_pet_series(series, override)
-        loaded.notes[:0] = notes
-        return loaded
-    return _load_pet_file(path, override, "input file declared as SUV")
-
-
 # --------------------------------------------------------------------------- the study
 
 
 def load_study(ct: str | Path, pet: str | Path | None = None, *,
-               override: SUVOverride | None = None) -> Study:
+               override: SUVOverride | None = None, max_memory_gb: float | None = None,
+               allow_different_studies: bool = False) -> Study:
     """Load a CT + PET study: CT in HU, PET in SUVbw, both canonical, checked.
+
+    Before any voxel is read, the headers are checked: the voxels of both images must fit the
+    memory budget (:mod:`nstage.io.limits`), and CT and PET must not differ in PatientID,
+    StudyInstanceUID or FrameOfReferenceUID where both carry them (:mod:`nstage.io.identity`).
+    Image files must hold every voxel their header declares (:mod:`nstage.io.integrity`).
 
     Parameters
     ----------
@@ -411,12 +561,17 @@ def load_study(ct: str | Path, pet: str | Path | None = None, *,
         PET image file (SUV) or PET DICOM folder (converted from its header).
     override : SUVOverride, optional
         Weight/dose/times replacing or supplying what the PET header lacks.
+    max_memory_gb : float, optional
+        Memory available to the run (GB); default the container's limit or physical memory.
+    allow_different_studies : bool
+        Stage a CT and PET whose identities differ (with a note) instead of refusing them.
 
     Returns
     -------
     Study
         ``ct`` (int16/float32 HU) and ``pet`` (float32 SUVbw, own grid) in canonical LPS
-        orientation; ``ct_geometry`` is the CT grid as given.
+        orientation; ``ct_geometry`` is the CT grid as given; ``invalid`` the regions without
+        a finite value.
 
     Raises
     ------
@@ -426,46 +581,23 @@ def load_study(ct: str | Path, pet: str | Path | None = None, *,
     ct = Path(ct)
     if not ct.exists():
         raise InputError("does not exist", ct)
-    if pet is None:
-        if is_gc_folder(ct):
-            ct_file, pet_file = find_gc_inputs(ct)
-            ct_part = _load_ct(ct_file)
-            pet_part = _load_pet_file(pet_file, override,
-                                      "input declared as SUV (Grand Challenge socket)")
-        elif ct.is_dir():
-            series = find_series(ct)
-            if not series:
-                raise InputError("holds neither DICOM series nor the Grand Challenge layout "
-                                 "(images/ct, images/pet)", ct,
-                                 hint="give --ct and --pet separately")
-            pet_series, pet_notes = choose_pet(series, ct)
-            pet_part = _load_pet_series(pet_series, override)
-            pet_part.notes[:0] = pet_notes
-            ct_series, ct_notes = choose_ct(series, ct, pet_series.frame_of_reference)
-            ct_part = _load_ct_series(ct_series)
-            ct_part.notes.extend(ct_notes)
-        else:
-            raise InputError("no PET given: a single CT file is not enough", ct,
-                             hint="give --pet PET, or a folder holding both CT and PET")
-    else:
-        pet = Path(pet)
-        if not pet.exists():
-            raise InputError("does not exist", pet)
-        pet_part = _load_pet(pet, override)
-        ct_part = _load_ct(ct, pet_part.frame_of_reference)
-        if ct_part.frame_of_reference and pet_part.frame_of_reference and \
-                ct_part.frame_of_reference != pet_part.frame_of_reference and \
-                not any("FrameOfReferenceUID" in n for n in ct_part.notes):
-            ct_part.notes.append("CT and PET have different FrameOfReferenceUID; assuming they "
-                                 "are registered")
+    if pet is not None and not Path(pet).exists():
+        raise InputError("does not exist", pet)
+    ct_src, pet_src = _locate(ct, None if pet is None else Path(pet))
+    check_input_sizes([ct_src.size(), pet_src.size()], memory_limit(max_memory_gb))
+    identity_notes = check_same_study(ct_src.identity, pet_src.identity, ct_src.path,
+                                      pet_src.path, allow_different_studies)
+    pet_part = _read_pet(pet_src, override)
+    ct_part = _read_ct(ct_src)
+    ct_part.notes.extend(identity_notes)
     return assemble_study(ct_part, pet_part)
 
 
 def assemble_study(ct_part: _Loaded, pet_part: _Loaded) -> Study:
     """Checks shared by every input kind, then canonical orientation."""
     notes = [*pet_part.notes, *ct_part.notes]
-    ct_raw = _fix_non_finite(ct_part.image, ct_part.source, -1024.0, "CT", notes)
-    pet_raw = _fix_non_finite(pet_part.image, pet_part.source, 0.0, "PET", notes)
+    ct_raw, ct_invalid = _non_finite(ct_part.image, ct_part.source, -1024.0, "CT", notes)
+    pet_raw, pet_invalid = _non_finite(pet_part.image, pet_part.source, 0.0, "PET", notes)
     check_overlap(ct_raw, pet_raw, ct_part.source, pet_part.source)
     if ct_raw.GetPixelID() == sitk.sitkFloat32 or ct_raw.GetPixelID() == sitk.sitkInt16:
         ct_arr = sitk.GetArrayViewFromImage(ct_raw)
@@ -484,29 +616,38 @@ def assemble_study(ct_part: _Loaded, pet_part: _Loaded) -> Study:
         ct_dicom_files=[str(f) for f in ct_part.dicom_files],
         ct_instance_numbers=list(ct_part.instance_numbers),
     )
+    invalid = {what: canonical(mask) for what, mask in (("CT", ct_invalid), ("PET", pet_invalid))
+               if mask is not None}
     return Study(ct=canonical(ct_raw), pet=sitk.Cast(canonical(pet_raw), sitk.sitkFloat32),
-                 ct_geometry=ImageGeometry.of(ct_raw), meta=meta)
+                 ct_geometry=ImageGeometry.of(ct_raw), meta=meta, invalid=invalid)
 
 
-def read_ct(path: str | Path) -> tuple[sitk.Image, list[str]]:
+def read_ct(path: str | Path, *, max_memory_gb: float | None = None
+            ) -> tuple[sitk.Image, list[str]]:
     """A CT alone (file or DICOM folder) in HU, as given (not re-oriented), with notes.
+
+    NaN/inf voxels become air (-1024 HU) with a note.
 
     Raises
     ------
     InputError, GeometryError
-        Unreadable, not 3D, no CT series in the folder, only NaN/inf values.
+        Unreadable, truncated, too large, not 3D, no CT series in the folder, only NaN/inf.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("does not exist", path)
-    part = _load_ct(path)
+    src = _locate_one("CT", Path(path))
+    check_input_sizes([src.size()], memory_limit(max_memory_gb))
+    part = _read_ct(src)
     notes = list(part.notes)
-    return _fix_non_finite(part.image, part.source, -1024.0, "CT", notes), notes
+    image, _ = _non_finite(part.image, part.source, -1024.0, "CT", notes)
+    return image, notes
 
 
-def load_pet_suv(pet: str | Path, *, override: SUVOverride | None = None
+def load_pet_suv(pet: str | Path, *, override: SUVOverride | None = None,
+                 max_memory_gb: float | None = None
                  ) -> tuple[sitk.Image, SUVFactor | None, list[str], str]:
     """PET alone in SUVbw (canonical orientation, float32), for ``nstage suv``.
+
+    Voxels without a finite value stay NaN (with a note), so that a later ``nstage run`` on
+    the converted image still sees where the PET holds no data.
 
     Returns
     -------
@@ -514,10 +655,13 @@ def load_pet_suv(pet: str | Path, *, override: SUVOverride | None = None
         The SUV image, the factor used (None for files already in SUV), notes and where the
         PET was read from.
     """
-    pet = Path(pet)
-    if not pet.exists():
-        raise InputError("does not exist", pet)
-    part = _load_pet(pet, override)
+    src = _locate_one("PET", Path(pet))
+    check_input_sizes([src.size()], memory_limit(max_memory_gb))
+    part = _read_pet(src, override)
     notes = list(part.notes)
-    image = _fix_non_finite(part.image, part.source, 0.0, "PET", notes)
-    return sitk.Cast(canonical(image), sitk.sitkFloat32), part.factor, notes, str(part.source)
+    values = sitk.GetArrayViewFromImage(part.image)
+    n_bad = int(np.count_nonzero(~np.isfinite(values)))
+    _refuse_all_non_finite(values, part.source, "PET")
+    if n_bad:
+        notes.append(f"PET: {n_bad} voxels hold no valid value (NaN/inf); kept as NaN")
+    return sitk.Cast(canonical(part.image), sitk.sitkFloat32), part.factor, notes, str(part.source)
