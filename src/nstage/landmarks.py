@@ -8,7 +8,7 @@ distance) so station reasons can say when a boundary is uncertain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from nstage.geometry import Point
@@ -139,6 +139,11 @@ APPROX_MM = {
 # (Rusch et al. 2009; standard bronchial anatomy). A measured end much closer than this is an
 # airway segmentation that stopped early.
 MIN_STATION7_DEPTH_MM = 15.0
+# Just above the carina the airway section flares into the origins of the main bronchi
+# (carinal angle 60-80 degrees, bronchi 10-15 mm wide: the flare spans about one bronchus
+# height); there a tracheal border may move out from the tube above by at most this much.
+TRACHEA_FLARE_MM = 15.0
+TRACHEA_BORDER_TOL_MM = 2.0
 
 _APPROX_WHY = {
     AORTIC_ARCH_TOP: "arch not measured (no aorta above the carina): carina + 45 mm (arch top typically at T3-T4, one to "
@@ -415,12 +420,42 @@ def _trachea_levels(ctx: _Context, out: Landmarks, carina) -> None:
                                         right_border_x_mm=float(lo[0]),
                                         anterior_y_mm=float(lo[1]),
                                         posterior_y_mm=float(hi[1])))
+    if carina is not None:
+        out.trachea = _borders_on_the_tube(out.trachea, carina[2])
     top = out.trachea[0] if out.trachea else None
     if top is not None:
         edge = " (top of the image)" if k1 == trachea.shape[0] - 1 else ""
         out.points[TRACHEA_TOP] = _lm(TRACHEA_TOP, top.z_mm, "measured",
                                       f"most cranial trachea level in view{edge}",
                                       (top.centre_x_mm, top.centre_y_mm, top.z_mm))
+
+
+def _borders_on_the_tube(levels: list[TracheaLevel], carina_z: float) -> list[TracheaLevel]:
+    """Tracheal borders just above the carina held to the tube above them.
+
+    Within ``TRACHEA_FLARE_MM`` above the carina the airway section widens into the origins of
+    the main bronchi (and thick slices blur them into it); a lateral border there is the
+    trachea's wall only while it stays within ``TRACHEA_BORDER_TOL_MM`` of the border on the
+    levels above (median of the levels ``TRACHEA_FLARE_MM`` to twice that above the carina,
+    where the trachea is a plain tube). Left border: +x, the patient's left.
+    """
+    import numpy as np
+
+    ref = [t for t in levels if TRACHEA_FLARE_MM < t.z_mm - carina_z <= 2 * TRACHEA_FLARE_MM]
+    if not ref:
+        return levels
+    left = float(np.median([t.left_border_x_mm for t in ref])) + TRACHEA_BORDER_TOL_MM
+    right = float(np.median([t.right_border_x_mm for t in ref])) - TRACHEA_BORDER_TOL_MM
+    out = []
+    for t in levels:
+        if t.z_mm - carina_z <= TRACHEA_FLARE_MM:
+            lb, rb = min(t.left_border_x_mm, left), max(t.right_border_x_mm, right)
+            clipped = (lb, rb) != (t.left_border_x_mm, t.right_border_x_mm)
+            if clipped and lb > rb:
+                t = replace(t, left_border_x_mm=lb, right_border_x_mm=rb,
+                            centre_x_mm=0.5 * (lb + rb))
+        out.append(t)
+    return out
 
 
 def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:

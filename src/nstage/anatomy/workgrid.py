@@ -1,0 +1,116 @@
+"""The coarse working grid of the classical backend and the small helpers its steps share.
+
+Arrays are in array order ``[z, y, x]`` of a canonical image: index k grows superior, j
+posterior, i to the patient's LEFT. Distances are in mm unless a name says ``_vox``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+CONN26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass
+class Grid:
+    """The working CT and what every step needs to know about it.
+
+    Attributes
+    ----------
+    hu : numpy.ndarray
+        CT in HU on the working grid, array order.
+    sp : tuple of float
+        Spacing in mm, array order (z, y, x).
+    image : SimpleITK.Image
+        The working image (its geometry).
+    notes : list of str
+        What was not found or approximated, in words for the user.
+    """
+
+    hu: np.ndarray
+    sp: tuple[float, float, float]
+    image: sitk.Image
+    notes: list[str] = field(default_factory=list)
+
+    def mm(self, n: float, axis: int = 2) -> int:
+        """``n`` mm in voxels along ``axis`` (at least 1)."""
+        return max(1, int(round(n / self.sp[axis])))
+
+    @property
+    def vox_ml(self) -> float:
+        return float(np.prod(self.sp)) / 1000.0
+
+    @property
+    def px_mm2(self) -> float:
+        """Area of one in-plane pixel (mm^2)."""
+        return float(self.sp[1] * self.sp[2])
+
+
+def disk(r: int) -> np.ndarray:
+    """2D disk of radius ``r`` voxels."""
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (yy ** 2 + xx ** 2) <= r * r
+
+
+def ellipsoid(rz: int, ry: int, rx: int) -> np.ndarray:
+    """3D ellipsoid with half-axes in voxels (0 allowed: flat along that axis)."""
+    zz, yy, xx = np.mgrid[-rz:rz + 1, -ry:ry + 1, -rx:rx + 1]
+    return (zz / max(rz, 0.5)) ** 2 + (yy / max(ry, 0.5)) ** 2 + (xx / max(rx, 0.5)) ** 2 <= 1.0
+
+
+def components(mask: np.ndarray, structure=None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and voxel count per label (count of label 0 set to 0)."""
+    lab, _ = ndi.label(mask, structure=structure)
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    return lab, counts
+
+
+def largest(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (empty when the mask is)."""
+    lab, counts = components(mask)
+    if counts.size <= 1 or counts.max() == 0:
+        return np.zeros_like(mask, dtype=bool)
+    return lab == int(np.argmax(counts))
+
+
+def inscribed(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, float],
+              radius_mm: float) -> tuple[float, float, float] | None:
+    """Largest inscribed circle of ``mask2d`` centred within ``radius_mm`` of ``near`` (j, i).
+
+    Returns (j, i, radius mm) or None when the mask is empty.
+    """
+    if not mask2d.any():
+        return None
+    dt = ndi.distance_transform_edt(mask2d, sampling=sp)
+    jj, ii = np.indices(mask2d.shape)
+    d = np.hypot((jj - near[0]) * sp[0], (ii - near[1]) * sp[1])
+    dt = np.where(d <= radius_mm, dt, 0.0)
+    m = int(np.argmax(dt))
+    j, i = np.unravel_index(m, dt.shape)
+    return float(j), float(i), float(dt.flat[m])
+
+
+def round_section(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, float],
+                  within_mm: float, rmin: float, rmax: float
+                  ) -> tuple[float, float, float] | None:
+    """Closest compact, round 2D component (radius rmin-rmax mm) to ``near`` (j, i)."""
+    lab, n = ndi.label(ndi.binary_opening(mask2d))
+    best, best_d = None, within_mm
+    for sl, c in zip(ndi.find_objects(lab), range(1, n + 1), strict=True):
+        m = lab[sl] == c
+        area = m.sum() * sp[0] * sp[1]
+        r = np.sqrt(area / np.pi)
+        h, w = m.shape[0] * sp[0], m.shape[1] * sp[1]
+        if not (rmin <= r <= rmax) or area < 0.6 * h * w or max(h, w) > 1.5 * min(h, w):
+            continue
+        jj, ii = np.nonzero(m)
+        cj, ci = jj.mean() + sl[0].start, ii.mean() + sl[1].start
+        d = np.hypot((cj - near[0]) * sp[0], (ci - near[1]) * sp[1])
+        if d < best_d:
+            best, best_d = (float(cj), float(ci), float(r)), d
+    return best
