@@ -184,6 +184,19 @@ SUPRACLAVICULAR_LEFT = PlacedNode("1L", (22.0, -122.0, 304.0))
 _CACHE: dict = {}
 
 
+def _placed_stations(r: dict) -> list[str]:
+    """Stations of the counted nodes placed by the test. The right hilar primary abuts the
+    right main bronchus: where the lung mask (which includes the tumour up to about 15 mm
+    from the bronchus) leaves its hilar part outside the lung, that part is reported as its
+    direct extension into station 10R, N1 on the primary's side; it changes neither
+    category here (N2 by station 7)."""
+    for n in r["nodes"]:
+        if n["direct_extension"]:
+            assert (n["station"], n["n_category"]) == ("10R", "N1"), n
+    return sorted({n["station"] for n in r["nodes"] if n["n_category"]
+                   and not n["direct_extension"]})
+
+
 def _staged(nodes: tuple[PlacedNode, ...]):
     if nodes not in _CACHE:
         _CACHE.clear()  # one staged study at a time (memory)
@@ -234,8 +247,7 @@ def test_a0002_subcarinal_node_stages_n2a() -> None:
     assert r["primary_tumor"] is not None and r["primary_tumor"]["side"] == "right", \
         _describe(staged)
     assert r["primary_side_used"] == "right", _describe(staged)
-    assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["7"], \
-        _describe(staged)
+    assert _placed_stations(r) == ["7"], _describe(staged)
     assert (r["n_stage"], r["n_stage_9th"]) == ("N2", "N2a"), _describe(staged)
 
 
@@ -244,8 +256,7 @@ def test_a0002_contralateral_supraclavicular_node_stages_n3() -> None:
     staged, _ = _staged((SUBCARINAL, SUPRACLAVICULAR_LEFT))
     r = staged.result
     assert r["primary_side_used"] == "right", _describe(staged)
-    assert sorted({n["station"] for n in r["nodes"] if n["n_category"]}) == ["1L", "7"], \
-        _describe(staged)
+    assert _placed_stations(r) == ["1L", "7"], _describe(staged)
     assert (r["n_stage"], r["n_stage_9th"]) == ("N3", "N3"), _describe(staged)
 
 

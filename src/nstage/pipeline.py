@@ -214,6 +214,9 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             )
         lms = landmarks_job.result()
         context = context_job.result()
+    # Never stage on a wrong frame (issue 16): anatomy that always holds, checked here.
+    frame_failures = _frame_failures(anatomy, lms, thresholds) if thorax_in_view else []
+    reasons.extend(f.reason for f in frame_failures)
 
     with timer.step("findings"):
         # SUVs are measured on the PET's own grid: resampling onto the CT lowers the
@@ -262,7 +265,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
 
     n8, n9 = nstage.n_stage, nstage.n_stage_9th
     all_reasons = list(reasons) + list(nstage.reasons)
-    if not thorax_in_view or coverage < MIN_PET_COVERAGE:
+    if not thorax_in_view or coverage < MIN_PET_COVERAGE or frame_failures:
         n8, n9 = "NX", "NX"
     elif primary is None and not positive_nodes:
         n8, n9 = "NX", "NX"
@@ -284,6 +287,14 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     )
     return StageResult(result=result, overlay=overlay, study=study, work_ct=work_ct,
                        work_pet=work_pet, box=box, findings=found, nodes=node_results)
+
+
+def _frame_failures(anatomy: Anatomy, landmarks, thresholds: dict) -> list:
+    """Plausibility failures of the anatomical frame (:mod:`nstage.plausibility`)."""
+    from nstage import plausibility
+
+    return plausibility.check_frame(landmarks, plausibility.frame_facts(anatomy),
+                                    thresholds["plausibility"])
 
 
 def _anatomy_on_work_grid(anatomy: Anatomy, full_ct: sitk.Image, work_ct: sitk.Image,

@@ -18,7 +18,8 @@ from nstage.errors import InputError, UsageError
 
 Thresholds = dict[str, dict[str, Any]]
 
-SECTIONS = ("detection", "measurement", "classification", "positivity", "probability")
+SECTIONS = ("detection", "measurement", "classification", "positivity", "probability",
+            "plausibility")
 
 
 @lru_cache(maxsize=1)

@@ -85,6 +85,8 @@ VALUE = {n: v for v, n in LABELS.items()}
 BODY_BIT = 7
 assert max(LABELS) < (1 << BODY_BIT)
 
+# Air pieces smaller than this fraction of the largest lung piece are not lung.
+MIN_LUNG_PIECE = 0.05
 BONE_HU = 150.0
 # With iodinated contrast the blood pool reaches 300-600 HU (measured on the TotalSegmentator
 # contrast crops at 2.5 mm; 130-150 HU in a late-phase planning CT): bone is then taken above
@@ -344,10 +346,23 @@ def _lungs(g: Grid, cand: np.ndarray, body: np.ndarray, airway: np.ndarray,
     """Left and right lung: internal air minus the airway (and its wall's partial volume)."""
     lungs = cand & ~dilate(airway, ellipsoid(0, 1, 1))
     lungs = opening(lungs, disk(1)[None]) | (lungs & ~body)
+    lungs = _drop_airway_remnants(g, lungs)
     if lungs.sum() * g.vox_ml < 20.0:
         g.notes.append("no lungs found")
         return np.zeros_like(lungs), np.zeros_like(lungs)
     return _split_lungs(lungs, mid_x_vox, g)
+
+
+def _drop_airway_remnants(g: Grid, lungs: np.ndarray) -> np.ndarray:
+    """Without the airway, the air left in the pharynx and larynx above it (and other small
+    pockets) falls apart from the lungs: keep the pieces of at least ``MIN_LUNG_PIECE``
+    of the largest."""
+    lab, counts = components(lungs)
+    if counts.max(initial=0) == 0:
+        return lungs
+    keep = counts >= MIN_LUNG_PIECE * counts.max()
+    keep[0] = False
+    return keep[lab]
 
 
 def _bones_and_aorta(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float,

@@ -46,9 +46,12 @@ ASC_MAX_LEFT_OF_CARINA_MM = 15.0
 ASC_MAX_RIGHT_OF_CARINA_MM = 55.0
 ASC_MIN_FROM_DESC_MM = 35.0
 ASC_DOWN_MAX_MM = 45.0
+ASC_START_MAX_R_MM = 30.0
 # Above the ascending aorta's top (where it joins the arch) the descending trace may rise this
 # much more (the arch's top); higher it has entered a supra-aortic branch.
 ARCH_ABOVE_ASC_MM = 20.0
+# The arch's top lies at most this far above its highest slice joining the two traces.
+ARCH_CAP_MM = 8.0
 # Between two circles on one slice, tissue at least this fraction of the smaller radius thick
 # all along the line joining them is the arch.
 ARCH_MIN_HALF_WIDTH = 0.5
@@ -116,9 +119,11 @@ def _trace(g: Grid, soft: np.ndarray, lungs: np.ndarray, k0: int, c0, step: int,
     k = k0 + step
     while 0 <= k < soft.shape[0] and lungs[k].any():
         c = inscribed(soft[k], sp2, prev[:2], 8.0 + 0.5 * g.sp[0])
-        if c is None or c[2] < max(0.6 * prev[2], R_BRANCH_MM) \
-                or c[2] > min(R_MAX_MM, 1.5 * prev[2]):
+        if c is None or c[2] < max(0.6 * prev[2], R_BRANCH_MM) or c[2] > 1.5 * prev[2]:
             break
+        # Without contrast the aorta may touch its neighbours without fat between them: the
+        # inscribed circle then outgrows it; the aorta is never wider than R_MAX_MM.
+        c = (c[0], c[1], min(c[2], R_MAX_MM))
         radii = [r for *_, r in path.values()] or [c0[2]]
         if c[2] > WIDENING * float(np.median(radii)):
             break  # widening into a heart chamber
@@ -171,21 +176,30 @@ def _asc_start(g: Grid, soft: np.ndarray, medi: np.ndarray, carina_kji, desc) ->
         dt = np.where(region, dt, 0.0)
         m = int(np.argmax(dt))
         r = float(dt.flat[m])
-        if R_MIN_MM <= r <= R_MAX_MM and (best is None or r > best[1][2]):
+        # Touching neighbours (superior vena cava, pulmonary trunk) widen the circle on plain
+        # CTs up to ASC_START_MAX_R_MM; the aorta's own radius is capped at R_MAX_MM.
+        if R_MIN_MM <= r <= ASC_START_MAX_R_MM and (best is None or r > best[1][2]):
             j, i = np.unravel_index(m, dt.shape)
             best = (k, (float(j), float(i), r))
+    if best is not None:
+        k, (j, i, r) = best
+        best = (k, (j, i, min(r, R_MAX_MM)))
     return best
 
 
 def _ascending(g: Grid, soft: np.ndarray, lungs: np.ndarray, carina_k: int, start,
-               desc) -> dict[int, tuple[float, float, float]]:
+               desc) -> tuple[dict[int, tuple[float, float, float]], bool]:
+    """The ascending aorta's circles, and whether it ran into the descending aorta."""
     k0, c0 = start
+    met = []
 
     def merged(k: int, c) -> bool:
         # The trace has reached the descending aorta (over the arch): stop there.
         d = desc.get(k)
-        return d is not None and np.hypot((c[0] - d[0]) * g.sp[1],
-                                          (c[1] - d[1]) * g.sp[2]) < d[2]
+        if d is not None and np.hypot((c[0] - d[0]) * g.sp[1], (c[1] - d[1]) * g.sp[2]) < d[2]:
+            met.append(k)
+            return True
+        return False
 
     def too_low(k: int, c) -> bool:
         return k < carina_k - g.mm(ASC_DOWN_MAX_MM, 0)
@@ -193,7 +207,7 @@ def _ascending(g: Grid, soft: np.ndarray, lungs: np.ndarray, carina_k: int, star
     path = {k0: c0}
     path.update(_trace(g, soft, lungs, k0, c0, 1, merged))
     path.update(_trace(g, soft, lungs, k0, c0, -1, too_low))
-    return path
+    return path, bool(met)
 
 
 def _arch_joined(g: Grid, soft2d: np.ndarray, a, d) -> bool:
@@ -255,21 +269,41 @@ def trace_aorta(g: Grid, soft: np.ndarray, lungs: np.ndarray, spine: np.ndarray,
     if carina_kji is not None:
         a0 = _asc_start(g, soft, medi, carina_kji, out.descending)
         if a0 is not None:
-            out.ascending = _ascending(g, soft, lungs, carina_k, a0, out.descending)
-    if out.ascending:
-        ceiling = max(out.ascending) + g.mm(ARCH_ABOVE_ASC_MM, 0)
-        out.descending = {k: c for k, c in out.descending.items() if k <= ceiling}
-    else:
+            out.ascending, met = _ascending(g, soft, lungs, carina_k, a0, out.descending)
+    if not out.ascending:
         g.notes.append("ascending aorta not found; aorta is the descending part only")
+    joined = {k for k in set(out.descending) & set(out.ascending)
+              if _arch_joined(g, soft[k], out.descending[k], out.ascending[k])}
+    arch = _arch_run(joined)
+    if out.ascending:
+        # Where the ascending trace ran into the descending one, the latter goes on over the
+        # arch's top; else both may have left the arch for its branches (or, without
+        # contrast, tissue fused with them): the aorta ends a little above the arch.
+        cap = max(out.ascending) + g.mm(ARCH_ABOVE_ASC_MM, 0) if met or not arch \
+            else max(arch) + g.mm(ARCH_CAP_MM, 0)
+        out.descending = {k: c for k, c in out.descending.items() if k <= cap}
+        out.ascending = {k: c for k, c in out.ascending.items() if k <= cap}
+    out.arch_ks = sorted(arch)
     shape2d = soft.shape[1:]
     for k in sorted(set(out.descending) | set(out.ascending)):
         circles = [c for c in (out.descending.get(k), out.ascending.get(k)) if c is not None]
         section = _paint(g, shape2d, circles)
-        if len(circles) == 2 and _arch_joined(g, soft[k], *circles):
+        if k in arch:
             section |= _capsule(g, shape2d, soft[k], *circles)
-            out.arch_ks.append(k)
         aorta[k] = section & soft[k]
     return out
+
+
+def _arch_run(joined: set[int]) -> set[int]:
+    """The arch: the lowest run of consecutive slices where the two traces are joined."""
+    if not joined:
+        return set()
+    k = min(joined)
+    run = set()
+    while k in joined:
+        run.add(k)
+        k += 1
+    return run
 
 
 def _capsule(g: Grid, shape2d, soft2d: np.ndarray, a, d) -> np.ndarray:
