@@ -36,6 +36,11 @@ SEED_ERODE_MM = 5.0
 # Opening ball: the liver is several centimetres thick; muscle, bowel walls and the
 # connections to the kidney and stomach are thinner.
 LIVER_OPEN_MM = 8.0
+# An organ's tissue lies within this many median absolute deviations of its seed's median HU
+# (at least LEVEL_MIN_TOL_HU): an unenhancing tumour on the diaphragm differs from an
+# enhanced liver by more.
+LEVEL_MAD_FACTOR = 3.0
+LEVEL_MIN_TOL_HU = 15.0
 # Below this the component is not a liver in view (ml).
 MIN_LIVER_ML = 100.0
 
@@ -68,9 +73,13 @@ def diaphragm_surface(g: Grid, lung: np.ndarray) -> np.ndarray:
     low = np.argmax(lung, axis=0).astype(float)
     _, idx = ndi.distance_transform_edt(~has, return_indices=True)
     filled = low[idx[0], idx[1]]
-    r = max(1, int(round(BUMP_MM / g.sp[1])))
+    # On every second column: the dome is smooth, and a 40 mm disk is costly at full size.
+    step = 2
+    coarse = filled[::step, ::step]
+    r = max(1, int(round(BUMP_MM / (g.sp[1] * step))))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    opened = ndi.grey_opening(filled, footprint=(yy ** 2 + xx ** 2) <= r * r)
+    opened = ndi.grey_opening(coarse, footprint=(yy ** 2 + xx ** 2) <= r * r)
+    opened = np.repeat(np.repeat(opened, step, axis=0), step, axis=1)[:has.shape[0], :has.shape[1]]
     out[has] = opened[has]
     return out
 
@@ -88,6 +97,17 @@ def seed_under_dome(g: Grid, lung: np.ndarray, tissue: np.ndarray) -> np.ndarray
         return out
     out[lo:hi] = tissue[lo:hi] & core[None]
     return erode(out, ball(g.sp, SEED_ERODE_MM))
+
+
+def seed_level(g: Grid, seed: np.ndarray) -> tuple[float, float] | None:
+    """An organ's CT level from its seed: median HU and the tolerance around it
+    (``LEVEL_MAD_FACTOR`` median absolute deviations, at least ``LEVEL_MIN_TOL_HU``)."""
+    if not seed.any():
+        return None
+    v = g.hu[seed]
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med)))
+    return med, max(LEVEL_MIN_TOL_HU, LEVEL_MAD_FACTOR * mad)
 
 
 def liver_tissue(g: Grid, body: np.ndarray, exclude: np.ndarray) -> np.ndarray:
@@ -110,8 +130,11 @@ def liver(g: Grid, basin: np.ndarray, seed: np.ndarray, tissue: np.ndarray,
     if not seed.any():
         g.notes.append("liver not in view (no soft tissue under the right hemidiaphragm)")
         return np.zeros_like(basin)
-    # Nothing above the diaphragm is liver (a tumour or collapsed lung on it is not).
+    # Nothing above the diaphragm is liver (a tumour or collapsed lung on it is not), nor
+    # tissue unlike the liver's own.
     above = ~np.isnan(surface)[None] & ~below_surface(surface, basin.shape)
+    med, tol = seed_level(g, seed)
+    tissue = tissue & (np.abs(g.hu - med) <= tol)
     cand = opening(basin & tissue & ~above, ball(g.sp, LIVER_OPEN_MM))
     lab, counts = components(cand)
     ids = np.unique(lab[seed & cand])

@@ -45,6 +45,8 @@ WALL_HU = -500.0
 # with the lung beside it.
 MAX_SECTION_MM2 = 1200.0
 GROWTH_FACTOR = 2.2
+# Air sections are followed within this distance of the midline (mm).
+CHAIN_WINDOW_MM = 70.0
 # Two overlapping sections at least this large end a chain (a division).
 MIN_BRANCH_MM2 = 20.0
 # A trachea chain is at least this long (or half the scan's height on short slabs).
@@ -164,7 +166,11 @@ def trachea_chain(g: Grid, body: np.ndarray, mid_i: float) -> Chain | None:
         on shorter scans, and never fewer than 3 slices).
     """
     nz = g.hu.shape[0]
-    air = (g.hu < TRACHEA_AIR_HU) & body
+    # Only the central columns: the trachea starts near the midline and stays there.
+    x0 = max(0, int(mid_i - CHAIN_WINDOW_MM / g.sp[2]))
+    x1 = min(g.hu.shape[2], int(mid_i + CHAIN_WINDOW_MM / g.sp[2]) + 1)
+    air = np.zeros(g.hu.shape, dtype=bool)
+    air[:, :, x0:x1] = (g.hu[:, :, x0:x1] < TRACHEA_AIR_HU) & body[:, :, x0:x1]
     min_len = max(3 * g.sp[0], min(MIN_TRACHEA_MM, 0.5 * nz * g.sp[0]))
     open_chains: list[Chain] = []
     finished: list[Chain] = []

@@ -31,7 +31,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from nstage.anatomy.abdomen import diaphragm_surface, liver, liver_tissue, seed_under_dome
+from nstage.anatomy.abdomen import (
+    diaphragm_surface,
+    liver,
+    liver_tissue,
+    seed_level,
+    seed_under_dome,
+)
 from nstage.anatomy.airway import Airway, find_airway
 from nstage.anatomy.base import Anatomy
 from nstage.anatomy.crop import body_and_outside, lung_candidates, resample_spacing
@@ -85,6 +91,10 @@ VALUE = {n: v for v, n in LABELS.items()}
 BODY_BIT = 7
 assert max(LABELS) < (1 << BODY_BIT)
 
+# A lung whose lowest voxel in a (y, x) column lies this far below the heart's top rests on
+# the diaphragm there, not on the heart: nothing under it is heart (the liver, stomach and
+# spleen are). Lung resting on the heart (over its top and upper sides) ends higher.
+HEART_UNDER_LUNG_MM = 50.0
 # Air pieces smaller than this fraction of the largest lung piece are not lung.
 MIN_LUNG_PIECE = 0.05
 BONE_HU = 150.0
@@ -152,7 +162,16 @@ def _split_lungs(lungs: np.ndarray, mid_x_vox: float, g: Grid) -> tuple[np.ndarr
 
 # ----------------------------------------------------------------------------- bones
 
-def _blood_level(g: Grid, lungs: np.ndarray) -> float | None:
+def _lung_hull(lungs: np.ndarray) -> np.ndarray:
+    """Per axial slice, the convex hull of both lungs (the cavity they and the mediastinum
+    fill); computed once, used by several steps."""
+    out = np.zeros_like(lungs)
+    for k in np.nonzero(lungs.reshape(lungs.shape[0], -1).sum(axis=1) >= 10)[0]:
+        out[k] = fast_hull(lungs[k])
+    return out
+
+
+def _blood_level(g: Grid, lungs: np.ndarray, hull: np.ndarray) -> float | None:
     """Blood level (HU) of a contrast-enhanced CT, or None when there is no contrast.
 
     Median HU of the non-fat tissue (> 0 HU, < 1000 HU) inside the per-slice convex hull of the
@@ -167,7 +186,7 @@ def _blood_level(g: Grid, lungs: np.ndarray) -> float | None:
     for k in range(lo, hi):
         if lungs[k].sum() < 10:
             continue
-        inner = fast_hull(lungs[k]) & ~lungs[k]
+        inner = hull[k] & ~lungs[k]
         v = g.hu[k][inner]
         vals.append(v[(v > 0) & (v < 1000)])
     vals = np.concatenate(vals) if vals else np.zeros(0)
@@ -288,10 +307,11 @@ def segment_classical(ct: sitk.Image) -> Anatomy:
         mid_x_vox = float(np.nonzero(aw.trachea)[2].mean())
     left, right = _lungs(g, cand, body, aw.tree, mid_x_vox)
     lungs = left | right
-    blood_hu = _blood_level(g, lungs)
+    hull = _lung_hull(lungs)
+    blood_hu = _blood_level(g, lungs, hull)
     bone_hu = BONE_HU if blood_hu is None else \
         float(np.clip(BONE_OVER_BLOOD * blood_hu, BONE_HU, BONE_HU_CONTRAST))
-    s = _Structures(body=body, left=left, right=right, airway=aw)
+    s = _Structures(body=body, left=left, right=right, airway=aw, hull=hull)
     _bones_and_aorta(g, s, blood_hu, bone_hu, mid_x_vox, apex_k)
     _soft_organs(g, s, blood_hu, bone_hu, mid_x_vox)
     lab = _label_map(g, s)
@@ -314,6 +334,7 @@ class _Structures:
     left: np.ndarray
     right: np.ndarray
     airway: Airway
+    hull: np.ndarray  # per-slice convex hull of the (aerated) lungs
     spine: np.ndarray | None = None
     sternum: np.ndarray | None = None
     clavicles: dict[str, np.ndarray] = field(default_factory=dict)
@@ -399,7 +420,7 @@ def _bones_and_aorta(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: f
     s.clavicles = _find_clavicles(g, s, bone, mid_x_vox, apex_k)
     # With contrast, bright "bone" between the lungs is blood: only the skeleton is left out.
     skeleton = s.spine | s.sternum | s.clavicles["left"] | s.clavicles["right"]
-    s.medi = mediastinum(g, lungs, body, lungs | aw.tree | skeleton, s.spine)
+    s.medi = mediastinum(g, s.hull, body, lungs | aw.tree | skeleton, s.spine)
     if s.aorta is None:
         soft = blood_mask(g, lungs, aw.tree, s.spine, None)
         s.aorta = trace_aorta(g, soft, lungs, s.spine, s.medi, aw.carina_kji).mask
@@ -435,7 +456,7 @@ def _vertebral_outline(spine: np.ndarray) -> np.ndarray:
 
 def _find_clavicles(g: Grid, s: _Structures, bone: np.ndarray, mid_x_vox: float,
                     apex_k: int | None) -> dict[str, np.ndarray]:
-    hu, lungs = g.hu, s.lungs
+    hu = g.hu
     carina_kji = s.airway.carina_kji
     if carina_kji is not None:
         ant_limit = carina_kji[1] + 10.0 / g.sp[1]
@@ -447,11 +468,7 @@ def _find_clavicles(g: Grid, s: _Structures, bone: np.ndarray, mid_x_vox: float,
         return {"left": np.zeros_like(bone), "right": np.zeros_like(bone)}
     low_k = max(0, apex_k - g.mm(50.0, 0))
     # Contrast-filled great vessels lie between the lungs; clavicles never do.
-    hull = np.zeros_like(lungs)
-    for k in range(low_k, hu.shape[0]):
-        if lungs[k].sum() >= 10:
-            hull[k] = fast_hull(lungs[k])
-    return _clavicles(g, bone & ~hull, s.spine | s.sternum, mid_x_vox, ant_limit, low_k)
+    return _clavicles(g, bone & ~s.hull, s.spine | s.sternum, mid_x_vox, ant_limit, low_k)
 
 
 def _soft_organs(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float,
@@ -480,6 +497,7 @@ def _soft_organs(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float
     hard = s.spine | s.sternum | s.lungs | aw.tree | posterior
     abdominal = liver_tissue(g, s.body, hard | bone)
     diaphragm = {"left": diaphragm_surface(g, s.left), "right": diaphragm_surface(g, s.right)}
+    region &= ~_under_lung_bases(g, s.lungs, top)
     seeds = np.zeros(g.hu.shape, np.uint8)
     seeds[seed_under_dome(g, s.left, abdominal)] = LEFT_ABDOMEN
     liver_seed = seed_under_dome(g, s.right, abdominal)
@@ -489,16 +507,23 @@ def _soft_organs(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float
     # that heart, join the competition (so a tumour on the diaphragm is not taken for liver).
     first = seeds.copy()
     first[heart_marker(g, region, top, blood_hu)] = HEART
-    s.heart = heart(g, region, organ_watershed(g, first, tissue), blood_hu)
+    first = organ_watershed(g, first, tissue)
+    s.heart = heart(g, region, first, blood_hu)
     structures = (hard & ~s.lungs) | s.heart | (seeds > 0)
-    masses = mass_seeds(g, s.left, s.right, structures, mid_x_vox, blood_hu, diaphragm)
+    organs = [(first == label, level) for label in (LIVER, LEFT_ABDOMEN)
+              if (level := seed_level(g, seeds == label)) is not None]
+    masses = mass_seeds(g, s.left, s.right, s.hull, structures, mid_x_vox, blood_hu,
+                        diaphragm, organs)
     seeds[masses.left] = MASS_LEFT
     seeds[masses.right] = MASS_RIGHT
     seeds[s.heart] = HEART
     flooded = organ_watershed(g, seeds, tissue)
     s.heart = heart(g, region, flooded, blood_hu)
     s.liver = liver(g, flooded == LIVER, liver_seed, abdominal, diaphragm["right"])
-    mass_l, mass_r = grow_masses(g, masses, flooded == MASS_LEFT, flooded == MASS_RIGHT)
+    # The liver's basin may hold the lower part of a tumour on the diaphragm: what is not liver
+    # there is open to the right lung's mass.
+    mass_l, mass_r = grow_masses(g, masses, flooded == MASS_LEFT,
+                                 (flooded == MASS_RIGHT) | ((flooded == LIVER) & ~s.liver))
     mass_l &= ~s.heart
     mass_r &= ~s.heart
     if mass_l.any() or mass_r.any():
@@ -507,6 +532,15 @@ def _soft_organs(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float
                        f"{mass_r.sum() * g.vox_ml:.0f} ml")
     s.left = s.left | mass_l
     s.right = s.right | mass_r
+
+
+def _under_lung_bases(g: Grid, lungs: np.ndarray, top: int) -> np.ndarray:
+    """Voxels under a lung base that rests on the diaphragm (see ``HEART_UNDER_LUNG_MM``)."""
+    has = lungs.any(axis=0)
+    bottom = np.where(has, np.argmax(lungs, axis=0), -1)
+    on_diaphragm = has & (bottom < top - g.mm(HEART_UNDER_LUNG_MM, 0))
+    kk = np.arange(lungs.shape[0])[:, None, None]
+    return on_diaphragm[None] & (kk < bottom[None])
 
 
 def _label_map(g: Grid, s: _Structures) -> np.ndarray:

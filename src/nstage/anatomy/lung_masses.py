@@ -30,10 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from nstage.anatomy.abdomen import below_surface
 from nstage.anatomy.workgrid import Grid, components, ellipsoid
-from nstage.morphology import ball, dilate, fast_hull, opening
+from nstage.morphology import ball, dilate, opening
 
 CLEAR_OF_MEDIASTINUM_MM = 15.0
 MIDLINE_CORRIDOR_MM = 15.0
@@ -60,22 +61,19 @@ class MassSeeds:
     clear: np.ndarray  # ... farther than CLEAR_OF_MEDIASTINUM_MM from the structures
 
 
-def _thoracic_cavity(g: Grid, lungs: np.ndarray) -> np.ndarray:
-    """Per axial slice, the convex hull of both lungs within ``CAVITY_Z_MM`` above and below
-    (the cavity they and the mediastinum fill; a tumour or a collapsed lobe displaces the
-    aerated lung on its own slices but not on all of its neighbours')."""
+def _thoracic_cavity(g: Grid, hull: np.ndarray) -> np.ndarray:
+    """The lungs' per-slice outline (``hull``) joined over ``CAVITY_Z_MM`` above and below
+    (a tumour or a collapsed lobe displaces the aerated lung on its own slices but not on all
+    of its neighbours')."""
     n = g.mm(CAVITY_Z_MM, 0)
-    counts = lungs.reshape(lungs.shape[0], -1).sum(axis=1)
-    near = np.convolve((counts >= 10).astype(int), np.ones(2 * n + 1, int), mode="same") > 0
-    out = np.zeros_like(lungs)
-    for k in np.nonzero(near)[0]:
-        out[k] = fast_hull(lungs[max(0, k - n):k + n + 1].any(axis=0))
-    return out
+    return ndi.maximum_filter1d(hull.view(np.uint8), size=2 * n + 1, axis=0).astype(bool)
 
 
-def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, structures: np.ndarray,
+def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, hull: np.ndarray,
+               structures: np.ndarray,
                mid_i: float, blood_hu: float | None,
-               diaphragm: dict[str, np.ndarray]) -> MassSeeds:
+               diaphragm: dict[str, np.ndarray],
+               organs: list[tuple[np.ndarray, tuple[float, float]]] = ()) -> MassSeeds:
     """Seeds of the soft-tissue masses of the left and the right lung.
 
     Parameters
@@ -83,6 +81,8 @@ def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, structures: np.ndar
     g : Grid
     left, right : numpy.ndarray of bool
         The lungs' aerated parts.
+    hull : numpy.ndarray of bool
+        Per-slice convex hull of the lungs.
     structures : numpy.ndarray of bool
         Mediastinal structures and bone (heart, aorta, oesophagus, airway, spine, sternum, ...).
     mid_i : float
@@ -93,11 +93,14 @@ def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, structures: np.ndar
     diaphragm : dict
         ``"left"``/``"right"``: each lung's diaphragm surface
         (:func:`nstage.anatomy.abdomen.diaphragm_surface`); a seed lies above it.
+    organs : list of (mask, (median HU, tolerance HU))
+        Abdominal organs' territories and CT levels: a candidate that touches one and has
+        its level is part of it (the liver's dome inside the lungs' outline), not a mass.
     """
     lungs = left | right
     empty = np.zeros_like(lungs)
     hi = MASS_HU[1] if blood_hu is None else CONTRAST_MASS_MAX_FRACTION * blood_hu
-    soft = (g.hu > MASS_HU[0]) & (g.hu < hi) & _thoracic_cavity(g, lungs) & ~lungs & ~structures
+    soft = (g.hu > MASS_HU[0]) & (g.hu < hi) & _thoracic_cavity(g, hull) & ~lungs & ~structures
     cols = np.arange(lungs.shape[2])
     corridor = (np.abs(cols - mid_i) * g.sp[2] <= MIDLINE_CORRIDOR_MM)[None, None, :]
     soft &= ~corridor
@@ -113,10 +116,18 @@ def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, structures: np.ndar
         nl, nr = int((shell & left).sum()), int((shell & right).sum())
         if max(nl, nr) == 0:
             continue
+        if _part_of_organ(g, m, shell, organs):
+            continue
         side = "left" if nl > nr else "right"
         m &= ~below_surface(diaphragm[side], m.shape)
         getattr(out, side)[...] |= m
     return out
+
+
+def _part_of_organ(g: Grid, m: np.ndarray, shell: np.ndarray, organs) -> bool:
+    level = float(np.median(g.hu[m]))
+    return any((shell & territory).any() and abs(level - med) <= tol
+               for territory, (med, tol) in organs)
 
 
 def grow_masses(g: Grid, seeds: MassSeeds, basin_left: np.ndarray,

@@ -31,7 +31,6 @@ from nstage.morphology import (
     bounding_box,
     dilate,
     erode,
-    fast_hull,
     fill_holes_axial,
     opening,
 )
@@ -63,19 +62,14 @@ CONTRAST_HEART_FRACTION = 0.5
 CONTRAST_HEART_HU = (60.0, 100.0)
 
 
-def mediastinum(g: Grid, lungs: np.ndarray, body: np.ndarray, block: np.ndarray,
+def mediastinum(g: Grid, hull: np.ndarray, body: np.ndarray, block: np.ndarray,
                 spine: np.ndarray) -> np.ndarray:
-    """Per slice, the convex hull of both lungs minus lungs, airway and bone, in front of the
-    vertebral bodies (largest component)."""
-    out = np.zeros_like(lungs)
-    for k in range(lungs.shape[0]):
-        if lungs[k].sum() < 10:
-            continue
-        m = fast_hull(lungs[k]) & body[k] & ~block[k]
+    """Per slice, the convex hull of both lungs (``hull``) minus lungs, airway and skeleton
+    (``block``), in front of the vertebral bodies (largest component)."""
+    out = hull & body & ~block
+    for k in np.nonzero(spine.reshape(spine.shape[0], -1).any(axis=1))[0]:
         sj = np.nonzero(spine[k].any(axis=1))[0]
-        if sj.size:
-            m[sj[0] + g.mm(10.0, 1):] = False
-        out[k] = m
+        out[k, sj[0] + g.mm(10.0, 1):] = False
     out = opening(out, disk(1)[None])
     return largest(out)
 

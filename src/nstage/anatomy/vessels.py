@@ -221,10 +221,14 @@ def _arch_joined(g: Grid, soft2d: np.ndarray, a, d) -> bool:
 
 
 def _paint(g: Grid, shape2d, centres: list[tuple[float, float, float]]) -> np.ndarray:
-    jj, ii = np.indices(shape2d)
+    """Disks (radius + 1 mm) at the given centres (j, i, radius mm) on one slice."""
     out = np.zeros(shape2d, dtype=bool)
     for cj, ci, r in centres:
-        out |= np.hypot((jj - cj) * g.sp[1], (ii - ci) * g.sp[2]) <= r + 1.0
+        rj, ri = (r + 1.0) / g.sp[1], (r + 1.0) / g.sp[2]
+        j0, j1 = max(0, int(cj - rj)), min(shape2d[0], int(cj + rj) + 2)
+        i0, i1 = max(0, int(ci - ri)), min(shape2d[1], int(ci + ri) + 2)
+        jj, ii = np.ogrid[j0:j1, i0:i1]
+        out[j0:j1, i0:i1] |= np.hypot((jj - cj) * g.sp[1], (ii - ci) * g.sp[2]) <= r + 1.0
     return out
 
 

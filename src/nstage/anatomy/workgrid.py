@@ -78,21 +78,32 @@ def largest(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(counts))
 
 
+# Inscribed circles are looked for in a window around the expected centre; radii up to this
+# (mm) are exact there (larger ones are not asked for: the aorta is at most 20 mm).
+INSCRIBED_MAX_MM = 32.0
+
+
 def inscribed(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, float],
               radius_mm: float) -> tuple[float, float, float] | None:
     """Largest inscribed circle of ``mask2d`` centred within ``radius_mm`` of ``near`` (j, i).
 
-    Returns (j, i, radius mm) or None when the mask is empty.
+    Radii are exact up to ``INSCRIBED_MAX_MM`` (the distance map is computed in a window
+    around ``near`` whose outside counts as background). Returns (j, i, radius mm) or None
+    when the mask is empty there.
     """
-    if not mask2d.any():
+    reach = radius_mm + INSCRIBED_MAX_MM
+    lo = [max(0, int(np.floor(near[a] - reach / sp[a]))) for a in (0, 1)]
+    hi = [min(mask2d.shape[a], int(np.ceil(near[a] + reach / sp[a])) + 1) for a in (0, 1)]
+    win = mask2d[lo[0]:hi[0], lo[1]:hi[1]]
+    if win.size == 0 or not win.any():
         return None
-    dt = ndi.distance_transform_edt(mask2d, sampling=sp)
-    jj, ii = np.indices(mask2d.shape)
-    d = np.hypot((jj - near[0]) * sp[0], (ii - near[1]) * sp[1])
+    dt = ndi.distance_transform_edt(np.pad(win, 1), sampling=sp)[1:-1, 1:-1]
+    jj, ii = np.indices(win.shape)
+    d = np.hypot((jj + lo[0] - near[0]) * sp[0], (ii + lo[1] - near[1]) * sp[1])
     dt = np.where(d <= radius_mm, dt, 0.0)
     m = int(np.argmax(dt))
     j, i = np.unravel_index(m, dt.shape)
-    return float(j), float(i), float(dt.flat[m])
+    return float(j + lo[0]), float(i + lo[1]), float(dt.flat[m])
 
 
 def round_section(mask2d: np.ndarray, sp: tuple[float, float], near: tuple[float, float],
