@@ -97,16 +97,16 @@ def check_frame(landmarks: Landmarks, facts: FrameFacts, thresholds: dict) -> li
 
 def _trachea_above(lms: Landmarks, facts: FrameFacts, th: dict, cx: float, cz: float):
     need = float(th["min_trachea_above_carina_mm"])
+    if facts.image_top_z_mm - cz < need:
+        return None  # the scan starts lower: that much trachea cannot be in view
     top = lms.get(TRACHEA_TOP)
-    # The scan's top may lie lower: then as much trachea as is in view is all one can ask.
-    need = min(need, facts.image_top_z_mm - cz)
     have = -float("inf") if top is None else top.z_mm - cz
-    if need > 0 and have < need:
+    if have < need:
         shown = "no trachea" if top is None else f"the trachea only {have:.0f} mm"
         return Failure("trachea_above_carina",
                        f"implausible anatomy: {shown} above the carina (at z {cz:.0f} mm), "
                        f"though the scan reaches {facts.image_top_z_mm - cz:.0f} mm above it "
-                       f"(at least {need:.0f} mm expected)")
+                       f"(at least {need:.0f} mm of trachea expected)")
     return None
 
 
