@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from nstage.anatomy.workgrid import Grid, components
+from nstage.anatomy.workgrid import Grid, components, in_box
 from nstage.morphology import ball, dilate, erode, opening
 
 # Unenhanced liver 40-70 HU, enhanced 80-200 HU.
@@ -135,7 +135,7 @@ def liver(g: Grid, basin: np.ndarray, seed: np.ndarray, tissue: np.ndarray,
     above = ~np.isnan(surface)[None] & ~below_surface(surface, basin.shape)
     med, tol = seed_level(g, seed)
     tissue = tissue & (np.abs(g.hu - med) <= tol)
-    cand = opening(basin & tissue & ~above, ball(g.sp, LIVER_OPEN_MM))
+    cand = in_box(opening, basin & tissue & ~above, 1, ball(g.sp, LIVER_OPEN_MM))
     lab, counts = components(cand)
     ids = np.unique(lab[seed & cand])
     ids = ids[ids > 0]

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nstage.anatomy.abdomen import below_surface
-from nstage.anatomy.workgrid import Grid, components, ellipsoid
+from nstage.anatomy.workgrid import Grid, components, ellipsoid, in_box
 from nstage.morphology import ball, dilate, opening
 
 CLEAR_OF_MEDIASTINUM_MM = 15.0
@@ -108,7 +108,7 @@ def mass_seeds(g: Grid, left: np.ndarray, right: np.ndarray, hull: np.ndarray,
     out = MassSeeds(left=empty.copy(), right=empty.copy(), soft=soft, clear=clear)
     if not left.any() or not right.any() or not clear.any():
         return out
-    lab, counts = components(opening(clear, ball(g.sp, BULK_MM)))
+    lab, counts = components(in_box(opening, clear, 1, ball(g.sp, BULK_MM)))
     reach = ball(g.sp, CONTACT_MM)
     for c in np.nonzero(counts * g.vox_ml >= MIN_MASS_ML)[0]:
         m = lab == c

@@ -12,6 +12,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from nstage.morphology import bounding_box
+
 CONN26 = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -63,11 +65,29 @@ def ellipsoid(rz: int, ry: int, rx: int) -> np.ndarray:
 
 
 def components(mask: np.ndarray, structure=None) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and voxel count per label (count of label 0 set to 0)."""
-    lab, _ = ndi.label(mask, structure=structure)
-    counts = np.bincount(lab.ravel())
+    """Labels and voxel count per label (count of label 0 set to 0).
+
+    Labelled within the mask's bounding box (the same labels, several times faster for the
+    organ-sized masks of a thorax).
+    """
+    box = bounding_box(mask)
+    lab = np.zeros(mask.shape, dtype=np.int32)
+    if all(s.stop > s.start for s in box):
+        lab[box], _ = ndi.label(mask[box], structure=structure)
+    counts = np.bincount(lab[box].ravel()) if lab[box].size else np.zeros(1, np.int64)
     counts[0] = 0
     return lab, counts
+
+
+def in_box(fn, mask: np.ndarray, pad: int, *args, **kwargs) -> np.ndarray:
+    """``fn(mask, ...)`` computed in the mask's bounding box padded by ``pad`` voxels (for
+    operations, such as an opening, whose result lies within that box)."""
+    box = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad))
+                for s, n in zip(bounding_box(mask), mask.shape, strict=True))
+    out = np.zeros_like(mask)
+    if all(s.stop > s.start for s in box):
+        out[box] = fn(mask[box], *args, **kwargs)
+    return out
 
 
 def largest(mask: np.ndarray) -> np.ndarray:
