@@ -216,3 +216,31 @@ def test_lung1_tumour_against_the_gtv_contour():
     assert frac["lung_left"] == 0.0 and frac["aorta"] == 0.0, frac
     assert frac["heart"] <= 0.02 and frac["liver"] <= 0.02, frac
     assert frac["mediastinum"] <= 0.2, frac
+
+
+# Subcarinal fat, read on axial slices 10-12 mm below the carina between the two main
+# bronchi, in front of the oesophagus (station 7 nodes lie here): LUNG1-002 z 37.6 between
+# the right (-25, 5) and left (20..40, 5) bronchi; A0001 z -259 between the right (-25, 163)
+# and left (10..35, 170) bronchi; A0002 z 220 (see tests/test_e2e_real_ct.py, SUBCARINAL).
+SUBCARINAL_MM = {"lung1": (-8.0, 8.0, 37.6), "a0001": (-5.0, 172.0, -259.0),
+                 "a0002": (-4.0, -106.0, 220.0)}
+
+
+@pytest.mark.parametrize("case", sorted(SUBCARINAL_MM))
+def test_heart_and_vessels_stay_out_of_the_subcarinal_fat_and_the_hila(case):
+    from scipy import ndimage as ndi
+
+    from nstage.geometry import mm_to_index
+
+    work, anatomy, lms = _segmented(case)
+    k, j, i = (int(round(v)) for v in mm_to_index(work, SUBCARINAL_MM[case]))
+    organs = anatomy.mask("heart", "aorta", "liver", "lung_left", "lung_right")
+    r = int(round(5.0 / work.GetSpacing()[0]))
+    assert not organs[k, j - r:j + r + 1, i - r:i + r + 1].any(), case
+    heart = anatomy.mask("heart")
+    bronchi = anatomy.mask("main_bronchus_left", "main_bronchus_right")
+    sp = tuple(reversed(work.GetSpacing()))
+    d = ndi.distance_transform_edt(~bronchi, sampling=sp)
+    assert heart.any() and d[heart].min() >= 7.0, (case, float(d[heart].min()))
+    top = work.GetOrigin()[2] + work.GetSpacing()[2] * np.nonzero(heart.any(axis=(1, 2)))[0].max()
+    assert top <= lms.get("carina").z_mm - 25.0, (case, top)

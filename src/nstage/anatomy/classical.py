@@ -2,22 +2,24 @@
 
 Works on the canonical (usually thorax-cropped) CT. Everything heavy is done on a coarse
 working grid (about 2.5 mm) and the labels are mapped back to the CT grid with
-nearest-neighbour resampling. Steps, all thresholds in HU:
+nearest-neighbour resampling. Steps (thresholds in HU, distances in mm, each with its reason
+where it is defined):
 
 1. body and outside air (:func:`nstage.anatomy.crop.body_and_outside`);
-2. airway: a seed in the upper trachea (round, central air in the top slices), grown in 3D
-   through air below -950 HU with leak control (lower threshold when the volume explodes);
-   the carina is the most cranial level where the airway splits into two branches
-   (:func:`nstage.landmarks.airway_bifurcation`); the branches below are the left/right
-   bronchial trees, their first centimetres the main bronchi;
-3. lungs: internal air minus the airway, split into left/right (separate components, else
-   erosion + nearest-seed split); lobes are not separated (``lung_left``/``lung_right``);
-4. bone (> 150 HU): spine (posterior midline column), sternum (anterior midline),
-   clavicles (anterior, lateral, at the top of the thorax);
-5. mediastinum = convex hull of both lungs per slice minus lungs, airway and bone, in front
-   of the vertebral bodies; heart = the bulky anterior part of it from 3 cm below the carina; aorta =
-   the descending aorta traced as the largest round soft-tissue section left-anterior of the
-   spine, followed upwards over the arch and down the ascending aorta.
+2. airway (:mod:`nstage.anatomy.airway`): the trachea as the round, walled air column followed
+   slice by slice from the top of the scan (kept to its tube where the lung touches it), the
+   bronchi grown from it, the carina where it divides, the main bronchi near the carina;
+3. lungs: internal air minus the airway and its wall, pharynx air dropped, split into
+   left/right (separate components, else erosion + nearest-seed split); lobes are not
+   separated (``lung_left``/``lung_right``);
+4. contrast: the blood level of the mediastinum decides the bone and blood thresholds;
+5. bone: spine (posterior midline column, in front of which the descending aorta runs),
+   sternum, clavicles; aorta (:mod:`nstage.anatomy.vessels`): descending and ascending aorta
+   traced as circles and joined over the arch;
+6. mediastinum = per-slice convex hull of both lungs minus lungs, airway and skeleton, in front
+   of the vertebral bodies; oesophagus; heart, liver and the lungs' soft-tissue masses seeded
+   separately and competed in one watershed (:mod:`nstage.anatomy.mediastinum`,
+   :mod:`nstage.anatomy.abdomen`, :mod:`nstage.anatomy.lung_masses`); masses join their lung.
 
 Coordinates: arrays ``[z, y, x]``, index k superior, j posterior, i patient LEFT.
 """
