@@ -516,11 +516,14 @@ def _soft_organs(g: Grid, s: _Structures, blood_hu: float | None, bone_hu: float
               if (level := seed_level(g, seeds == label)) is not None]
     masses = mass_seeds(g, s.left, s.right, s.hull, structures, mid_x_vox, blood_hu,
                         diaphragm, organs)
-    seeds[masses.left] = MASS_LEFT
-    seeds[masses.right] = MASS_RIGHT
-    seeds[s.heart] = HEART
-    flooded = organ_watershed(g, seeds, tissue)
-    s.heart = heart(g, region, flooded, blood_hu)
+    if masses.left.any() or masses.right.any():
+        seeds[masses.left] = MASS_LEFT
+        seeds[masses.right] = MASS_RIGHT
+        seeds[s.heart] = HEART
+        flooded = organ_watershed(g, seeds, tissue)
+        s.heart = heart(g, region, flooded, blood_hu)
+    else:
+        flooded = first  # nothing new competes: the first flood stands
     s.liver = liver(g, flooded == LIVER, liver_seed, abdominal, diaphragm["right"])
     # The liver's basin may hold the lower part of a tumour on the diaphragm: what is not liver
     # there is open to the right lung's mass.
