@@ -29,6 +29,7 @@ from nstage.landmarks import find
 CASES = {
     "a0002": "lung-pet-ct-dx-A0002/ct",
     "a0001": "lung-pet-ct-dx-A0001/ct.mha",
+    "lung1-002": "nsclc-radiomics-LUNG1-002/ct.mha",
     "inlet": "nsclc-radiogenomics-R01-005/chest-ct-inlet",
     "mediastinum-contrast": "totalsegmentator-crops/mediastinum-contrast-ct-1.5mm.nii.gz",
     "heart-contrast": "totalsegmentator-crops/heart-contrast-ct-1.5mm.nii.gz",

@@ -322,7 +322,7 @@ def find(anatomy, thresholds: dict | None = None) -> Landmarks:
     out = Landmarks()
     _lungs(ctx, out)
     carina = _carina(ctx, out)
-    _trachea_levels(ctx, out, carina)
+    _trachea_levels(ctx, out, carina, th)
     _bronchi(ctx, out, carina)
     if carina is not None:
         _aortic_arch(ctx, out, carina, th)
@@ -451,7 +451,7 @@ def _carina(ctx: _Context, out: Landmarks):
     return carina
 
 
-def _trachea_levels(ctx: _Context, out: Landmarks, carina) -> None:
+def _trachea_levels(ctx: _Context, out: Landmarks, carina, th: dict) -> None:
     """Trachea cross-sections from the top down to the carina, and the trachea top."""
     import numpy as np
 
@@ -473,12 +473,44 @@ def _trachea_levels(ctx: _Context, out: Landmarks, carina) -> None:
                                         right_border_x_mm=float(lo[0]),
                                         anterior_y_mm=float(lo[1]),
                                         posterior_y_mm=float(hi[1])))
+    if carina is not None:
+        out.trachea = _borders_on_the_tube(out.trachea, carina[2], th["trachea_flare_mm"],
+                                           th["trachea_border_tol_mm"])
     top = out.trachea[0] if out.trachea else None
     if top is not None:
         edge = " (top of the image)" if k1 == trachea.shape[0] - 1 else ""
         out.points[TRACHEA_TOP] = _lm(TRACHEA_TOP, top.z_mm, "measured",
                                       f"most cranial trachea level in view{edge}",
                                       (top.centre_x_mm, top.centre_y_mm, top.z_mm))
+
+
+def _borders_on_the_tube(levels: list[TracheaLevel], carina_z: float, flare_mm: float,
+                         tol_mm: float) -> list[TracheaLevel]:
+    """Tracheal borders just above the carina held to the tube above them.
+
+    Within ``flare_mm`` above the carina the airway section widens into the origins of
+    the main bronchi (and thick slices blur them into it); a lateral border there is the
+    trachea's wall only while it stays within ``tol_mm`` of the border on the levels above
+    (median of the levels ``flare_mm`` to twice that above the carina, where the trachea is a
+    plain tube). Left border: +x, the patient's left.
+    """
+    import numpy as np
+
+    ref = [t for t in levels if flare_mm < t.z_mm - carina_z <= 2 * flare_mm]
+    if not ref:
+        return levels
+    left = float(np.median([t.left_border_x_mm for t in ref])) + tol_mm
+    right = float(np.median([t.right_border_x_mm for t in ref])) - tol_mm
+    out = []
+    for t in levels:
+        if t.z_mm - carina_z <= flare_mm:
+            lb, rb = min(t.left_border_x_mm, left), max(t.right_border_x_mm, right)
+            clipped = (lb, rb) != (t.left_border_x_mm, t.right_border_x_mm)
+            if clipped and lb > rb:
+                t = replace(t, left_border_x_mm=lb, right_border_x_mm=rb,
+                            centre_x_mm=0.5 * (lb + rb))
+        out.append(t)
+    return out
 
 
 def _bronchi(ctx: _Context, out: Landmarks, carina) -> None:

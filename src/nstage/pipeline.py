@@ -313,6 +313,9 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             )
         lms = landmarks_job.result()
         context = context_job.result()
+    # Never stage on a wrong frame (issue 16): anatomy that always holds, checked here.
+    frame_failures = _frame_failures(anatomy, lms, thresholds) if thorax_in_view else []
+    reasons.extend(f.reason for f in frame_failures)
 
     with timer.step("findings"):
         # SUVs are measured on the PET's own grid: resampling onto the CT lowers the
@@ -335,7 +338,8 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     n8, n9 = nstage.n_stage, nstage.n_stage_9th
     all_reasons = list(reasons) + list(nstage.reasons)
     counted = [n for n in node_results if n.call.positive]
-    if not thorax_in_view or not covered or any(r.affects_staging for r in unreadable):
+    if (not thorax_in_view or not covered or frame_failures
+            or any(r.affects_staging for r in unreadable)):
         n8, n9 = "NX", "NX"
     elif placed.primary is None and not counted:
         n8, n9 = "NX", "NX"
@@ -374,6 +378,14 @@ def _stage(placed: Placements, reference_suv: dict, thresholds: dict,
         side, [(n.placement.station.distribution(), n.call.probability) for n in results],
         rules)
     return results, nstage, probabilities
+
+
+def _frame_failures(anatomy: Anatomy, landmarks, thresholds: dict) -> list:
+    """Plausibility failures of the anatomical frame (:mod:`nstage.plausibility`)."""
+    from nstage import plausibility
+
+    return plausibility.check_frame(landmarks, plausibility.frame_facts(anatomy),
+                                    thresholds["plausibility"])
 
 
 def _anatomy_on_work_grid(anatomy: Anatomy, full_ct: sitk.Image, work_ct: sitk.Image,

@@ -21,7 +21,7 @@ from nstage.errors import InputError, UsageError
 Thresholds = dict[str, dict[str, Any]]
 
 SECTIONS = ("detection", "measurement", "classification", "positivity", "probability",
-            "landmarks", "stations", "assessment")
+            "landmarks", "stations", "assessment", "plausibility")
 
 
 @lru_cache(maxsize=1)
