@@ -414,6 +414,7 @@ def _result_dict(*, study, options, n8, n9, nstage, primary, second_primary, nod
         "nodes": [_node_entry(n) for n in sorted(positive, key=lambda n: n.lesion.id)],
         "negative_node_candidates": [_node_entry(n) for n in negative],
         "other_lesions": [_lesion_brief(o, LABEL_OTHER) for o in others],
+        "suppressed_uptake": [u.to_dict() for u in lesion_mask.suppressed],
         "probabilities": {k: _r(v, 4) for k, v in probabilities.items()},
         "trace": [
             {"station": t.station, "side": t.station_side, "category": t.category,
