@@ -10,12 +10,17 @@ In this order, a region is
 1. noise: smaller than ``min_volume_ml`` (below about two PET voxels);
 2. diffuse organ uptake: organ-sized (``diffuse_min_volume_ml``) and faint (SUVmax below
    ``diffuse_max_threshold_ratio`` x the threshold), e.g. a liver or spleen without a mask;
-3. myocardium by shape: large (``myocardium_min_volume_ml``), hollow like a ventricular wall
-   round its cavity (``myocardium_min_hollow``), in the mediastinum and against the heart mask
-   (or with no heart mask at all): a hot left ventricle the heart mask missed;
-4. brown fat: its core (SUV >= ``brown_fat_core_fraction`` x its max) has fat density
-   (median HU < ``brown_fat_hu_max``; Cohade 2003); the reason says where (neck /
-   supraclavicular, paravertebral) and whether it has a mirror image on the other side;
+3. myocardium by shape: large (``myocardium_min_volume_ml``), in the mediastinum, touching
+   the heart mask (``myocardium_min_near_heart`` of it within ``myocardium_heart_margin_mm``)
+   or with no heart mask, and hollow like a ventricular wall round its cavity
+   (``myocardium_min_hollow``) or, mostly against the heart mask, a thin shell
+   (``myocardium_max_thickness_ratio``): a hot left ventricle the heart mask missed (wholly
+   or in part). Limitation: a large necrotic (ring-shaped) nodal conglomerate against the
+   heart looks the same; it is listed in the suppressed uptake with this reason;
+4. brown fat: its core (SUV >= ``brown_fat_core_fraction`` x its max) is largely of fat
+   density (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003); the
+   reason says where (neck / supraclavicular, paravertebral) and whether it has a mirror
+   image on the other side;
 5. oesophagus: mostly within ``oesophagus_margin_mm`` of the oesophagus mask, long along it
    (``oesophagus_min_length_mm``, ``oesophagus_min_elongation``) and mild
    (``oesophagus_max_suv``);
@@ -44,7 +49,7 @@ from skimage.segmentation import watershed
 
 from nstage.geometry import index_to_mm
 from nstage.lesions.base import SuppressedUptake
-from nstage.morphology import ball, dilate, erode
+from nstage.morphology import ball, bounding_box, dilate
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 #: TotalSegmentator muscle classes (the classical backend has none).
@@ -73,6 +78,20 @@ class Context:
             self._masks[names] = self.anatomy.mask(*names)
         return self._masks[names]
 
+    def crop_mask(self, box: tuple[slice, ...], *names: str) -> np.ndarray:
+        """Anatomy mask within ``box`` only (a whole-volume mask is not built for it)."""
+        if names in self._masks:
+            return self._masks[names][box]
+        out = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        values: list[int] = []
+        for name in names:
+            if name in self.anatomy.extra_masks:
+                out |= self.anatomy.extra_masks[name][box]
+            values.extend(self.anatomy.values_of(name))
+        if values:
+            out |= np.isin(self.anatomy.labels[box], values)
+        return out
+
     @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
@@ -98,9 +117,10 @@ class _Region:
     def suv_max(self) -> float:
         return float(self.suv[self.mask].max())
 
-    def fraction_in(self, other: np.ndarray) -> float:
-        """Fraction of the region's voxels inside ``other`` (a full-size mask)."""
-        return float((self.mask & other[self.box]).sum()) / max(1, int(self.mask.sum()))
+    def fraction_in(self, *names: str) -> float:
+        """Fraction of the region's voxels inside the named anatomy."""
+        inside = self.mask & self.ctx.crop_mask(self.box, *names)
+        return float(inside.sum()) / max(1, int(self.mask.sum()))
 
     def centroid_mm(self) -> tuple[float, float, float]:
         kji = np.argwhere(self.mask).mean(axis=0) + np.array([s.start for s in self.box])
@@ -139,13 +159,15 @@ def is_diffuse(volume_ml: float, suv_max: float, threshold: float, th: dict,
             and suv_max < th["diffuse_max_threshold_ratio"] * threshold)
 
 
-def judge(regions: np.ndarray, cands: list, ctx: Context
-          ) -> tuple[np.ndarray, list[SuppressedUptake]]:
+def judge(regions: np.ndarray, cands: list, ctx: Context,
+          diffuse_ids: set[int] | None = None) -> tuple[np.ndarray, list[SuppressedUptake]]:
     """Lesion mask and the suppressed regions (see the module docstring).
 
-    Touching grown regions are judged together as one component (noise, diffuse uptake); a
-    component with several distinct foci is split by a watershed and each part is judged for
-    the physiological patterns, so a node against brown fat or the oesophagus keeps its part.
+    Touching grown regions are judged together as one component: noise, diffuse uptake and
+    the shape patterns (myocardium, oesophagus, thymus, marrow, muscle) need the whole of it.
+    A physiological component keeps the distinct, node-shaped foci that stand out from it.
+    Otherwise each seed's own region (split where it holds distinct foci) is judged for brown
+    fat, so a node against brown fat keeps its part.
 
     Parameters
     ----------
@@ -154,37 +176,119 @@ def judge(regions: np.ndarray, cands: list, ctx: Context
     cands : list
         Seeds (``kji``, ``suv_max``, ``suv_peak``, ``region_id``) of the regions.
     ctx : Context
+    diffuse_ids : set of int, optional
+        Regions grown as organ-sized faint uptake: judged on their own (a tumour touching an
+        unlabelled liver is not merged into it).
     """
     out = np.zeros(regions.shape, dtype=bool)
     records: list[SuppressedUptake] = []
-    lab, _ = ndi.label(regions > 0, structure=_FULL)
-    parts: list[tuple[_Region, list]] = []
+    occupied = regions > 0
+    objs = ndi.find_objects(regions) if diffuse_ids else []
+    for rid in sorted(diffuse_ids or ()):
+        if objs[rid - 1] is None:
+            continue
+        box = _padded(objs[rid - 1], regions.shape, 2)
+        view = _Region(regions[box] == rid, box, ctx)
+        if view.fraction_in("lung") >= 0.5:
+            continue  # a faint large lung mass is a tumour: judged with the others
+        occupied[box] &= ~view.mask
+        if _marrow_like(view):
+            records.append(view.record(
+                "bone marrow", f"{view.volume_ml:.0f} ml of faint uptake along the spine: "
+                "diffusely raised marrow"))
+        else:
+            records.append(view.record(
+                "diffuse organ uptake", f"organ-sized ({view.volume_ml:.0f} ml here) faint "
+                f"uptake grown from a seed below {ctx.th['diffuse_max_threshold_ratio']} x the "
+                f"threshold {ctx.threshold:.1f}: diffuse organ uptake (liver/spleen)"))
+    outer = _padded(bounding_box(occupied), regions.shape, 2)
+    lab = np.zeros(regions.shape, dtype=np.int32)
+    lab[outer], _ = ndi.label(occupied[outer], structure=_FULL)
+    comps: list[tuple[_Region, list]] = []
     for cid, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
         box = _padded(sl, regions.shape, 2)
         view = _Region(lab[box] == cid, box, ctx)
-        seeds = [c for c in cands if c.region_id and lab[c.kji] == cid]
         whole = _whole_verdict(view, ctx)
         if whole is not None:
             records.append(view.record(*whole))
             continue
-        parts.extend(_split(view, seeds, ctx))
-    n_marrow = sum(1 for v, _ in parts if _marrow_like(v))
-    for view, seeds in parts:
-        verdict = _pattern(view, ctx, n_marrow)
-        if verdict is None:
-            out[view.box] |= view.mask
+        comps.append((view, [c for c in cands if c.region_id and lab[c.kji] == cid]))
+    n_marrow = sum(1 for v, _ in comps if _marrow_like(v))
+    for view, seeds in comps:
+        shape = _shape_pattern(view, ctx, n_marrow)
+        if shape is not None:
+            structure, reason = shape
+            kept = _foci_in(view, seeds, ctx)
+            if kept.any():
+                out[view.box] |= kept
+                reason += "; a distinct node-shaped focus in it is kept as a lesion"
+                view = _Region(view.mask & ~kept, view.box, ctx)
+            records.append(view.record(structure, reason))
             continue
-        structure, reason = verdict
-        kept = _focal_soft_tissue(view, seeds, ctx) if structure == "brown fat" else None
-        if kept is not None and kept.any():
-            out[view.box] |= kept
-            reason += "; a focal node-shaped soft-tissue part of it is kept as a lesion"
-            view = _Region(view.mask & ~kept, view.box, ctx)
-            if not view.mask.any():
-                continue
-        records.append(view.record(structure, reason))
+        ids = np.unique(regions[view.box][view.mask])
+        for rid in ids[ids > 0]:
+            own = _Region(view.mask & (regions[view.box] == rid), view.box, ctx)
+            mine = [c for c in seeds if regions[c.kji] == rid]
+            for part, part_seeds in _split(own, mine, ctx):
+                # Physiological uptake of two structures can touch (oesophagus and spine):
+                # each seed's own region is judged by shape too.
+                shape = _shape_pattern(part, ctx, n_marrow)
+                if shape is not None:
+                    records.append(part.record(*shape))
+                else:
+                    _judge_fat(part, part_seeds, ctx, out, records)
     _mirror_notes(records, ctx)
     return out, records
+
+
+def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
+               records: list[SuppressedUptake]) -> None:
+    """Brown fat or lesion, for one seed's region (adds to ``out`` / ``records``)."""
+    found = _brown_fat(view, ctx)
+    if found is None:
+        kept, fat_rest = _trim_brown_fat(view, seeds, ctx)
+        out[view.box] |= kept
+        if fat_rest is not None:
+            records.append(fat_rest.record(
+                "brown fat", f"SUVmax {fat_rest.suv_max:.1f}, fat-density uptake around a "
+                f"focal soft-tissue node (kept as a lesion){_where_fat(fat_rest, ctx)}: brown "
+                "adipose tissue"))
+        return
+    structure, reason = found
+    kept = _focus_in_fat(view, ctx)
+    if kept is not None:
+        out[view.box] |= kept
+        reason += "; a focal node-shaped soft-tissue focus in it is kept as a lesion"
+        view = _Region(view.mask & ~kept, view.box, ctx)
+        if not view.mask.any():
+            return
+    records.append(view.record(structure, reason))
+
+
+def _foci_in(view: _Region, seeds: list, ctx: Context) -> np.ndarray:
+    """Distinct foci of a physiological component that are lesions after all: each distinct
+    focus (``focus_prominence``) is outlined against the component's own level (its median
+    SUV) and kept when it stands out by ``min_contrast_suv``, reaches the threshold and is
+    node-shaped (see :func:`_focus_against`)."""
+    kept = np.zeros(view.mask.shape, dtype=bool)
+    foci = _distinct_foci(view, seeds, ctx)
+    if len(foci) < 2:
+        return kept
+    bg = float(np.median(view.suv[view.mask]))
+    off = np.array([s.start for s in view.box])
+    markers = np.zeros(view.mask.shape, dtype=np.int32)
+    for n, c in enumerate(foci, start=1):
+        markers[tuple(np.asarray(c.kji) - off)] = n
+    basins = watershed(-ctx.smooth[view.box], markers=markers, mask=view.mask)
+    for n in range(1, len(foci) + 1):
+        part = _Region(basins == n, view.box, ctx)
+        if part.mask.any():
+            node = _focus_against(part, bg, ctx)
+            if node is not None:
+                kept |= node
+    return kept
 
 
 def _padded(sl, shape, pad: int) -> tuple[slice, slice, slice]:
@@ -199,7 +303,12 @@ def _whole_verdict(view: _Region, ctx: Context) -> tuple[str, str, str] | None:
     if vol < th["min_volume_ml"]:
         return ("noise", f"{vol:.2f} ml under the {th['min_volume_ml']} ml minimum (below about "
                          "two PET voxels): noise", "rejected")
-    if is_diffuse(vol, smax, ctx.threshold, th, view.fraction_in(ctx.mask("lung"))):
+    if is_diffuse(vol, smax, ctx.threshold, th) \
+            and is_diffuse(vol, smax, ctx.threshold, th, view.fraction_in("lung")):
+        if _marrow_like(view):
+            return ("bone marrow",
+                    f"{vol:.0f} ml with SUVmax {smax:.1f} <= {th['marrow_max_suv']} along the "
+                    "spine: diffusely raised marrow", "physiological")
         return ("diffuse organ uptake",
                 f"{vol:.0f} ml with SUVmax {smax:.1f} < {th['diffuse_max_threshold_ratio']} x "
                 f"the threshold {ctx.threshold:.1f}: diffuse organ uptake (liver/spleen)",
@@ -207,10 +316,11 @@ def _whole_verdict(view: _Region, ctx: Context) -> tuple[str, str, str] | None:
     return None
 
 
-def _pattern(view: _Region, ctx: Context, n_marrow: int) -> tuple[str, str] | None:
-    """``(structure, reason)`` when the region shows a physiological pattern, else None."""
+def _shape_pattern(view: _Region, ctx: Context, n_marrow: int) -> tuple[str, str] | None:
+    """``(structure, reason)`` when a component has the shape and place of physiological
+    uptake (myocardium, oesophagus, thymus, muscle, bone marrow), else None."""
     th = ctx.th
-    for test in (_myocardium, _brown_fat, _oesophagus, _thymus, _muscle):
+    for test in (_myocardium, _oesophagus, _thymus, _muscle):
         found = test(view, ctx)
         if found is not None:
             return found
@@ -218,7 +328,8 @@ def _pattern(view: _Region, ctx: Context, n_marrow: int) -> tuple[str, str] | No
                                or view.extents_mm()[0] >= th["marrow_min_extent_mm"]):
         return ("bone marrow",
                 f"SUVmax {view.suv_max:.1f} <= {th['marrow_max_suv']} inside the spine, "
-                f"diffuse marrow pattern ({n_marrow} spinal regions alike or a long segment): "
+                f"diffuse marrow pattern ({n_marrow} spinal uptake regions; this one "
+                f"{view.extents_mm()[0]:.0f} mm long): "
                 "physiological / reactive marrow")
     return None
 
@@ -245,27 +356,39 @@ def _split(view: _Region, seeds: list, ctx: Context) -> list[tuple[_Region, list
 # --------------------------------------------------------------------------- patterns
 
 def _myocardium(view: _Region, ctx: Context) -> tuple[str, str] | None:
+    """A ventricular wall: large, in the mediastinum, touching the heart mask (or with no heart
+    mask at all), and hollow round its colder cavity or, mostly against the heart mask, a thin
+    curved shell (the part of a wall a heart mask missed is a half ring)."""
     th = ctx.th
     if view.volume_ml < th["myocardium_min_volume_ml"]:
         return None
-    if view.fraction_in(ctx.mask("lung")) > 0.3:
+    if view.fraction_in("lung") > 0.3:
         return None
     hollow = _hollowness(view.mask)
-    if hollow < th["myocardium_min_hollow"]:
-        return None
-    heart = ctx.mask("heart", "myocardium")
-    if heart.any():
-        margin = float(th["myocardium_heart_margin_mm"])
-        near = dilate(heart[view.box], ball(tuple(ctx.spacing), margin))
+    is_hollow = hollow >= th["myocardium_min_hollow"]
+    margin = float(th["myocardium_heart_margin_mm"])
+    has_heart = ctx.mask("heart", "myocardium").any()
+    heart = ctx.crop_mask(_padded_mm(view, ctx, margin), "heart", "myocardium")
+    frac, thick, ratio = 0.0, 0.0, 1.0
+    if has_heart:
+        near = _near(view, heart, margin, ctx)
         frac = float((view.mask & near).sum()) / float(view.mask.sum())
-        if frac < 0.5:
+        thick = 2.0 * float(ndi.distance_transform_edt(np.pad(view.mask, 1),
+                                                       sampling=ctx.spacing).max())
+        ratio = thick / max(float(view.extents_mm().max()), 1e-6)
+        if frac < th["myocardium_min_near_heart"]:
             return None
-        where = f"{100 * frac:.0f}% within {margin:.0f} mm of the heart mask"
+    if is_hollow:
+        shape = f"a hollow wall round a colder cavity ({100 * hollow:.0f}% of its outline)"
+    elif frac >= 0.5 and ratio <= th["myocardium_max_thickness_ratio"]:
+        shape = f"a thin wall ({thick:.0f} mm thick over {view.extents_mm().max():.0f} mm)"
     else:
-        where = "no heart mask"
+        return None
+    where = (f"{100 * frac:.0f}% within {margin:.0f} mm of the heart mask" if has_heart
+             else "no heart mask")
     return ("myocardium (shape)",
-            f"{view.volume_ml:.0f} ml, SUVmax {view.suv_max:.1f}, a hollow wall round a "
-            f"colder cavity ({100 * hollow:.0f}% of its outline), {where}: myocardial uptake")
+            f"{view.volume_ml:.0f} ml, SUVmax {view.suv_max:.1f}, {shape}, {where}: myocardial "
+            "uptake")
 
 
 def _hollowness(mask: np.ndarray) -> float:
@@ -281,16 +404,18 @@ def _hollowness(mask: np.ndarray) -> float:
 
 
 def _brown_fat(view: _Region, ctx: Context) -> tuple[str, str] | None:
+    """Uptake whose core (SUV >= ``brown_fat_core_fraction`` x its max) is largely fat: at
+    least ``brown_fat_min_fat_fraction`` of the core's non-lung voxels below
+    ``brown_fat_hu_max`` (PET blur mixes the muscle between fat lobules into the core, a
+    node's core is solid soft tissue)."""
     th = ctx.th
-    s = view.suv
-    core = view.mask & (s >= th["brown_fat_core_fraction"] * view.suv_max)
-    h = ctx.hu[view.box][core & ~ctx.mask("lung")[view.box]]
-    h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
-    if h.size < 3 or float(np.median(h)) >= th["brown_fat_hu_max"]:
+    core = view.mask & (view.suv >= th["brown_fat_core_fraction"] * view.suv_max)
+    fat = _fat_fraction(core, view, ctx)
+    if fat < th["brown_fat_min_fat_fraction"]:
         return None
     return ("brown fat",
-            f"SUVmax {view.suv_max:.1f}, core of fat density (median {np.median(h):.0f} HU < "
-            f"{th['brown_fat_hu_max']:.0f}){_where_fat(view, ctx)}: brown adipose tissue")
+            f"SUVmax {view.suv_max:.1f}, core of fat density ({100 * fat:.0f}% of it below "
+            f"{th['brown_fat_hu_max']:.0f} HU){_where_fat(view, ctx)}: brown adipose tissue")
 
 
 def _where_fat(view: _Region, ctx: Context) -> str:
@@ -311,11 +436,13 @@ def _where_fat(view: _Region, ctx: Context) -> str:
 
 def _oesophagus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     th = ctx.th
-    oes = ctx.mask("esophagus")
-    if not oes.any() or view.suv_max > th["oesophagus_max_suv"]:
+    if view.suv_max > th["oesophagus_max_suv"]:
         return None
     margin = float(th["oesophagus_margin_mm"])
-    near = dilate(oes[view.box], ball(tuple(ctx.spacing), margin))
+    oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
+    if not oes.any():
+        return None
+    near = _near(view, oes, margin, ctx)
     frac = float((view.mask & near).sum()) / float(view.mask.sum())
     if frac < 0.5:
         return None
@@ -331,14 +458,14 @@ def _oesophagus(view: _Region, ctx: Context) -> tuple[str, str] | None:
 
 def _thymus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     th = ctx.th
-    sternum = ctx.mask("sternum")
-    if not sternum.any() or view.suv_max > th["thymus_max_suv"] or view.volume_ml < 1.0:
-        return None
-    if view.fraction_in(ctx.mask("lung")) > 0.3:
+    if view.suv_max > th["thymus_max_suv"] or view.volume_ml < 1.0:
         return None
     axes = view.axes_mm()
     ratio = axes[0] / max(axes[2], 1e-6)
-    if ratio > th["thymus_max_axis_ratio"]:
+    if ratio > th["thymus_max_axis_ratio"] or view.fraction_in("lung") > 0.3:
+        return None
+    sternum = ctx.mask("sternum")
+    if not sternum.any():
         return None
     kji = np.argwhere(view.mask).mean(axis=0) + np.array([s.start for s in view.box])
     d = _distance_mm(sternum, kji, ctx.spacing, th["thymus_max_sternum_mm"])
@@ -359,7 +486,7 @@ def _muscle(view: _Region, ctx: Context) -> tuple[str, str] | None:
     present = [m for m in MUSCLES if m in ctx.anatomy.names.values()]
     if not present:
         return None
-    frac = view.fraction_in(ctx.mask(*present))
+    frac = view.fraction_in(*present)
     if frac < 0.5:
         return None
     return ("muscle", f"SUVmax {view.suv_max:.1f}, {100 * frac:.0f}% inside a muscle mask: "
@@ -368,11 +495,30 @@ def _muscle(view: _Region, ctx: Context) -> tuple[str, str] | None:
 
 def _marrow_like(view: _Region) -> bool:
     ctx = view.ctx
-    spine = ctx.mask("spine")
-    if not spine.any() or view.suv_max > ctx.th["marrow_max_suv"]:
+    if view.suv_max > ctx.th["marrow_max_suv"]:
         return False
-    near = dilate(spine[view.box], ball(tuple(ctx.spacing), 3.0))
+    spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
+    if not spine.any():
+        return False
+    near = _near(view, spine, 3.0, ctx)
     return float((view.mask & near).sum()) / float(view.mask.sum()) >= 0.6
+
+
+def _padded_mm(view: _Region, ctx: Context, margin_mm: float) -> tuple[slice, ...]:
+    """The region's box grown by ``margin_mm`` (clipped to the volume)."""
+    shape = ctx.suv.shape
+    return tuple(slice(max(0, s.start - int(np.ceil(margin_mm / sp))),
+                       min(n, s.stop + int(np.ceil(margin_mm / sp))))
+                 for s, sp, n in zip(view.box, ctx.spacing, shape, strict=True))
+
+
+def _near(view: _Region, mask_big: np.ndarray, margin_mm: float, ctx: Context) -> np.ndarray:
+    """Voxels of the region's box within ``margin_mm`` of ``mask_big`` (a mask on the box
+    grown by ``margin_mm``, see :func:`_padded_mm`)."""
+    big = _padded_mm(view, ctx, margin_mm)
+    near = dilate(mask_big, ball(tuple(ctx.spacing), margin_mm))
+    return near[tuple(slice(b.start - g.start, b.stop - g.start)
+                      for b, g in zip(view.box, big, strict=True))]
 
 
 def _distance_mm(mask: np.ndarray, kji, spacing, within_mm: float) -> float:
@@ -410,35 +556,67 @@ def _distinct_foci(view: _Region, seeds: list, ctx: Context) -> list:
     return out
 
 
-def _focal_soft_tissue(view: _Region, seeds: list, ctx: Context) -> np.ndarray:
-    """Soft-tissue parts of a brown-fat region that are node-shaped and hold a seed."""
+def _fat_fraction(mask: np.ndarray, view: _Region, ctx: Context) -> float:
+    """Fraction of the non-lung voxels of ``mask`` (on the region's box) of fat density."""
+    h = ctx.hu[view.box][mask & ~ctx.crop_mask(view.box, "lung")]
+    h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
+    if h.size < 3:
+        return 0.0
+    return float(np.mean((h < ctx.th["brown_fat_hu_max"]) & (h >= -190)))
+
+
+def _trim_brown_fat(view: _Region, seeds: list, ctx: Context
+                    ) -> tuple[np.ndarray, _Region | None]:
+    """A lesion region that is largely hot fat round a soft-tissue focus (a node inside brown
+    fat, grown together with it): the node and the rest as brown fat. Otherwise the region
+    unchanged and None."""
     th = ctx.th
-    soft = view.mask & (ctx.hu[view.box] >= th["node_soft_tissue_hu"]) & (ctx.hu[view.box] < 150)
-    # An erosion by 1.5 mm removes partial-volume rims and the thin muscle edges beside fat.
-    core = erode(soft, ball(tuple(ctx.spacing), 1.5))
-    lab, n = ndi.label(core, structure=_FULL)
-    out = np.zeros(view.mask.shape, dtype=bool)
-    if n == 0:
-        return out
-    off = np.array([s.start for s in view.box])
-    seed_pts = [tuple(np.asarray(c.kji) - off) for c in seeds]
-    for cid, sl in enumerate(ndi.find_objects(lab), start=1):
-        comp = lab == cid
-        part = dilate(comp, ball(tuple(ctx.spacing), 1.5)) & soft
-        vol = float(part.sum()) * ctx.voxel_ml
-        if vol < th["min_volume_ml"]:
-            continue
-        ext = (np.array([s.stop - s.start for s in sl]) + 2) * np.asarray(ctx.spacing)
-        if ext.max() > th["node_max_elongation"] * max(ext.min(), 1e-6) \
-                or ext.max() > th["node_max_diameter_mm"]:
-            continue
-        # Focal: a seed (local PET maximum) within 4 mm of it.
-        near = dilate(part, ball(tuple(ctx.spacing), 4.0))
-        if any(near[q] for q in seed_pts if all(0 <= a < b for a, b in zip(q, near.shape,
-                                                                             strict=True))):
-            if float(ctx.suv[view.box][part].max()) >= ctx.threshold:
-                out |= part
-    return out
+    if _fat_fraction(view.mask, view, ctx) < th["brown_fat_min_fat_fraction"]:
+        return view.mask, None
+    node = _focus_in_fat(view, ctx)
+    if node is None:
+        return view.mask, None
+    rest = view.mask & ~node
+    if float(rest.sum()) * ctx.voxel_ml < th["min_volume_ml"]:
+        return view.mask, None
+    return node, _Region(rest, view.box, ctx)
+
+
+def _focus_in_fat(view: _Region, ctx: Context) -> np.ndarray | None:
+    """A focal soft-tissue focus inside hot fat (on the region's box), outlined against the
+    brown fat itself (median SUV of the region's fat-density voxels), or None."""
+    th = ctx.th
+    hu = ctx.hu[view.box]
+    fat = view.mask & (hu < th["brown_fat_hu_max"]) & (hu >= -190)
+    if fat.sum() < 3:
+        return None
+    return _focus_against(view, float(np.median(view.suv[fat])), ctx)
+
+
+def _focus_against(view: _Region, bg: float, ctx: Context) -> np.ndarray | None:
+    """The focus round the region's hottest voxel, outlined against a warm background ``bg``
+    (``bg + grow_fraction x (SUVmax - bg)``), when it is a lesion: it stands out from ``bg`` by
+    ``min_contrast_suv``, reaches the threshold, is soft tissue (under
+    ``brown_fat_min_fat_fraction`` fat), at least ``min_volume_ml`` and compact
+    (``node_max_elongation``, ``node_max_diameter_mm``). Else None."""
+    th = ctx.th
+    suv = view.suv
+    peak = view.suv_max
+    if peak - bg < th["min_contrast_suv"] or peak < ctx.threshold:
+        return None
+    level = bg + float(th["grow_fraction"]) * (peak - bg)
+    lab, _ = ndi.label(view.mask & (suv >= level), structure=_FULL)
+    top = np.unravel_index(int(np.argmax(np.where(view.mask, suv, -np.inf))), suv.shape)
+    node = lab == lab[top]
+    if float(node.sum()) * ctx.voxel_ml < th["min_volume_ml"] \
+            or _fat_fraction(node, view, ctx) >= th["brown_fat_min_fat_fraction"]:
+        return None
+    pts = np.argwhere(node)
+    ext = (pts.max(axis=0) - pts.min(axis=0) + 1) * np.asarray(ctx.spacing)
+    if ext.max() > th["node_max_elongation"] * max(ext.min(), 1e-6) \
+            or ext.max() > th["node_max_diameter_mm"]:
+        return None
+    return node
 
 
 def _mirror_notes(records: list[SuppressedUptake], ctx: Context) -> None:
@@ -480,16 +658,21 @@ def organ_uptake(organ: np.ndarray, anatomy, names: tuple[str, ...],
     hot = organ & (ctx.smooth >= ctx.threshold)
     if not hot.any():
         return []
-    lab, n = ndi.label(hot, structure=_FULL)
+    box = bounding_box(hot)
+    lab, n = ndi.label(hot[box], structure=_FULL)
     out = []
-    names_present = [nm for nm in names if (ctx.mask(nm) & hot).any()]
-    for cid, sl in enumerate(ndi.find_objects(lab), start=1):
-        comp = lab[sl] == cid
+    values = set(np.unique(anatomy.labels[box][lab > 0]).tolist())
+    names_present = [nm for nm in names if values & set(anatomy.values_of(nm))
+                     or nm in anatomy.extra_masks]
+    for cid, sl0 in enumerate(ndi.find_objects(lab), start=1):
+        comp = lab[sl0] == cid
         vol = float(comp.sum()) * ctx.voxel_ml
         if vol < ctx.th["min_volume_ml"]:
             continue
+        sl = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(box, sl0,
+                                                                            strict=True))
         where = next((nm for nm in names_present
-                      if (ctx.mask(nm)[sl] & comp).sum() * 2 >= comp.sum()),
+                      if (ctx.crop_mask(sl, nm) & comp).sum() * 2 >= comp.sum()),
                      names_present[0] if names_present else "organ")
         kji = np.argwhere(comp).mean(axis=0) + np.array([s.start for s in sl])
         smax = float(ctx.suv[sl][comp].max())

@@ -164,7 +164,7 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     regions, cands = grower.grow_all(high_bg, liver_threshold)
     ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
                              threshold=threshold, smooth=grower.smooth)
-    mask, judged = physiology.judge(regions, cands, ctx)
+    mask, judged = physiology.judge(regions, cands, ctx, grower.diffuse_ids)
     suppressed.extend(judged)
     suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx))
     _summarise(suppressed, notes)
@@ -457,6 +457,9 @@ class _Grower:
         self.smooth = np.zeros(suv.shape, dtype=np.float32)
         self.ball = _ball_footprint(spacing, th["peak_window_mm"])
         self.ml = float(np.prod(spacing)) / 1000.0
+        # Regions grown as diffuse organ uptake (organ-sized and faint): judged on their own,
+        # never merged with a lesion they touch (a tumour against the liver dome).
+        self.diffuse_ids: set[int] = set()
 
     def grow_all(self, high_bg: np.ndarray, liver_threshold: float):
         suv, th = self.suv, self.th
@@ -471,7 +474,6 @@ class _Grower:
         # the SUVpeak scale, at which a single noisy voxel no longer makes a maximum.
         sigma = [th["peak_radius_mm"] / np.sqrt(5.0) / s for s in self.spacing]
         self.smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
-        seed_thr = np.where(high_bg[box], liver_threshold, self.threshold)
         sb = self.smooth[box]
         # Small nodes lose much of their maximum to the smoothing: the raw SUVmax within the
         # ball decides, the smoothed value only has to be clear of the background.
@@ -484,7 +486,8 @@ class _Grower:
         # lowers it a little while the positivity rule reads SUVmax on the native PET, so
         # seeds start slightly below the threshold.
         wide_max = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.max)
-        keep = wide_max >= th["seed_max_fraction"] * seed_thr[tuple(peaks.T)]
+        seed_thr = np.where(high_bg[tuple(seeds.T)], liver_threshold, self.threshold)
+        keep = wide_max >= th["seed_max_fraction"] * seed_thr
         seeds, raw_max = seeds[keep], raw_max[keep]
         peak_means = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.mean)
         order = np.argsort(-peak_means, kind="stable")
@@ -500,10 +503,12 @@ class _Grower:
             grown = self._grow_one(cand)
             if grown is None:
                 continue
-            region, sl = grown
+            region, sl, diffuse = grown
             free = region & (regions[sl] == 0)
             regions[sl][free] = next_id
             cand.region_id = next_id
+            if diffuse:
+                self.diffuse_ids.add(next_id)
             next_id += 1
         return regions, cands
 
@@ -514,7 +519,8 @@ class _Grower:
             volume_ml=volume_ml, structure=structure, reason=reason, kind="rejected"))
 
     def _grow_one(self, cand: _Candidate):
-        """Outline of the lesion around a seed: ``(mask, box)``, or None when rejected.
+        """Outline of the lesion around a seed: ``(mask, box, diffuse)``, or None when
+        rejected; ``diffuse`` marks organ-sized faint uptake.
 
         Works in a box around the seed that doubles until the outline no longer touches its
         edge.
@@ -576,13 +582,13 @@ class _Grower:
             if physiology.is_diffuse(volume, peak, self.threshold, th):
                 # Organ-sized and faint: judged (and dropped) as diffuse uptake later; growing
                 # the box further (across a whole unlabelled liver) would change nothing.
-                return region, sl
+                return region, sl, True
             at_edge = any(
                 (region.take(0, axis=a).any() and sl[a].start > 0)
                 or (region.take(-1, axis=a).any() and sl[a].stop < suv.shape[a])
                 for a in range(3))
             if not at_edge or half_mm >= 160.0:
-                return region, sl
+                return region, sl, False
             half_mm *= 2
 
 

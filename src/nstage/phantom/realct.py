@@ -51,6 +51,8 @@ ORGAN_SUV: dict[str, float | str] = {
     "kidney_left": 3.5, "kidney_right": 3.5, "urinary_bladder": 30.0, "brain": 7.0,
     "esophagus": 1.3, "thyroid_gland": 1.4, "stomach": 1.6,
 }
+#: Airway lumen (HU below this) is left unpainted by focal lesions.
+AIRWAY_HU = -950.0
 #: Intermediate grid spacing (mm) on which the activity is blurred.
 FINE_MM = 2.0
 
@@ -67,8 +69,9 @@ class Region:
 @dataclass(frozen=True)
 class Focal:
     """A focal lesion: an ellipsoid at ``centre_mm`` (x, y, z, LPS) with ``radii_mm`` and
-    activity ``suv`` (before blur). ``hu``: CT number given to its voxels that are not
-    already soft tissue (None leaves the CT unchanged, e.g. for a real tumour)."""
+    activity ``suv`` (before blur). ``hu``: CT number given to its voxels of fat or lung
+    density (airway air and denser tissue stay; None leaves the CT unchanged, e.g. for a
+    real tumour)."""
 
     name: str
     centre_mm: tuple[float, float, float]
@@ -212,7 +215,8 @@ def realistic_pet(ct: sitk.Image, *, regions: Sequence[Region] = (),
         ball = ellipsoid_mask(ct, les.centre_mm, les.radii_mm)
         act[ball] = les.suv
         if les.hu is not None:
-            hu_out[ball & (hu_out < 20)] = np.int16(les.hu)
+            # fat and lung become soft tissue; airway air (a bronchus beside the node) stays
+            hu_out[ball & (hu_out < 20) & (hu_out > AIRWAY_HU)] = np.int16(les.hu)
     ct_out = sitk.GetImageFromArray(hu_out)
     ct_out.CopyInformation(ct)
     fine, grid = _fine_activity(act, ct)
