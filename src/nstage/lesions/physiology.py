@@ -21,12 +21,13 @@ In this order, a region is
    density (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003); the
    reason says where (neck / supraclavicular, paravertebral) and whether it has a mirror
    image on the other side;
-5. oesophagus: mostly within ``oesophagus_margin_mm`` of the oesophagus mask, long along it
-   (``oesophagus_min_length_mm``, ``oesophagus_min_elongation``) and mild
-   (``oesophagus_max_suv``);
+5. oesophagus: long and narrow (``oesophagus_min_length_mm``, ``oesophagus_min_elongation``),
+   mild (SUVpeak <= ``oesophagus_max_suv``) and mostly within ``oesophagus_margin_mm`` of the oesophagus
+   mask or, with no mask there, a vertical tube in front of the spine near the midline
+   (``oesophagus_max_width_mm``, ``oesophagus_max_spine_mm``, ``oesophagus_max_midline_mm``);
 6. thymus: behind the sternum (``thymus_max_sternum_mm``) in front of the trachea, flat
-   (``thymus_max_axis_ratio``) and mild (``thymus_max_suv``): a 3a node is round;
-7. bone marrow: mostly inside the spine mask and mild (``marrow_max_suv``), either in several
+   (``thymus_max_axis_ratio``) and mild (SUVpeak <= ``thymus_max_suv``): a 3a node is round;
+7. bone marrow: mostly inside the spine mask and mild (SUVpeak <= ``marrow_max_suv``), either in several
    vertebrae alike (``marrow_min_regions``) or spanning ``marrow_min_extent_mm``: a focal bone
    lesion stays a lesion;
 8. muscle: mostly inside a muscle mask (TotalSegmentator names).
@@ -117,6 +118,12 @@ class _Region:
     def suv_max(self) -> float:
         return float(self.suv[self.mask].max())
 
+    @property
+    def suv_peak(self) -> float:
+        """Highest SUV of the SUVpeak-scale smoothed image in the region (about the PERCIST
+        SUVpeak): "mild" uptake is judged on it, since noise lifts the hottest voxel."""
+        return float(self.ctx.smooth[self.box][self.mask].max())
+
     def fraction_in(self, *names: str) -> float:
         """Fraction of the region's voxels inside the named anatomy."""
         inside = self.mask & self.ctx.crop_mask(self.box, *names)
@@ -160,7 +167,8 @@ def is_diffuse(volume_ml: float, suv_max: float, threshold: float, th: dict,
 
 
 def judge(regions: np.ndarray, cands: list, ctx: Context,
-          diffuse_ids: set[int] | None = None) -> tuple[np.ndarray, list[SuppressedUptake]]:
+          background_ids: set[int] | None = None
+          ) -> tuple[np.ndarray, list[SuppressedUptake]]:
     """Lesion mask and the suppressed regions (see the module docstring).
 
     Touching grown regions are judged together as one component: noise, diffuse uptake and
@@ -176,31 +184,18 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
     cands : list
         Seeds (``kji``, ``suv_max``, ``suv_peak``, ``region_id``) of the regions.
     ctx : Context
-    diffuse_ids : set of int, optional
-        Regions grown as organ-sized faint uptake: judged on their own (a tumour touching an
-        unlabelled liver is not merged into it).
+    background_ids : set of int, optional
+        Regions of background uptake (organ-sized and faint, or a plateau no seed stood out
+        from): judged among themselves, never merged with a lesion they touch.
     """
     out = np.zeros(regions.shape, dtype=bool)
     records: list[SuppressedUptake] = []
     occupied = regions > 0
-    objs = ndi.find_objects(regions) if diffuse_ids else []
-    for rid in sorted(diffuse_ids or ()):
-        if objs[rid - 1] is None:
-            continue
-        box = _padded(objs[rid - 1], regions.shape, 2)
-        view = _Region(regions[box] == rid, box, ctx)
-        if view.fraction_in("lung") >= 0.5:
-            continue  # a faint large lung mass is a tumour: judged with the others
-        occupied[box] &= ~view.mask
-        if _marrow_like(view):
-            records.append(view.record(
-                "bone marrow", f"{view.volume_ml:.0f} ml of faint uptake along the spine: "
-                "diffusely raised marrow"))
-        else:
-            records.append(view.record(
-                "diffuse organ uptake", f"organ-sized ({view.volume_ml:.0f} ml here) faint "
-                f"uptake grown from a seed below {ctx.th['diffuse_max_threshold_ratio']} x the "
-                f"threshold {ctx.threshold:.1f}: diffuse organ uptake (liver/spleen)"))
+    n_marrow_background = 0
+    if background_ids:
+        background, faint_lung, n_marrow_background = _judge_background(
+            regions, background_ids, ctx, records)
+        occupied &= ~background | faint_lung
     outer = _padded(bounding_box(occupied), regions.shape, 2)
     lab = np.zeros(regions.shape, dtype=np.int32)
     lab[outer], _ = ndi.label(occupied[outer], structure=_FULL)
@@ -215,7 +210,7 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
             records.append(view.record(*whole))
             continue
         comps.append((view, [c for c in cands if c.region_id and lab[c.kji] == cid]))
-    n_marrow = sum(1 for v, _ in comps if _marrow_like(v))
+    n_marrow = sum(1 for v, _ in comps if _marrow_like(v)) + n_marrow_background
     for view, seeds in comps:
         shape = _shape_pattern(view, ctx, n_marrow)
         if shape is not None:
@@ -243,6 +238,41 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
     return out, records
 
 
+def _judge_background(regions: np.ndarray, ids: set[int], ctx: Context,
+                      records: list[SuppressedUptake]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Record each background region by its pattern (oesophagus, marrow, ...) or as diffuse
+    organ uptake.
+
+    Returns the background mask, the regions that are mostly lung (a faint large lung mass is
+    a tumour, judged with the lesions) and how many background regions lie in the spine.
+    """
+    background = np.zeros(regions.shape, dtype=bool)
+    keep = np.zeros(regions.shape, dtype=bool)
+    objs = ndi.find_objects(regions)
+    views = []
+    for rid in sorted(ids):
+        if rid > len(objs) or objs[rid - 1] is None:
+            continue
+        box = _padded(objs[rid - 1], regions.shape, 2)
+        view = _Region(regions[box] == rid, box, ctx)
+        background[box] |= view.mask
+        if view.fraction_in("lung") >= 0.5:
+            keep[box] |= view.mask
+        else:
+            views.append(view)
+    n_marrow = sum(1 for v in views if _marrow_like(v))
+    for view in views:
+        shape = _shape_pattern(view, ctx, max(n_marrow, ctx.th["marrow_min_regions"]))
+        if shape is not None:
+            records.append(view.record(*shape))
+        else:
+            records.append(view.record(
+                "diffuse organ uptake", f"{view.volume_ml:.0f} ml of faint uptake (SUVpeak "
+                f"{view.suv_peak:.1f}) that no seed stood out from: diffuse organ uptake "
+                "(liver/spleen)"))
+    return background, keep, n_marrow
+
+
 def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
                records: list[SuppressedUptake]) -> None:
     """Brown fat or lesion, for one seed's region (adds to ``out`` / ``records``)."""
@@ -268,14 +298,20 @@ def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
 
 
 def _foci_in(view: _Region, seeds: list, ctx: Context) -> np.ndarray:
-    """Distinct foci of a physiological component that are lesions after all: each distinct
-    focus (``focus_prominence``) is outlined against the component's own level (its median
-    SUV) and kept when it stands out by ``min_contrast_suv``, reaches the threshold and is
-    node-shaped (see :func:`_focus_against`)."""
+    """Distinct foci of a physiological component that are lesions after all.
+
+    A focus must stand out twice: from the saddle towards hotter foci (``focus_prominence``,
+    :func:`_distinct_foci`) and above the other foci (its SUVpeak-scale value at least
+    ``1 + focus_prominence`` times their median: vertebrae of a diffusely raised marrow are
+    distinct foci of the same height, a node beside the oesophagus is hotter). Its outline,
+    against the component's median SUV, must then be a lesion (:func:`_focus_against`).
+    """
     kept = np.zeros(view.mask.shape, dtype=bool)
     foci = _distinct_foci(view, seeds, ctx)
     if len(foci) < 2:
         return kept
+    peaks = np.array([float(ctx.smooth[c.kji]) for c in foci])
+    typical = float(np.median(peaks))
     bg = float(np.median(view.suv[view.mask]))
     off = np.array([s.start for s in view.box])
     markers = np.zeros(view.mask.shape, dtype=np.int32)
@@ -283,6 +319,8 @@ def _foci_in(view: _Region, seeds: list, ctx: Context) -> np.ndarray:
         markers[tuple(np.asarray(c.kji) - off)] = n
     basins = watershed(-ctx.smooth[view.box], markers=markers, mask=view.mask)
     for n in range(1, len(foci) + 1):
+        if peaks[n - 1] < (1.0 + ctx.th["focus_prominence"]) * typical:
+            continue
         part = _Region(basins == n, view.box, ctx)
         if part.mask.any():
             node = _focus_against(part, bg, ctx)
@@ -307,7 +345,8 @@ def _whole_verdict(view: _Region, ctx: Context) -> tuple[str, str, str] | None:
             and is_diffuse(vol, smax, ctx.threshold, th, view.fraction_in("lung")):
         if _marrow_like(view):
             return ("bone marrow",
-                    f"{vol:.0f} ml with SUVmax {smax:.1f} <= {th['marrow_max_suv']} along the "
+                    f"{vol:.0f} ml with SUVpeak {view.suv_peak:.1f} <= {th['marrow_max_suv']} "
+                    "along the "
                     "spine: diffusely raised marrow", "physiological")
         return ("diffuse organ uptake",
                 f"{vol:.0f} ml with SUVmax {smax:.1f} < {th['diffuse_max_threshold_ratio']} x "
@@ -320,14 +359,16 @@ def _shape_pattern(view: _Region, ctx: Context, n_marrow: int) -> tuple[str, str
     """``(structure, reason)`` when a component has the shape and place of physiological
     uptake (myocardium, oesophagus, thymus, muscle, bone marrow), else None."""
     th = ctx.th
-    for test in (_myocardium, _oesophagus, _thymus, _muscle):
+    # The oesophagus first: a segment of it behind the left atrium is also a thin wall
+    # against the heart mask.
+    for test in (_oesophagus, _myocardium, _thymus, _muscle):
         found = test(view, ctx)
         if found is not None:
             return found
     if _marrow_like(view) and (n_marrow >= th["marrow_min_regions"]
                                or view.extents_mm()[0] >= th["marrow_min_extent_mm"]):
         return ("bone marrow",
-                f"SUVmax {view.suv_max:.1f} <= {th['marrow_max_suv']} inside the spine, "
+                f"SUVpeak {view.suv_peak:.1f} <= {th['marrow_max_suv']} inside the spine, "
                 f"diffuse marrow pattern ({n_marrow} spinal uptake regions; this one "
                 f"{view.extents_mm()[0]:.0f} mm long): "
                 "physiological / reactive marrow")
@@ -435,30 +476,70 @@ def _where_fat(view: _Region, ctx: Context) -> str:
 
 
 def _oesophagus(view: _Region, ctx: Context) -> tuple[str, str] | None:
+    """Linear uptake along the oesophagus: mild, long and narrow, and either mostly along the
+    oesophagus mask or, where no mask is near, a vertical tube in front of the spine near the
+    midline (where the oesophagus runs)."""
     th = ctx.th
-    if view.suv_max > th["oesophagus_max_suv"]:
+    if view.suv_peak > th["oesophagus_max_suv"] or view.fraction_in("lung") > 0.3:
+        return None
+    ext = view.extents_mm()
+    width = _slice_width_mm(view)
+    if ext[0] < th["oesophagus_min_length_mm"] \
+            or ext[0] < th["oesophagus_min_elongation"] * width:
         return None
     margin = float(th["oesophagus_margin_mm"])
     oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
-    if not oes.any():
-        return None
-    near = _near(view, oes, margin, ctx)
-    frac = float((view.mask & near).sum()) / float(view.mask.sum())
-    if frac < 0.5:
-        return None
-    ext = view.extents_mm()
-    if ext[0] < th["oesophagus_min_length_mm"] \
-            or ext[0] < th["oesophagus_min_elongation"] * max(ext[1], ext[2]):
+    frac = 0.0
+    if oes.any():
+        frac = float((view.mask & _near(view, oes, margin, ctx)).sum()) / float(view.mask.sum())
+    if frac >= 0.5:
+        where = f"{100 * frac:.0f}% along the oesophagus mask"
+    elif width <= th["oesophagus_max_width_mm"] and _in_front_of_spine(view, ctx):
+        where = "a vertical tube in front of the spine near the midline (no oesophagus mask there)"
+    else:
         return None
     return ("oesophagus",
-            f"SUVmax {view.suv_max:.1f} <= {th['oesophagus_max_suv']}, {100 * frac:.0f}% along "
-            f"the oesophagus over {ext[0]:.0f} mm (in-plane {max(ext[1], ext[2]):.0f} mm): "
-            "linear oesophageal uptake")
+            f"SUVpeak {view.suv_peak:.1f} <= {th['oesophagus_max_suv']}, {where}, over "
+            f"{ext[0]:.0f} mm (in-plane {width:.0f} mm): linear oesophageal uptake")
+
+
+def _slice_width_mm(view: _Region) -> float:
+    """Typical in-plane extent (mm) of the region: the median over its axial slices of the
+    larger in-plane extent (a curved tube is wider in its bounding box than in any slice, and
+    a few slices where it touches a neighbour do not make it wide)."""
+    sp = view.ctx.spacing
+    widths = []
+    for sl in view.mask:
+        if sl.any():
+            jj = np.flatnonzero(sl.any(axis=1))
+            ii = np.flatnonzero(sl.any(axis=0))
+            widths.append(max((jj[-1] - jj[0] + 1) * sp[1], (ii[-1] - ii[0] + 1) * sp[2]))
+    return float(np.median(widths)) if widths else 0.0
+
+
+def _in_front_of_spine(view: _Region, ctx: Context) -> bool:
+    """The region's centre lies within ``oesophagus_max_spine_mm`` of the spine, in front of
+    its centre and within ``oesophagus_max_midline_mm`` of its centre left-right (at the
+    region's levels)."""
+    th = ctx.th
+    big = _padded_mm(view, ctx, th["oesophagus_max_spine_mm"])
+    spine = ctx.crop_mask(big, "spine")
+    ks = slice(view.box[0].start - big[0].start, view.box[0].stop - big[0].start)
+    pts = np.argwhere(spine[ks])
+    if pts.size == 0:
+        return False
+    off = np.array([view.box[0].start, big[1].start, big[2].start])
+    kji = np.argwhere(view.mask).mean(axis=0) + np.array([s.start for s in view.box])
+    spine_c = pts.mean(axis=0) + off
+    dist = _distance_mm(ctx.mask("spine"), kji, ctx.spacing, th["oesophagus_max_spine_mm"])
+    d_lr = abs(kji[2] - spine_c[2]) * ctx.spacing[2]
+    return (dist <= th["oesophagus_max_spine_mm"] and kji[1] < spine_c[1]
+            and d_lr <= th["oesophagus_max_midline_mm"])
 
 
 def _thymus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     th = ctx.th
-    if view.suv_max > th["thymus_max_suv"] or view.volume_ml < 1.0:
+    if view.suv_peak > th["thymus_max_suv"] or view.volume_ml < 1.0:
         return None
     axes = view.axes_mm()
     ratio = axes[0] / max(axes[2], 1e-6)
@@ -476,7 +557,7 @@ def _thymus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     if trachea[k].any() and kji[1] > np.argwhere(trachea[k])[:, 0].min():
         return None  # not in front of the trachea
     return ("thymus",
-            f"SUVmax {view.suv_max:.1f} <= {th['thymus_max_suv']}, flat (axes "
+            f"SUVpeak {view.suv_peak:.1f} <= {th['thymus_max_suv']}, flat (axes "
             f"{axes[0]:.0f}/{axes[2]:.0f} mm, ratio {ratio:.2f} <= "
             f"{th['thymus_max_axis_ratio']}), {d:.0f} mm behind the sternum in front of the "
             "trachea: thymic uptake")
@@ -495,7 +576,7 @@ def _muscle(view: _Region, ctx: Context) -> tuple[str, str] | None:
 
 def _marrow_like(view: _Region) -> bool:
     ctx = view.ctx
-    if view.suv_max > ctx.th["marrow_max_suv"]:
+    if view.suv_peak > ctx.th["marrow_max_suv"]:
         return False
     spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
     if not spine.any():

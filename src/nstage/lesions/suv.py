@@ -23,14 +23,19 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    half-maximum core): SUVpeak (mean of the 1 ml sphere at the seed) - background >=
    ``max(min_contrast_suv, contrast_noise_sd x noise SD at the background)``. A single noisy
    voxel >= 2.5 inside the blood pool or the heart raises the 1 ml mean by a fraction of
-   that, and is rejected as noise. Physiological organs (heart/myocardium, brain, kidneys,
+   that, and is rejected as noise. A faint seed (SUVpeak below ``diffuse_max_threshold_ratio``
+   x the threshold) outside the lung whose half-maximum core is organ-sized
+   (``plateau_min_volume_ml``) sits on a plateau (an organ without a mask, the oesophagus):
+   unless it stands out from the plateau itself, the plateau is the uptake region (judged as
+   a whole: diffuse organ uptake, oesophagus, ...). Physiological organs (heart/myocardium, brain, kidneys,
    bladder, thyroid, bowel) cannot seed; their supra-threshold uptake is listed.
 5. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
    the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
    from the heart and belongs to the organ, while a node next to the heart (station 7/8) has its
-   own maximum and basin. A seed within ``spill_margin_mm`` of the organ must also stand out from
-   the saddle towards the organ (the highest level at which it is still connected to the organ)
-   by ``spill_prominence`` of its SUVmax, else it is a bump on the spill-out slope. Limitation:
+   own maximum and basin. A seed with organ voxels hotter than itself within ``spill_margin_mm``
+   must also stand out from the saddle towards the organ (the highest level at which it is
+   still connected to the organ) by ``spill_prominence`` of its SUVmax, else it is a bump on
+   the spill-out slope. Limitation:
    a node closer than about one PET FWHM to a myocardium hotter than itself merges with it at
    PET resolution and is not found.
 6. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
@@ -160,11 +165,12 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     blood = anatomy.mask(*BLOOD_POOL)
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     suppressed: list[SuppressedUptake] = []
-    grower = _Grower(suv, spacing, organ, blood, threshold, th, noise, ct, suppressed)
+    grower = _Grower(suv, spacing, organ, blood, threshold, th, noise, ct, suppressed,
+                     anatomy.mask("lung"))
     regions, cands = grower.grow_all(high_bg, liver_threshold)
     ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
                              threshold=threshold, smooth=grower.smooth)
-    mask, judged = physiology.judge(regions, cands, ctx, grower.diffuse_ids)
+    mask, judged = physiology.judge(regions, cands, ctx, grower.background_ids)
     suppressed.extend(judged)
     suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx))
     _summarise(suppressed, notes)
@@ -450,16 +456,18 @@ class _Grower:
     ``suppressed`` with their reason.
     """
 
-    def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed):
+    def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed, lung):
         self.suv, self.spacing, self.organ, self.blood = suv, spacing, organ, blood
+        self.lung = lung
         self.threshold, self.th, self.noise, self.ct = threshold, th, noise, ct
         self.suppressed = suppressed
         self.smooth = np.zeros(suv.shape, dtype=np.float32)
         self.ball = _ball_footprint(spacing, th["peak_window_mm"])
         self.ml = float(np.prod(spacing)) / 1000.0
-        # Regions grown as diffuse organ uptake (organ-sized and faint): judged on their own,
-        # never merged with a lesion they touch (a tumour against the liver dome).
-        self.diffuse_ids: set[int] = set()
+        # Regions of background uptake (organ-sized and faint, or a plateau a seed did not
+        # stand out from): judged on their own, never merged with a lesion they touch (a
+        # tumour against the liver dome).
+        self.background_ids: set[int] = set()
 
     def grow_all(self, high_bg: np.ndarray, liver_threshold: float):
         suv, th = self.suv, self.th
@@ -503,12 +511,12 @@ class _Grower:
             grown = self._grow_one(cand)
             if grown is None:
                 continue
-            region, sl, diffuse = grown
+            region, sl, background = grown
             free = region & (regions[sl] == 0)
             regions[sl][free] = next_id
             cand.region_id = next_id
-            if diffuse:
-                self.diffuse_ids.add(next_id)
+            if background:
+                self.background_ids.add(next_id)
             next_id += 1
         return regions, cands
 
@@ -519,8 +527,8 @@ class _Grower:
             volume_ml=volume_ml, structure=structure, reason=reason, kind="rejected"))
 
     def _grow_one(self, cand: _Candidate):
-        """Outline of the lesion around a seed: ``(mask, box, diffuse)``, or None when
-        rejected; ``diffuse`` marks organ-sized faint uptake.
+        """Outline of the lesion around a seed: ``(mask, box, background)``, or None when
+        rejected; ``background`` marks organ-sized faint uptake and plateaus.
 
         Works in a box around the seed that doubles until the outline no longer touches its
         edge.
@@ -538,6 +546,7 @@ class _Grower:
             q = tuple(c - s.start for c, s in zip(p, sl, strict=True))
             s_raw, s_sm, org = suv[sl], self.smooth[sl], self.organ[sl]
             own = ~org & ~self.blood[sl]
+            near = False
             if (org & (s_sm > self.threshold)).any():
                 # A hot organ in reach: split by watershed so its spill-out stays its own.
                 markers = np.zeros(s_sm.shape, dtype=np.int32)
@@ -546,8 +555,10 @@ class _Grower:
                 basins = watershed(-s_sm, markers=markers,
                                    mask=s_sm > min(self.threshold, peak) * 0.5)
                 own = (basins == 1) & ~org & ~self.blood[sl]
-                near = _distance_to(org, q, spacing, th["spill_margin_mm"]) \
-                    <= th["spill_margin_mm"]
+                # Spill-out comes from an organ hotter than the bump on its slope: uptake that
+                # is hotter than the organ beside it (the oesophagus against the left atrium)
+                # is not the organ's spill-out.
+                near = _organ_max_near(s_raw, org, q, spacing, th["spill_margin_mm"]) > peak
                 saddle = _pass_height(s_raw, org, q, peak) if near else 0.0
                 if near and peak - saddle < th["spill_prominence"] * peak:
                     self._reject(cand, "spill-out of a physiological organ",
@@ -555,15 +566,29 @@ class _Grower:
                                  f"a hot organ and connected to it up to SUV {saddle:.1f} "
                                  f"(prominence < {th['spill_prominence']:.0%}): organ spill-out")
                     return None
-            bg, bg_high = _local_background(q, s_raw, own, org, peak, spacing, self.threshold,
-                                            th["grow_background_high_percentile"])
+            faint = cand.suv_peak < th["diffuse_max_threshold_ratio"] * self.threshold
+            bg, bg_high, plateau = _local_background(
+                q, s_raw, own, org, peak, spacing, self.threshold,
+                th["grow_background_high_percentile"],
+                th["plateau_min_volume_ml"] if faint and not self.lung[p] else np.inf,
+                split=near)
+            # On a faint organ-sized plateau (a liver or spleen without a mask) a seed must
+            # stand out from the plateau itself, not from what lies beyond the organ.
+            ref = bg if plateau is None else plateau[0]
             need = max(float(th["min_contrast_suv"]),
-                       float(th["contrast_noise_sd"]) * self.noise.sd(bg))
-            if cand.suv_peak - bg < need:
+                       float(th["contrast_noise_sd"]) * self.noise.sd(ref))
+            if plateau is not None and cand.suv_peak - ref < need:
+                # A bump on the plateau: the plateau itself is the uptake (an organ, the
+                # oesophagus), grown down to the lower edge of its noise band and judged as a
+                # whole later.
+                lab, _ = ndi.label(plateau[1] & (s_raw >= ref - need), structure=_FULL)
+                flat = lab == lab[q] if lab[q] else plateau[1]
+                return flat, sl, True
+            if cand.suv_peak - ref < need:
                 self._reject(cand, "noise",
                              f"SUVmax {peak:.1f} but SUVpeak {cand.suv_peak:.2f} only "
-                             f"{cand.suv_peak - bg:.2f} above the local background {bg:.2f} "
-                             f"(needs {need:.2f}): noise, not a focal lesion")
+                             f"{cand.suv_peak - ref:.2f} above the local background "
+                             f"({ref:.2f}; needs {need:.2f}): noise, not a focal lesion")
                 return None
             if corrected:
                 level = bg + frac * (peak - bg)
@@ -613,18 +638,38 @@ def _pass_height(s_raw: np.ndarray, org: np.ndarray, q: tuple[int, int, int],
 
 def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarray,
                       org: np.ndarray, peak: float, spacing: tuple[float, float, float],
-                      threshold: float, high_percentile: float) -> tuple[float, float]:
+                      threshold: float, high_percentile: float,
+                      plateau_ml: float = np.inf,
+                      split: bool = False
+                      ) -> tuple[float, float, tuple[float, np.ndarray] | None]:
     """Median and a high percentile of the SUV in a shell 5-12 mm around the lesion's
-    half-maximum core.
+    half-maximum core, and the plateau level when that core is organ-sized.
 
     Local (not blood-pool) background makes the background-corrected 41% outline match the
     true size of spheres of 10-30 mm within about 1-2 mm at clinical PET resolution; the high
     percentile is the warmest tissue beside the lesion (blood pool, an organ) that the
-    outline must not leak into.
+    outline must not leak into. When the half-maximum core holds ``plateau_ml`` or more, the
+    seed sits on a plateau (an organ without a mask, or a large lesion): the third value is
+    ``(level, core)``, the upper quartile of that core 8-15 mm from the seed (the plateau
+    level, little lowered by its edges) and the core itself, else None. ``split``: the seed lies on the slope of a hotter organ, whose
+    spill-out (outside the organ mask) is the organ's, not a plateau: the core is then taken
+    within the seed's own watershed basin (``own``).
     """
     lab, _ = ndi.label(own & (s_raw >= 0.5 * peak), structure=_FULL)
     core = lab == lab[q] if lab[q] else np.zeros(s_raw.shape, dtype=bool)
     core[q] = True
+    plateau = None
+    if np.isfinite(plateau_ml):
+        # The plateau is judged without the watershed split towards a physiological organ
+        # (an unlabelled liver beside the stomach is one plateau).
+        region = own if split else ~org
+        lab, _ = ndi.label(region & (s_raw >= 0.5 * peak), structure=_FULL)
+        flat = lab == lab[q] if lab[q] else core
+        if flat.sum() * float(np.prod(spacing)) / 1000.0 >= plateau_ml:
+            ring = _ring(q, flat.shape, spacing, 8.0, 15.0) & flat
+            if ring.sum() >= 10:
+                level = float(np.percentile(s_raw[ring], 75))
+                plateau = (level, flat)
     # Only the 12 mm neighbourhood of the core matters: work in its bounding box.
     sl = _pad(bounding_box(core),
               [int(np.ceil(12.0 / s)) + 1 for s in spacing], s_raw.shape)
@@ -633,21 +678,31 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
     near, within = (dilate(core[sl], ball(tuple(spacing), r)) for r in (5.0, 12.0))
     shell = within & ~near & ~org[sl] & (s_raw[sl] < threshold)
     if shell.sum() < 10:
-        return 0.0, 0.0
+        return 0.0, 0.0, plateau
     vals = s_raw[sl][shell]
     bg = float(np.clip(np.median(vals), 0.0, 0.6 * peak))
-    return bg, float(np.clip(np.percentile(vals, high_percentile), bg, 0.9 * peak))
+    return bg, float(np.clip(np.percentile(vals, high_percentile), bg, 0.9 * peak)), plateau
 
 
-def _distance_to(mask: np.ndarray, q: tuple[int, int, int],
-                 spacing: tuple[float, float, float], within_mm: float) -> float:
-    """Distance in mm from voxel ``q`` to the nearest voxel of ``mask``, or inf when none lies
-    within ``within_mm`` (only that neighbourhood is searched)."""
+def _ring(q: tuple[int, int, int], shape: tuple[int, ...], spacing: tuple[float, float, float],
+          inner_mm: float, outer_mm: float) -> np.ndarray:
+    """Voxels (of an array of ``shape``) between ``inner_mm`` and ``outer_mm`` from ``q``."""
+    zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    d2 = (((zz - q[0]) * spacing[0]) ** 2 + ((yy - q[1]) * spacing[1]) ** 2
+          + ((xx - q[2]) * spacing[2]) ** 2)
+    return (d2 >= inner_mm ** 2) & (d2 <= outer_mm ** 2)
+
+
+def _organ_max_near(values: np.ndarray, organ: np.ndarray, q: tuple[int, int, int],
+                    spacing: tuple[float, float, float], within_mm: float) -> float:
+    """Highest value of ``values`` over the organ voxels within ``within_mm`` of voxel ``q``
+    (0 when none)."""
     r = [int(np.ceil(within_mm / s)) for s in spacing]
     sl = tuple(slice(max(0, c - h), c + h + 1) for c, h in zip(q, r, strict=True))
-    pts = np.argwhere(mask[sl])
+    pts = np.argwhere(organ[sl])
     if pts.size == 0:
-        return float("inf")
-    off = (pts + np.array([s.start for s in sl]) - np.array(q)) * np.array(spacing)
-    return float(np.sqrt((off ** 2).sum(axis=1)).min())
-
+        return 0.0
+    off = pts + np.array([s.start for s in sl])
+    d = np.sqrt((((off - np.array(q)) * np.array(spacing)) ** 2).sum(axis=1))
+    pts = off[d <= within_mm]
+    return float(values[tuple(pts.T)].max()) if len(pts) else 0.0
