@@ -59,12 +59,21 @@ def test_each_confounder_alone_leaves_n0(side, lobe, seed, confounder):
             assert found and "symmetric" in found[0]["reason"], msg
 
 
-# (nodes, side, lobe, seed, expected 8th, 9th, counted stations, xfail reason or None)
+# (nodes, side, lobe, seed, expected 8th, 9th, counted stations, xfail reason or None).
+# Right primary + 4R + 7: two ipsilateral N2 stations -> N2, N2b. Left primary + 4R: right
+# lower paratracheal is contralateral mediastinal -> N3. Left primary + 10L: ipsilateral
+# hilar -> N1.
 WITH_NODES = [
     (("4R", "7"), "right", "lower", 1, "N2", "N2b", ["4R", "7"], None),
     (("4R", "7"), "right", "lower", 2, "N2", "N2b", ["4R", "7"], None),
     (("4R", "7"), "right", "lower", 3, "N2", "N2b", ["4R", "7"], None),
-    (("4R",), "left", "lower", 6, "N3", "N3", ["4R"], None),
+    (("4R",), "left", "upper", 7, "N3", "N3", ["4R"], None),
+    (("4R",), "left", "upper", 8, "N3", "N3", ["4R"], None),
+    (("4R",), "left", "lower", 6, "N3", "N3", ["4R"],
+     "needs issue 16 (liver in the classical anatomy): without a liver mask a noise bump at the "
+     "liver dome beside the gastro-oesophageal junction (SUVmax 2.8, 9 mm) is seeded at the "
+     "2.5 floor and called 9L; with the phantom's own liver mask the PERCIST liver threshold "
+     "(3.3) applies there and it is not"),
     (("10L",), "left", "upper", 4, "N1", "N1", ["10L"],
      "needs issue 15 / 17 phase 2 (symmetric hilar pair): with a true 10L node beside the "
      "granulomatous 10L+10R pair, findings._flag_symmetric_hilar compares the hottest left node "

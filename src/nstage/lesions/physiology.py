@@ -262,7 +262,8 @@ def _judge_background(regions: np.ndarray, ids: set[int], ctx: Context,
             views.append(view)
     n_marrow = sum(1 for v in views if _marrow_like(v))
     for view in views:
-        shape = _shape_pattern(view, ctx, max(n_marrow, ctx.th["marrow_min_regions"]))
+        shape = _shape_pattern(view, ctx, max(n_marrow, ctx.th["marrow_min_regions"])) \
+            or _brown_fat(view, ctx)
         if shape is not None:
             records.append(view.record(*shape))
         else:

@@ -651,7 +651,9 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
     outline must not leak into. When the half-maximum core holds ``plateau_ml`` or more, the
     seed sits on a plateau (an organ without a mask, or a large lesion): the third value is
     ``(level, core)``, the upper quartile of that core 8-15 mm from the seed (the plateau
-    level, little lowered by its edges) and the core itself, else None. ``split``: the seed lies on the slope of a hotter organ, whose
+    level, little lowered by its edges) and the core itself, else None. The seed must lie on
+    the plateau, not beside it: at least half of the 8-15 mm ring round it is at least half as
+    warm as the seed. ``split``: the seed lies on the slope of a hotter organ, whose
     spill-out (outside the organ mask) is the organ's, not a plateau: the core is then taken
     within the seed's own watershed basin (``own``).
     """
@@ -666,8 +668,13 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
         lab, _ = ndi.label(region & (s_raw >= 0.5 * peak), structure=_FULL)
         flat = lab == lab[q] if lab[q] else core
         if flat.sum() * float(np.prod(spacing)) / 1000.0 >= plateau_ml:
-            ring = _ring(q, flat.shape, spacing, 8.0, 15.0) & flat
-            if ring.sum() >= 10:
+            around = _ring(q, flat.shape, spacing, 8.0, 15.0)
+            ring = around & flat
+            # On the plateau, not beside it: most of the ring round the seed is at least half
+            # as warm as the seed (inside an organ, whatever masks cut it), while a node
+            # against the blood pool has it on one side only (A0001 hilar node: 18%).
+            warm = around & (s_raw >= 0.5 * peak)
+            if ring.sum() >= 10 and warm.sum() >= 0.5 * around.sum():
                 level = float(np.percentile(s_raw[ring], 75))
                 plateau = (level, flat)
     # Only the 12 mm neighbourhood of the core matters: work in its bounding box.
