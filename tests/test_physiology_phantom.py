@@ -69,11 +69,9 @@ WITH_NODES = [
     (("4R", "7"), "right", "lower", 3, "N2", "N2b", ["4R", "7"], None),
     (("4R",), "left", "upper", 7, "N3", "N3", ["4R"], None),
     (("4R",), "left", "upper", 8, "N3", "N3", ["4R"], None),
-    (("4R",), "left", "lower", 6, "N3", "N3", ["4R"],
-     "needs issue 16 (liver in the classical anatomy): without a liver mask a noise bump at the "
-     "liver dome beside the gastro-oesophageal junction (SUVmax 2.8, 9 mm) is seeded at the "
-     "2.5 floor and called 9L; with the phantom's own liver mask the PERCIST liver threshold "
-     "(3.3) applies there and it is not"),
+    # A noise bump at the liver dome beside the gastro-oesophageal junction (no liver mask in
+    # the classical anatomy) is judged against the liver's own plateau, not the tissue beyond.
+    (("4R",), "left", "lower", 6, "N3", "N3", ["4R"], None),
     (("10L",), "left", "upper", 4, "N1", "N1", ["10L"],
      "needs issue 15 / 17 phase 2 (symmetric hilar pair): with a true 10L node beside the "
      "granulomatous 10L+10R pair, findings._flag_symmetric_hilar compares the hottest left node "
