@@ -50,7 +50,7 @@ from skimage.segmentation import watershed
 
 from nstage.geometry import index_to_mm
 from nstage.lesions.base import SuppressedUptake
-from nstage.morphology import ball, bounding_box, dilate
+from nstage.morphology import ball, bounding_box, dilate, fill_holes_axial
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 #: TotalSegmentator muscle classes (the classical backend has none).
@@ -78,6 +78,13 @@ class Context:
         if names not in self._masks:
             self._masks[names] = self.anatomy.mask(*names)
         return self._masks[names]
+
+    def present(self, *names: str) -> bool:
+        """Whether any of the named structures is in the anatomy (cached per name tuple)."""
+        key = ("_present", *names)
+        if key not in self._masks:
+            self._masks[key] = any(self.anatomy.has(n) for n in names)
+        return self._masks[key]
 
     def crop_mask(self, box: tuple[slice, ...], *names: str) -> np.ndarray:
         """Anatomy mask within ``box`` only (a whole-volume mask is not built for it)."""
@@ -262,8 +269,8 @@ def _judge_background(regions: np.ndarray, ids: set[int], ctx: Context,
             views.append(view)
     n_marrow = sum(1 for v in views if _marrow_like(v))
     for view in views:
-        shape = _shape_pattern(view, ctx, max(n_marrow, ctx.th["marrow_min_regions"])) \
-            or _brown_fat(view, ctx)
+        shape = _shape_pattern(view, ctx, max(n_marrow, ctx.th["marrow_min_regions"]),
+                               myocardium=False) or _brown_fat(view, ctx)
         if shape is not None:
             records.append(view.record(*shape))
         else:
@@ -356,13 +363,18 @@ def _whole_verdict(view: _Region, ctx: Context) -> tuple[str, str, str] | None:
     return None
 
 
-def _shape_pattern(view: _Region, ctx: Context, n_marrow: int) -> tuple[str, str] | None:
+def _shape_pattern(view: _Region, ctx: Context, n_marrow: int,
+                   myocardium: bool = True) -> tuple[str, str] | None:
     """``(structure, reason)`` when a component has the shape and place of physiological
-    uptake (myocardium, oesophagus, thymus, muscle, bone marrow), else None."""
+    uptake (myocardium, oesophagus, thymus, muscle, bone marrow), else None. ``myocardium``
+    False skips the (costly) ventricular-wall test, for faint background uptake that is left
+    out whatever it is called."""
     th = ctx.th
     # The oesophagus first: a segment of it behind the left atrium is also a thin wall
     # against the heart mask.
-    for test in (_oesophagus, _myocardium, _thymus, _muscle):
+    tests = (_oesophagus, _myocardium, _thymus, _muscle) if myocardium \
+        else (_oesophagus, _thymus, _muscle)
+    for test in tests:
         found = test(view, ctx)
         if found is not None:
             return found
@@ -402,35 +414,37 @@ def _myocardium(view: _Region, ctx: Context) -> tuple[str, str] | None:
     mask at all), and hollow round its colder cavity or, mostly against the heart mask, a thin
     curved shell (the part of a wall a heart mask missed is a half ring)."""
     th = ctx.th
-    if view.volume_ml < th["myocardium_min_volume_ml"]:
-        return None
-    if view.fraction_in("lung") > 0.3:
+    if view.volume_ml < th["myocardium_min_volume_ml"] or view.fraction_in("lung") > 0.3:
         return None
     hollow = _hollowness(view.mask)
     is_hollow = hollow >= th["myocardium_min_hollow"]
-    margin = float(th["myocardium_heart_margin_mm"])
-    has_heart = ctx.mask("heart", "myocardium").any()
-    heart = ctx.crop_mask(_padded_mm(view, ctx, margin), "heart", "myocardium")
-    frac, thick, ratio = 0.0, 0.0, 1.0
-    if has_heart:
-        near = _near(view, heart, margin, ctx)
-        frac = float((view.mask & near).sum()) / float(view.mask.sum())
-        thick = 2.0 * float(ndi.distance_transform_edt(np.pad(view.mask, 1),
-                                                       sampling=ctx.spacing).max())
-        ratio = thick / max(float(view.extents_mm().max()), 1e-6)
-        if frac < th["myocardium_min_near_heart"]:
+    has_heart = ctx.present("heart", "myocardium")
+    if not has_heart:
+        if not is_hollow:
             return None
-    if is_hollow:
-        shape = f"a hollow wall round a colder cavity ({100 * hollow:.0f}% of its outline)"
-    elif frac >= 0.5 and ratio <= th["myocardium_max_thickness_ratio"]:
-        shape = f"a thin wall ({thick:.0f} mm thick over {view.extents_mm().max():.0f} mm)"
-    else:
+        return ("myocardium (shape)",
+                f"{view.volume_ml:.0f} ml, SUVmax {view.suv_max:.1f}, a hollow wall round a "
+                f"colder cavity ({100 * hollow:.0f}% of its outline), no heart mask: "
+                "myocardial uptake")
+    thick = 2.0 * float(ndi.distance_transform_edt(np.pad(view.mask, 1),
+                                                   sampling=ctx.spacing).max())
+    length = float(view.extents_mm().max())
+    is_thin = thick / max(length, 1e-6) <= th["myocardium_max_thickness_ratio"]
+    if not (is_hollow or is_thin):
+        return None  # cheap shape tests first: the heart's neighbourhood costs a dilation
+    margin = float(th["myocardium_heart_margin_mm"])
+    big = _padded_mm(view, ctx, margin)
+    heart = ctx.crop_mask(big, "heart", "myocardium")
+    if not heart.any():
         return None
-    where = (f"{100 * frac:.0f}% within {margin:.0f} mm of the heart mask" if has_heart
-             else "no heart mask")
+    frac = float((view.mask & _near(view, heart, margin, ctx)).sum()) / float(view.mask.sum())
+    if frac < th["myocardium_min_near_heart"] or (not is_hollow and frac < 0.5):
+        return None
+    shape = (f"a hollow wall round a colder cavity ({100 * hollow:.0f}% of its outline)"
+             if is_hollow else f"a thin wall ({thick:.0f} mm thick over {length:.0f} mm)")
     return ("myocardium (shape)",
-            f"{view.volume_ml:.0f} ml, SUVmax {view.suv_max:.1f}, {shape}, {where}: myocardial "
-            "uptake")
+            f"{view.volume_ml:.0f} ml, SUVmax {view.suv_max:.1f}, {shape}, {100 * frac:.0f}% "
+            f"within {margin:.0f} mm of the heart mask: myocardial uptake")
 
 
 def _hollowness(mask: np.ndarray) -> float:
@@ -439,8 +453,7 @@ def _hollowness(mask: np.ndarray) -> float:
     best = 0.0
     n = float(mask.sum())
     for axis in range(3):
-        m = np.moveaxis(mask, axis, 0)
-        filled = np.stack([ndi.binary_fill_holes(s) for s in m])
+        filled = fill_holes_axial(np.moveaxis(mask, axis, 0))
         best = max(best, float(filled.sum() - n) / max(float(filled.sum()), 1.0))
     return best
 
@@ -532,7 +545,8 @@ def _in_front_of_spine(view: _Region, ctx: Context) -> bool:
     off = np.array([view.box[0].start, big[1].start, big[2].start])
     kji = np.argwhere(view.mask).mean(axis=0) + np.array([s.start for s in view.box])
     spine_c = pts.mean(axis=0) + off
-    dist = _distance_mm(ctx.mask("spine"), kji, ctx.spacing, th["oesophagus_max_spine_mm"])
+    dist = _distance_mm(spine, kji - np.array([b.start for b in big]), ctx.spacing,
+                        th["oesophagus_max_spine_mm"])
     d_lr = abs(kji[2] - spine_c[2]) * ctx.spacing[2]
     return (dist <= th["oesophagus_max_spine_mm"] and kji[1] < spine_c[1]
             and d_lr <= th["oesophagus_max_midline_mm"])
@@ -577,7 +591,7 @@ def _muscle(view: _Region, ctx: Context) -> tuple[str, str] | None:
 
 def _marrow_like(view: _Region) -> bool:
     ctx = view.ctx
-    if view.suv_peak > ctx.th["marrow_max_suv"]:
+    if view.suv_peak > ctx.th["marrow_max_suv"] or not ctx.crop_mask(view.box, "spine").any():
         return False
     spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
     if not spine.any():
@@ -732,35 +746,73 @@ def _mirror_notes(records: list[SuppressedUptake], ctx: Context) -> None:
 
 # --------------------------------------------------------------------------- organ uptake
 
-def organ_uptake(organ: np.ndarray, anatomy, names: tuple[str, ...],
-                 ctx: Context) -> list[SuppressedUptake]:
-    """Supra-threshold uptake inside organs that cannot seed lesions, one record per
-    connected focus of at least ``min_volume_ml`` (on the SUVpeak-scale smoothed SUV, so
-    noise specks are not listed)."""
+def organ_uptake(organ: np.ndarray, anatomy, names: tuple[str, ...], ctx: Context,
+                 seeds: list | None = None) -> list[SuppressedUptake]:
+    """Supra-threshold uptake inside organs that cannot seed lesions.
+
+    One record per connected focus of at least ``min_volume_ml`` on the SUVpeak-scale
+    smoothed SUV (noise specks are not listed), and one per focal maximum inside an organ
+    (``seeds``: SUVpeak at least ``min_contrast_suv`` above the organ 8-15 mm around it) that
+    no such focus holds: a node inside an oversized organ mask is listed, not lost.
+    """
     hot = organ & (ctx.smooth >= ctx.threshold)
-    if not hot.any():
-        return []
-    box = bounding_box(hot)
-    lab, n = ndi.label(hot[box], structure=_FULL)
-    out = []
-    values = set(np.unique(anatomy.labels[box][lab > 0]).tolist())
-    names_present = [nm for nm in names if values & set(anatomy.values_of(nm))
-                     or nm in anatomy.extra_masks]
-    for cid, sl0 in enumerate(ndi.find_objects(lab), start=1):
-        comp = lab[sl0] == cid
-        vol = float(comp.sum()) * ctx.voxel_ml
-        if vol < ctx.th["min_volume_ml"]:
+    out: list[SuppressedUptake] = []
+    covered = np.zeros(organ.shape, dtype=bool)
+    if hot.any():
+        box = bounding_box(hot)
+        lab, _ = ndi.label(hot[box], structure=_FULL)
+        values = set(np.unique(anatomy.labels[box][lab > 0]).tolist())
+        present = [nm for nm in names if values & set(anatomy.values_of(nm))
+                   or nm in anatomy.extra_masks]
+        for cid, sl0 in enumerate(ndi.find_objects(lab), start=1):
+            comp = lab[sl0] == cid
+            vol = float(comp.sum()) * ctx.voxel_ml
+            if vol < ctx.th["min_volume_ml"]:
+                continue
+            sl = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(box, sl0,
+                                                                                strict=True))
+            covered[sl] |= comp
+            where = _organ_name(comp, sl, present, ctx)
+            kji = np.argwhere(comp).mean(axis=0) + np.array([s.start for s in sl])
+            smax = float(ctx.suv[sl][comp].max())
+            out.append(SuppressedUptake(
+                centroid_mm=tuple(float(v) for v in index_to_mm(ctx.ct, kji)), suv_max=smax,
+                volume_ml=vol, structure=where,
+                reason=f"SUVmax {smax:.1f}, {vol:.1f} ml inside the {where} mask: normal organ "
+                       "uptake (organs with physiological FDG uptake do not seed lesions)"))
+    for c in seeds or ():
+        if covered[c.kji]:
             continue
-        sl = tuple(slice(a.start + b.start, a.start + b.stop) for a, b in zip(box, sl0,
-                                                                            strict=True))
-        where = next((nm for nm in names_present
-                      if (ctx.crop_mask(sl, nm) & comp).sum() * 2 >= comp.sum()),
-                     names_present[0] if names_present else "organ")
-        kji = np.argwhere(comp).mean(axis=0) + np.array([s.start for s in sl])
-        smax = float(ctx.suv[sl][comp].max())
+        level = _organ_level_around(c.kji, organ, ctx)
+        if c.suv_peak - level < ctx.th["min_contrast_suv"]:
+            continue  # the organ's own noise
+        box = tuple(slice(max(0, v - 1), v + 2) for v in c.kji)
+        where = _organ_name(organ[box], box, list(names), ctx)
         out.append(SuppressedUptake(
-            centroid_mm=tuple(float(v) for v in index_to_mm(ctx.ct, kji)), suv_max=smax,
-            volume_ml=vol, structure=where,
-            reason=f"SUVmax {smax:.1f}, {vol:.1f} ml inside the {where} mask: normal organ "
-                   "uptake (organs with physiological FDG uptake do not seed lesions)"))
+            centroid_mm=tuple(float(v) for v in index_to_mm(ctx.ct, np.asarray(c.kji, float))),
+            suv_max=c.suv_max, volume_ml=0.0, structure=where,
+            reason=f"focal uptake inside the {where} mask (SUVmax {c.suv_max:.1f}, SUVpeak "
+                   f"{c.suv_peak:.1f}, {c.suv_peak - level:.1f} above the organ around it): "
+                   "not assessed as a lesion because organs with physiological uptake do not "
+                   "seed lesions; if this is a node, the organ mask is too large"))
     return out
+
+
+def _organ_name(comp: np.ndarray, sl: tuple[slice, ...], names: list[str],
+                ctx: Context) -> str:
+    """The organ holding most of ``comp`` (on box ``sl``)."""
+    return next((nm for nm in names if (ctx.crop_mask(sl, nm) & comp).sum() * 2 >= comp.sum()
+                 and (ctx.crop_mask(sl, nm) & comp).any()),
+                names[0] if names else "organ")
+
+
+def _organ_level_around(kji, organ: np.ndarray, ctx: Context) -> float:
+    """Median SUVpeak-scale SUV of the organ 8-15 mm from a voxel."""
+    r = [int(np.ceil(15.0 / s)) for s in ctx.spacing]
+    sl = tuple(slice(max(0, c - h), c + h + 1) for c, h in zip(kji, r, strict=True))
+    q = tuple(c - s.start for c, s in zip(kji, sl, strict=True))
+    zz, yy, xx = np.ogrid[tuple(slice(0, s.stop - s.start) for s in sl)]
+    d2 = (((zz - q[0]) * ctx.spacing[0]) ** 2 + ((yy - q[1]) * ctx.spacing[1]) ** 2
+          + ((xx - q[2]) * ctx.spacing[2]) ** 2)
+    ring = (d2 >= 64.0) & (d2 <= 225.0) & organ[sl]
+    return float(np.median(ctx.smooth[sl][ring])) if ring.sum() >= 10 else 0.0

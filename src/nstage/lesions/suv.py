@@ -172,7 +172,8 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
                              threshold=threshold, smooth=grower.smooth)
     mask, judged = physiology.judge(regions, cands, ctx, grower.background_ids)
     suppressed.extend(judged)
-    suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx))
+    suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx,
+                                              grower.organ_seeds))
     _summarise(suppressed, notes)
     return LesionMask(mask=mask, backend="suv",
                       reference_suv={k: float(v) for k, v in ref.items()
@@ -468,6 +469,7 @@ class _Grower:
         # stand out from): judged on their own, never merged with a lesion they touch (a
         # tumour against the liver dome).
         self.background_ids: set[int] = set()
+        self.organ_seeds: list[_Candidate] = []
 
     def grow_all(self, high_bg: np.ndarray, liver_threshold: float):
         suv, th = self.suv, self.th
@@ -489,6 +491,7 @@ class _Grower:
             & ~self.organ[box] & ~self.blood[box]
         peaks, raw_max = ball_maxima(sb, suv[box], candidate, self.ball)
         seeds = peaks + np.array([s.start for s in box])
+        self.organ_seeds = self._organ_seeds(sb, box)
         # The hottest voxel within the SUVpeak sphere decides (noise may put a small node's
         # hottest voxel a few mm from the smoothed maximum). Resampling onto the CT grid
         # lowers it a little while the positivity rule reads SUVmax on the native PET, so
@@ -519,6 +522,22 @@ class _Grower:
                 self.background_ids.add(next_id)
             next_id += 1
         return regions, cands
+
+    def _organ_seeds(self, sb: np.ndarray, box: tuple[slice, ...]) -> list[_Candidate]:
+        """Maxima inside physiological organs whose SUVpeak-sphere SUVmax reaches the
+        threshold: they seed nothing, but a focal one is listed (a node inside an oversized
+        heart mask must not vanish silently)."""
+        th = self.th
+        inside = (sb >= th["seed_smoothed_min_fraction"] * self.threshold) & self.organ[box]
+        if not inside.any():
+            return []
+        peaks, raw_max = ball_maxima(sb, self.suv[box], inside, self.ball)
+        pts = peaks + np.array([s.start for s in box])
+        wide = ball_stat(self.suv, pts, self.spacing, th["peak_radius_mm"], np.max)
+        keep = wide >= self.threshold
+        means = ball_stat(self.suv, pts[keep], self.spacing, th["peak_radius_mm"], np.mean)
+        return [_Candidate(tuple(int(v) for v in p), float(m), float(pk))
+                for p, m, pk in zip(pts[keep], wide[keep], means, strict=True)]
 
     def _reject(self, cand: _Candidate, structure: str, reason: str, volume_ml: float = 0.0):
         centre = index_to_mm(self.ct, np.asarray(cand.kji, dtype=float))
