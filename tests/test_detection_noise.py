@@ -157,3 +157,28 @@ def test_suppressed_records_are_read_only_and_in_the_json():
     assert any("symmetric with uptake at" in s["reason"] for s in fat), describe(r)
     assert any("supraclavicular" in s["reason"] for s in fat), describe(r)
     validate_result(r)
+
+
+def test_a_node_inside_an_oversized_heart_mask_is_listed_not_lost():
+    """Issue 16 saw a subcarinal node (SUVmax 5.4) inside a too large heart mask vanish from
+    every list. Organs with physiological uptake seed no lesions, but a focal maximum inside
+    one is listed with the mask that excluded it."""
+    from nstage.morphology import ball, dilate
+
+    ph = make_phantom(PhantomSpec(nodes=("7",), primary_side="right", primary_lobe="lower",
+                                  seed=2, realistic=True))
+    pet = resample_to(ph.pet, ph.ct, pixel_type=sitk.sitkFloat32)
+    heart_value = next(v for v, n in ph.anatomy.names.items() if n == "heart")
+    node = ph.truth["nodes"][0]
+    k = tuple(np.rint(mm_to_index(ph.ct, node["centroid_mm"])).astype(int))
+    big = dilate(ph.anatomy.mask("heart"), ball(tuple(ph.ct.GetSpacing()[::-1]), 25.0))
+    labels = ph.anatomy.labels.copy()
+    labels[big & ~ph.anatomy.mask("lung", "airway")] = heart_value
+    assert labels[k] == heart_value  # the node is now inside the heart mask
+    anatomy = Anatomy(labels=labels, names=ph.anatomy.names, reference=ph.anatomy.reference,
+                      backend="test", extra_masks={"body": ph.anatomy.extra_masks["body"]})
+    lm = segment_suv(ph.ct, pet, anatomy)
+    assert not lm.mask[k]
+    listed = [s for s in lm.suppressed if s.structure == "heart"
+              and np.linalg.norm(np.subtract(s.centroid_mm, node["centroid_mm"])) < 10.0]
+    assert listed and "focal uptake inside the heart mask" in listed[0].reason, lm.suppressed

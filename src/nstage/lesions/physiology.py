@@ -775,11 +775,18 @@ def organ_uptake(organ: np.ndarray, anatomy, names: tuple[str, ...], ctx: Contex
             where = _organ_name(comp, sl, present, ctx)
             kji = np.argwhere(comp).mean(axis=0) + np.array([s.start for s in sl])
             smax = float(ctx.suv[sl][comp].max())
+            peak = float(ctx.smooth[sl][comp].max())
+            rise = peak - _organ_level_around(tuple(int(round(v)) for v in kji), organ, ctx)
+            focal = vol < ctx.th["myocardium_min_volume_ml"] and rise >= ctx.th["min_contrast_suv"]
+            reason = (f"focal uptake inside the {where} mask (SUVmax {smax:.1f}, {vol:.1f} ml, "
+                      f"{rise:.1f} above the organ around it): not assessed as a lesion because "
+                      "organs with physiological uptake do not seed lesions; if this is a node, "
+                      "the organ mask is too large" if focal else
+                      f"SUVmax {smax:.1f}, {vol:.1f} ml inside the {where} mask: normal organ "
+                      "uptake (organs with physiological FDG uptake do not seed lesions)")
             out.append(SuppressedUptake(
                 centroid_mm=tuple(float(v) for v in index_to_mm(ctx.ct, kji)), suv_max=smax,
-                volume_ml=vol, structure=where,
-                reason=f"SUVmax {smax:.1f}, {vol:.1f} ml inside the {where} mask: normal organ "
-                       "uptake (organs with physiological FDG uptake do not seed lesions)"))
+                volume_ml=vol, structure=where, reason=reason))
     for c in seeds or ():
         if covered[c.kji]:
             continue
