@@ -38,6 +38,11 @@ def register(sub) -> argparse.ArgumentParser:
                    help="comma-separated confounders (never count for N): hot-myocardium "
                         "(or myocardium), brown-fat, hilar-symmetric, distant-lesion, "
                         "subthreshold-node, oesophagus, thymus, marrow, granulomatous-hila")
+    p.add_argument("--node-suv-max", type=float, default=None, metavar="SUV",
+                   help="noise-free blurred SUVmax of every requested node (default: drawn, at "
+                        "least 3.8); below 2.5 the nodes are recorded as not counting")
+    p.add_argument("--node-short-axis", type=float, default=None, metavar="MM",
+                   help="short axis of every requested node in mm (default: drawn, 10-20)")
     p.add_argument("--realistic", action="store_true",
                    help="PET as a clinical scanner makes it: 4.07 mm voxels on its own origin, "
                         "6.5 mm FWHM, Poisson-like noise (liver CoV 12 %%), liver SUV 2.0, "
@@ -59,8 +64,9 @@ def main(args) -> int:
     confounders |= {c.strip() for c in args.confounders.split(",") if c.strip()}
     spec = PhantomSpec(nodes=nodes, primary_side=args.primary_side,
                        primary_lobe=args.primary_lobe, extent=args.extent, seed=args.seed,
-                       confounders=frozenset(confounders),
-                       realistic=args.realistic).validated()
+                       confounders=frozenset(confounders), realistic=args.realistic,
+                       node_suv_max=args.node_suv_max,
+                       node_short_axis_mm=args.node_short_axis).validated()
     phantom = make_phantom(spec)
     paths = write_phantom(phantom, args.outdir)
     truth = phantom.truth
