@@ -5,38 +5,50 @@ Every region the SUV backend grew is judged here; what is not a lesion is return
 Every number is in ``resources/thresholds.json`` (section ``detection``); CLINICAL.md 3 lists
 the false-positive sources (granulomatous disease, brown fat, myocardium next to station 7/8).
 
-In this order, a region is
+Order of the judgement (:func:`judge`):
 
-1. noise: smaller than ``min_volume_ml`` (below about two PET voxels);
-2. diffuse organ uptake: organ-sized (``diffuse_min_volume_ml``) and faint (SUVmax below
-   ``diffuse_max_threshold_ratio`` x the threshold), e.g. a liver or spleen without a mask;
-3. myocardium by shape: large (``myocardium_min_volume_ml``), in the mediastinum, touching
-   the heart mask (``myocardium_min_near_heart`` of it within ``myocardium_heart_margin_mm``)
-   or with no heart mask, and hollow like a ventricular wall round its cavity
-   (``myocardium_min_hollow``) or, mostly against the heart mask, a thin shell
-   (``myocardium_max_thickness_ratio``): a hot left ventricle the heart mask missed (wholly
-   or in part). Limitation: a large necrotic (ring-shaped) nodal conglomerate against the
-   heart looks the same; it is listed in the suppressed uptake with this reason;
-4. brown fat: its core (SUV >= ``brown_fat_core_fraction`` x its max) is largely of fat
-   density (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003); the
-   reason says where (neck / supraclavicular, paravertebral) and whether it has a mirror
-   image on the other side;
-5. oesophagus: long and narrow (``oesophagus_min_length_mm``, ``oesophagus_min_elongation``),
-   mild (SUVpeak <= ``oesophagus_max_suv``) and mostly within ``oesophagus_margin_mm`` of the oesophagus
-   mask or, with no mask there, a vertical tube in front of the spine near the midline
-   (``oesophagus_max_width_mm``, ``oesophagus_max_spine_mm``, ``oesophagus_max_midline_mm``);
-6. thymus: behind the sternum (``thymus_max_sternum_mm``) in front of the trachea, flat
-   (``thymus_max_axis_ratio``) and mild (SUVpeak <= ``thymus_max_suv``): a 3a node is round;
-7. bone marrow: mostly inside the spine mask and mild (SUVpeak <= ``marrow_max_suv``), either in several
-   vertebrae alike (``marrow_min_regions``) or spanning ``marrow_min_extent_mm``: a focal bone
-   lesion stays a lesion;
-8. muscle: mostly inside a muscle mask (TotalSegmentator names).
+1. background regions (grown as organ-sized faint uptake, or a plateau no seed stood out
+   from) are judged among themselves, never merged with a lesion they touch: oesophagus,
+   thymus, muscle, marrow or brown fat by the patterns below, else diffuse organ uptake (a
+   liver or spleen without a mask); a faint large mass mostly in the lung stays a lesion;
+2. the other regions, as connected components: noise when under ``min_volume_ml`` (below about
+   two PET voxels); diffuse organ uptake when organ-sized (``diffuse_min_volume_ml``), faint
+   (SUVmax below ``diffuse_max_threshold_ratio`` x the threshold) and not in the lung;
+3. shape patterns of a component (then of each seed's own region, for touching structures):
 
-A physiological region that holds a distinct focus (another seed standing out from the saddle
-towards the region's own maximum by ``focus_prominence`` of its SUVmax) is split by a
-watershed and each part judged again, and a brown-fat region keeps a focal, node-shaped
-soft-tissue part (HU >= ``node_soft_tissue_hu``, compact, holding a seed): a supraclavicular
-node inside brown fat is still found.
+   - oesophagus: long and narrow (``oesophagus_min_length_mm``,
+     ``oesophagus_min_elongation``), mild (SUVpeak <= ``oesophagus_max_suv``) and mostly
+     within ``oesophagus_margin_mm`` of the oesophagus mask or, with no mask there, a vertical
+     tube in front of the spine near the midline (``oesophagus_max_width_mm``,
+     ``oesophagus_max_spine_mm``, ``oesophagus_max_midline_mm``); tested first, since a
+     segment behind the left atrium is also a thin wall against the heart mask;
+   - myocardium by shape: large (``myocardium_min_volume_ml``), in the mediastinum, touching
+     the heart mask (``myocardium_min_near_heart`` of it within
+     ``myocardium_heart_margin_mm``) or with no heart mask, and hollow like a ventricular wall
+     round its cavity (``myocardium_min_hollow``) or, mostly against the heart mask, a thin
+     shell (``myocardium_max_thickness_ratio``): a hot left ventricle the heart mask missed.
+     Limitation: a large necrotic (ring-shaped) nodal conglomerate against the heart looks
+     the same; it is listed with this reason;
+   - thymus: behind the sternum (``thymus_max_sternum_mm``) in front of the trachea, flat
+     (``thymus_max_axis_ratio``) and mild (SUVpeak <= ``thymus_max_suv``): a 3a node is round;
+   - muscle: mostly inside a muscle mask (TotalSegmentator names);
+   - bone marrow: mostly inside the spine mask and mild (SUVpeak <= ``marrow_max_suv``),
+     in several regions alike (``marrow_min_regions``) or spanning ``marrow_min_extent_mm``:
+     a focal bone lesion stays a lesion;
+
+   a physiological component keeps a distinct focus that is hotter than the rest
+   (``focus_prominence``) and node-shaped, outlined against the component's own level;
+4. brown fat, per seed's region (split by a watershed where it holds distinct foci): its core
+   (SUV >= ``brown_fat_core_fraction`` x its max) largely of fat density
+   (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003), with where it
+   lies (neck / supraclavicular, paravertebral) and its mirror image across the midline in
+   the reason. A focal soft-tissue focus in or grown together with brown fat, outlined
+   against the fat's own level, compact (``node_max_elongation``, ``node_max_diameter_mm``),
+   is kept: a supraclavicular node inside brown fat is still found.
+
+:func:`organ_uptake` lists supra-threshold uptake inside the organs that seed nothing (heart,
+kidneys, bladder, bowel, ...), and any focal maximum in them: a node inside an oversized
+organ mask is listed with that mask, never lost silently.
 """
 
 from __future__ import annotations

@@ -480,9 +480,9 @@ class _Grower:
         # Seeds are searched only in the bounding box of supra-threshold voxels.
         win = _window(self.spacing, th["peak_radius_mm"])
         box = _pad(bounding_box(hot), list(win), suv.shape)
-        # A Gaussian with the second moment of the 1 ml sphere (variance r^2 / 5 per axis):
-        # the SUVpeak scale, at which a single noisy voxel no longer makes a maximum.
-        sigma = [th["peak_radius_mm"] / np.sqrt(5.0) / s for s in self.spacing]
+        # A Gaussian with the second moment of the 1 ml sphere (seed_smoothing_mm = radius /
+        # sqrt(5)): the SUVpeak scale, at which a single noisy voxel no longer makes a maximum.
+        sigma = [th["seed_smoothing_mm"] / s for s in self.spacing]
         self.smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
         sb = self.smooth[box]
         # Small nodes lose much of their maximum to the smoothing: the raw SUVmax within the
