@@ -93,8 +93,9 @@ def test_brown_fat_is_dropped():
 def test_unlabelled_liver_uptake_is_not_a_lesion():
     """Anatomy without a liver (as from the classical backend): the phantom's liver (SUV about
     2.5-3 after noise) crosses the 2.5 seed threshold, but it is organ-sized and barely above
-    it, so it is diffuse organ uptake, not a lesion. With that rule switched off it would be
-    reported, which is what the test guards against."""
+    it (and no seed stands out from its plateau), so it is diffuse organ uptake, not a lesion.
+    With both rules switched off it would be reported, which is what the test guards
+    against."""
     from nstage.phantom import PhantomSpec, make_phantom
 
     ph = make_phantom(PhantomSpec(nodes=(), primary_side="right", seed=5))
@@ -110,7 +111,8 @@ def test_unlabelled_liver_uptake_is_not_a_lesion():
     lm = segment_suv(ph.ct, pet_on_ct, anatomy)
     assert not (lm.mask & liver).any()
     off = segment_suv(ph.ct, pet_on_ct, anatomy,
-                      thresholds={"detection": {"diffuse_min_volume_ml": 1e9}})
+                      thresholds={"detection": {"diffuse_min_volume_ml": 1e9,
+                                                "plateau_min_volume_ml": 1e9}})
     assert (off.mask & liver).any()
     assert any("diffuse organ uptake" in n for n in lm.notes)
 

@@ -20,7 +20,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
 from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
-from nstage.morphology import bounding_box, dilate, fill_holes_axial
+from nstage.morphology import ball, bounding_box, dilate, fill_holes_axial
 from nstage.thresholds import resolve
 
 if TYPE_CHECKING:
@@ -426,6 +426,14 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
     peak_map = ndi.convolve(s[reach].astype(np.float64), kernel, mode="constant", cval=0.0)
     suv_peak = float(peak_map[comp[reach]].max())
     short_ax, long_ax = _axes(comp, spacing)
+    tissue = _ct_tissue(comp, s >= mth["core_fraction"] * suv_max, hu[box], spacing, mth)
+    if tissue is not None:
+        # CLINICAL.md 3: the short axis is a CT measurement. A small node's PET outline is
+        # narrower than the node (partial volume), so its soft tissue on CT is measured
+        # when that is the wider reading.
+        ct_short, ct_long = _axes(tissue, spacing)
+        if ct_short > short_ax:
+            short_ax, long_ax = ct_short, max(long_ax, ct_long)
     centroid = tuple(float(v) for v in index_to_mm(ct, kji.mean(axis=0) + offset))
     max_pt = tuple(float(v) for v in index_to_mm(ct, kji[i_max] + offset))
 
@@ -486,6 +494,23 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
         centroid_mm=centroid, max_point_mm=max_pt, inside=inside, distance_mm=distance,
         surround=surround, zones=zones, core_hu=core_hu, extension_ml=ext_ml,
         extension_centroid_mm=ext_c, extension_zone=ext_zone, contiguous_with=touching)
+
+
+def _ct_tissue(comp: np.ndarray, hot: np.ndarray, h: np.ndarray,
+               spacing: tuple[float, float, float], mth: dict) -> np.ndarray | None:
+    """The soft tissue on CT that a PET region outlines: voxels in ``ct_tissue_hu`` within
+    ``ct_tissue_margin_mm`` of the region (the PET blur), connected to its hot core (SUV >=
+    ``core_fraction`` x SUVmax). None when the core holds no soft tissue (a lesion in air or
+    bone, or a CT that does not cover it)."""
+    lo, hi = mth["ct_tissue_hu"]
+    soft = (h >= lo) & (h <= hi)
+    seed = comp & hot & soft
+    if not seed.any():
+        return None
+    reach = dilate(comp, ball(spacing, float(mth["ct_tissue_margin_mm"])))
+    lab, _ = ndi.label(soft & reach, structure=_FULL)
+    keep = np.unique(lab[seed])
+    return np.isin(lab, keep[keep > 0])
 
 
 def _axes(comp: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:

@@ -579,6 +579,7 @@ def _result_dict(*, study, options, n8, n9, nstage, placed, node_results, probab
         "probabilities_9th": {k: None if nx else _r(v, 4)
                               for k, v in probabilities.n9.items()},
         "most_probable": None if nx else _most_probable(n8, n9, probabilities, positive),
+        "suppressed_uptake": [u.to_dict() for u in lesion_mask.suppressed],
         "trace": [
             {"station": t.station, "side": t.station_side, "category": t.category,
              "rule": t.rule} for t in nstage.trace

@@ -188,7 +188,8 @@ def esophagus(g: Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
     Expected centre per slice: above the carina midway between the trachea's back wall and the
     vertebral body, below it in front of the vertebral body and right of the descending aorta.
     The largest inscribed circle (radius 3-12 mm) of non-fat, non-bone tissue within 10 mm of
-    that point is taken; centres are median-smoothed along z.
+    that point is taken; centres are median-smoothed along z and interpolated over the slices
+    between where none was found.
     """
     hu = g.hu
     out = np.zeros_like(lungs)
@@ -223,9 +224,13 @@ def esophagus(g: Grid, lungs: np.ndarray, airway: np.ndarray, spine: np.ndarray,
     ks = np.array(sorted(found))
     cj = ndi.median_filter(np.array([found[k][0] for k in ks]), size=5, mode="nearest")
     ci = ndi.median_filter(np.array([found[k][1] for k in ks]), size=5, mode="nearest")
+    rr = np.array([min(found[k][2] + 2.0, 10.0) for k in ks])
+    # The oesophagus is one continuous tube: slices where no circle was found (a bolus of air,
+    # a tight spot against the aorta) are bridged by interpolating the traced centre.
+    every = np.arange(ks[0], ks[-1] + 1)
+    cj, ci, rr = (np.interp(every, ks, v) for v in (cj, ci, rr))
     jj, ii = np.indices(hu.shape[1:])
-    for k, j0, i0 in zip(ks, cj, ci, strict=True):
-        r = min(found[k][2] + 2.0, 10.0)
+    for k, j0, i0, r in zip(every, cj, ci, rr, strict=True):
         out[k] = (np.hypot((jj - j0) * g.sp[1], (ii - i0) * g.sp[2]) <= r) & ~(
             lungs[k] | airway[k] | spine[k] | aorta[k])
     return out

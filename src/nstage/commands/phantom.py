@@ -34,6 +34,19 @@ def register(sub) -> argparse.ArgumentParser:
     for name in _CONFOUNDER_FLAGS:
         p.add_argument(f"--{name}", action="store_true",
                        help=f"add the '{name}' confounder (never counts for N)")
+    p.add_argument("--confounders", default="", metavar="LIST",
+                   help="comma-separated confounders (never count for N): hot-myocardium "
+                        "(or myocardium), brown-fat, hilar-symmetric, distant-lesion, "
+                        "subthreshold-node, oesophagus, thymus, marrow, granulomatous-hila")
+    p.add_argument("--node-suv-max", type=float, default=None, metavar="SUV",
+                   help="noise-free blurred SUVmax of every requested node (default: drawn, at "
+                        "least 3.8); below 2.5 the nodes are recorded as not counting")
+    p.add_argument("--node-short-axis", type=float, default=None, metavar="MM",
+                   help="short axis of every requested node in mm (default: drawn, 10-20)")
+    p.add_argument("--realistic", action="store_true",
+                   help="PET as a clinical scanner makes it: 4.07 mm voxels on its own origin, "
+                        "6.5 mm FWHM, Poisson-like noise (liver CoV 12 %%), liver SUV 2.0, "
+                        "blood pool 1.6")
     p.add_argument("--preview", action="store_true",
                    help="also write OUTDIR/preview.png (CT slices with anatomy, PET MIP)")
     p.set_defaults(func=main)
@@ -47,14 +60,18 @@ def main(args) -> int:
     nodes = tuple(s for s in (part.strip() for part in args.nodes.split(",")) if s)
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, not {args.seed}")
-    confounders = frozenset(n for n in _CONFOUNDER_FLAGS if getattr(args, n.replace("-", "_")))
+    confounders = {n for n in _CONFOUNDER_FLAGS if getattr(args, n.replace("-", "_"))}
+    confounders |= {c.strip() for c in args.confounders.split(",") if c.strip()}
     spec = PhantomSpec(nodes=nodes, primary_side=args.primary_side,
                        primary_lobe=args.primary_lobe, extent=args.extent, seed=args.seed,
-                       confounders=confounders).validated()
+                       confounders=frozenset(confounders), realistic=args.realistic,
+                       node_suv_max=args.node_suv_max,
+                       node_short_axis_mm=args.node_short_axis).validated()
     phantom = make_phantom(spec)
     paths = write_phantom(phantom, args.outdir)
     truth = phantom.truth
-    print(f"phantom ({spec.extent}, seed {spec.seed}) written to {args.outdir}")
+    pet_kind = "realistic PET" if spec.realistic else "PET"
+    print(f"phantom ({spec.extent}, seed {spec.seed}, {pet_kind}) written to {args.outdir}")
     print(f"  CT  {paths['ct']}")
     print(f"  PET {paths['pet']}")
     prim = truth["primary"]
@@ -65,7 +82,9 @@ def main(args) -> int:
         print(f"  node {n['station']:>4} short axis {n['short_axis_mm']:.0f} mm, "
               f"SUVmax {n['suv_max_blurred']:.1f} ({tag})")
     for c in truth["confounders"]:
-        print(f"  confounder {c['name']}: {c['where']}")
+        peak = c.get("suv_max_blurred")
+        print(f"  confounder {c['name']}: {c['where']}"
+              + (f", SUVmax {peak:.1f}" if isinstance(peak, float) else ""))
     print(f"  expected N: {truth['n_stage']} (8th), {truth['n_stage_9th']} (9th)")
     print(f"  truth {paths['truth']}")
     if args.preview:

@@ -13,11 +13,11 @@ import SimpleITK as sitk
 
 from nstage.anatomy.base import Anatomy
 from nstage.errors import UsageError
-from nstage.lesions.base import LesionMask
+from nstage.lesions.base import LesionMask, SuppressedUptake
 
 BACKENDS = ("auto", "suv", "nnunet")
 
-__all__ = ["BACKENDS", "LesionMask", "segment"]
+__all__ = ["BACKENDS", "LesionMask", "SuppressedUptake", "segment"]
 
 
 def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str = "auto",

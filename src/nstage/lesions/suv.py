@@ -1,4 +1,5 @@
-"""The embedded lesion backend: SUV thresholds referenced to the patient's own blood pool and liver.
+"""The embedded lesion backend: SUV thresholds referenced to the patient's own blood pool and
+liver, robust to PET noise, with physiological uptake suppressed and listed.
 
 Method (every number from ``resources/thresholds.json``, section ``detection``)
 -------------------------------------------------------------------------------
@@ -7,37 +8,53 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    without an aorta, the median SUV of central mediastinal soft tissue (0-100 HU between the
    lungs, heart excluded). Liver = mean and SD in a 3 cm sphere in the right lobe (the deepest
    point of the liver's right half).
-2. Seed threshold ``T = max(floor, blood_pool_factor x blood pool + blood_pool_sd_factor x SD)``
+2. Noise: the per-voxel SD of the PET at SUV ``s`` is ``sd_ref x sqrt(s / ref)`` (PET noise
+   variance grows with the counts), with ``sd_ref`` and ``ref`` the SD and mean of the liver
+   sphere (or, without a liver, of the blood-pool region).
+3. Seed threshold ``T = max(floor, blood_pool_factor x blood pool + blood_pool_sd_factor x SD)``
    (never below the floor, default 2.5); inside liver and spleen the PERCIST liver level
    ``max(T, 1.5 x liver mean + 2 SD)`` applies so their physiological background does not seed.
    Vessel lumens (aorta, pulmonary vessels, caval and brachiocephalic veins, ...) hold the
    blood pool: nothing seeds or grows inside them.
-3. Seeds are local maxima of a mildly smoothed SUV (window ~ one PET FWHM) whose raw local
-   SUVmax exceeds the threshold and whose smoothed value is at least
-   ``seed_smoothed_min_fraction`` of it (isolated noisy voxels do not seed).
-   Physiological organs (heart/myocardium, brain, kidneys, bladder, thyroid) cannot seed.
-4. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
+4. Seeds are local maxima of the SUV smoothed to the scale of a 1 ml sphere (the PERCIST
+   SUVpeak volume; a Gaussian of the same second moment) whose raw local SUVmax reaches the
+   threshold (``seed_max_fraction`` of it: the PET resampled onto the CT grid loses a little
+   of a small node's maximum). A seed must stand out from its local background (median SUV 5-12 mm around its
+   half-maximum core): SUVpeak (mean of the 1 ml sphere at the seed) - background >=
+   ``max(min_contrast_suv, contrast_noise_sd x noise SD at the background)``. A single noisy
+   voxel >= 2.5 inside the blood pool or the heart raises the 1 ml mean by a fraction of
+   that, and is rejected as noise. A faint seed (SUVpeak below ``diffuse_max_threshold_ratio``
+   x the threshold) outside the lung whose half-maximum core is organ-sized
+   (``plateau_min_volume_ml``) sits on a plateau (an organ without a mask, the oesophagus):
+   unless it stands out from the plateau itself, the plateau is the uptake region (judged as
+   a whole: diffuse organ uptake, oesophagus, ...). Physiological organs (heart/myocardium, brain, kidneys,
+   bladder, thyroid, bowel) cannot seed; their supra-threshold uptake is listed.
+5. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
    the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
    from the heart and belongs to the organ, while a node next to the heart (station 7/8) has its
-   own maximum and basin. A seed within ``spill_margin_mm`` of the organ must also stand out from
-   the saddle towards the organ (the highest level at which it is still connected to the organ)
-   by ``spill_prominence`` of its SUVmax, else it is a bump on the spill-out slope. Limitation:
+   own maximum and basin. A seed with organ voxels hotter than itself within ``spill_margin_mm``
+   must also stand out from the saddle towards the organ (the highest level at which it is
+   still connected to the organ) by ``spill_prominence`` of its SUVmax, else it is a bump on
+   the spill-out slope. Limitation:
    a node closer than about one PET FWHM to a myocardium hotter than itself merges with it at
    PET resolution and is not found.
-5. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
+6. Each seed is grown to the connected region above ``bg + grow_fraction x (SUVmax - bg)``
    inside its own region (SUVmax = hottest voxel within the seed's ball), where ``bg`` is the
-   local background: the median SUV 5-12 mm around the lesion's half-maximum core (lung for a
-   lung nodule, fat and vessels for a mediastinal node). With background-corrected 41% the
-   outline of a blurred sphere of 10-30 mm matches its diameter within about 1-2 mm. With
-   ``grow_background_corrected = 0`` the level is the plain ``grow_fraction x SUVmax``.
-6. Components whose core (SUV >= 80% of their max) is fat on CT are brown fat and dropped;
-   components under ``min_volume_ml`` are dropped as noise; organ-sized components (at least
-   ``diffuse_min_volume_ml``) whose SUVmax stays below ``diffuse_max_threshold_ratio`` x the
-   seed threshold are diffuse organ uptake (a liver or spleen the anatomy did not label) and
-   dropped.
+   local background. The level never falls into the noise of the warmest background next to
+   the lesion: it stays ``>= bg_high + grow_noise_sd x noise SD`` (``bg_high`` the
+   ``grow_background_high_percentile`` of the background shell), so a lesion against the
+   blood pool or an organ cannot leak into it. With background-corrected 41% the outline of a
+   blurred sphere of 10-30 mm matches its diameter within about 1-2 mm.
+7. Each grown region is judged (:mod:`nstage.lesions.physiology`): under ``min_volume_ml`` it
+   is noise; organ-sized and faint it is diffuse organ uptake; myocardium by shape, brown fat
+   (fat HU core), oesophagus, thymus, bone marrow and muscle patterns are physiological. A
+   focal, node-shaped soft-tissue focus inside brown fat is kept. Everything left out is
+   listed in ``LesionMask.suppressed`` with its reason.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,14 +63,16 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import Anatomy
 from nstage.errors import GeometryError
-from nstage.geometry import spacing_zyx, voxel_volume_ml
-from nstage.lesions.base import LesionMask
+from nstage.geometry import index_to_mm, spacing_zyx
+from nstage.lesions import physiology
+from nstage.lesions.base import LesionMask, SuppressedUptake
 from nstage.morphology import ball, bounding_box, dilate
 from nstage.thresholds import resolve
 
 # Organs whose FDG uptake is physiological and never a lesion seed.
 PHYSIOLOGICAL = ("heart", "myocardium", "brain", "kidney_left", "kidney_right",
-                 "urinary_bladder", "thyroid_gland")
+                 "urinary_bladder", "thyroid_gland", "colon", "small_bowel", "duodenum",
+                 "stomach")
 # Organs with a raised (PERCIST liver) threshold instead of suppression: metastases occur there.
 HIGH_BACKGROUND = ("liver", "spleen")
 # Vessel lumens hold the blood pool: no lesion seeds or grows inside them (noise in the aorta
@@ -66,6 +85,31 @@ BLOOD_POOL = ("aorta", "pulmonary_artery", "pulmonary_vein", "superior_vena_cava
               "iliac_vena_left", "iliac_vena_right")
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Per-voxel PET noise SD as a function of the SUV (variance proportional to the SUV).
+
+    ``sd(s) = sd_ref x sqrt(s / ref_suv)``; ``source`` says which region it was measured in.
+    """
+
+    ref_suv: float
+    sd_ref: float
+    source: str
+
+    def sd(self, suv: float) -> float:
+        return float(self.sd_ref * np.sqrt(max(float(suv), 0.05) / max(self.ref_suv, 0.05)))
+
+
+@dataclass
+class _Candidate:
+    """A seed that passed the threshold, and what became of it."""
+
+    kji: tuple[int, int, int]
+    suv_max: float
+    suv_peak: float
+    region_id: int = 0
 
 
 def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
@@ -87,8 +131,9 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     -------
     LesionMask
         ``mask`` in array order ``[z, y, x]`` on the CT grid; ``reference_suv`` holds
-        ``blood_pool``, ``blood_pool_sd``, ``liver``, ``liver_sd`` (when found), ``threshold``
-        and ``liver_threshold`` (SUVbw).
+        ``blood_pool``, ``blood_pool_sd``, ``liver``, ``liver_sd`` (when found), ``threshold``,
+        ``liver_threshold`` (SUVbw) and ``noise_sd_blood_pool`` (the noise model's per-voxel
+        SD at the blood-pool level); ``suppressed`` lists the uptake left out, with reasons.
 
     Raises
     ------
@@ -113,17 +158,27 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
                               th["liver_factor"] * ref["liver"] + th["liver_sd_factor"] * ref["liver_sd"])
     ref["threshold"] = float(threshold)
     ref["liver_threshold"] = float(liver_threshold)
+    noise = noise_model(ref, th, notes)
+    ref["noise_sd_blood_pool"] = noise.sd(bp)
 
     organ = anatomy.mask(*PHYSIOLOGICAL)
     blood = anatomy.mask(*BLOOD_POOL)
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
-    lung = anatomy.mask("lung")
-    mask = _grow_lesions(suv, spacing, organ, blood, high_bg, threshold, liver_threshold, th)
-    mask = _drop_brown_fat_and_specks(mask, suv, hu, lung, spacing, voxel_volume_ml(ct), th, notes,
-                                      threshold)
-    return LesionMask(mask=mask, backend="suv", reference_suv={k: float(v) for k, v in ref.items()
-                                                               if isinstance(v, float | int)},
-                      notes=notes)
+    suppressed: list[SuppressedUptake] = []
+    grower = _Grower(suv, spacing, organ, blood, threshold, th, noise, ct, suppressed,
+                     anatomy.mask("lung"))
+    regions, cands = grower.grow_all(high_bg, liver_threshold)
+    ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
+                             threshold=threshold, smooth=grower.smooth)
+    mask, judged = physiology.judge(regions, cands, ctx, grower.background_ids)
+    suppressed.extend(judged)
+    suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx,
+                                              grower.organ_seeds))
+    _summarise(suppressed, notes)
+    return LesionMask(mask=mask, backend="suv",
+                      reference_suv={k: float(v) for k, v in ref.items()
+                                     if isinstance(v, float | int)},
+                      notes=notes, suppressed=suppressed)
 
 
 def _check_grid(ct: sitk.Image, pet: sitk.Image, anatomy: Anatomy) -> None:
@@ -134,6 +189,15 @@ def _check_grid(ct: sitk.Image, pet: sitk.Image, anatomy: Anatomy) -> None:
     if anatomy.labels.shape != tuple(reversed(ct.GetSize())):
         raise GeometryError("anatomy label map is not on the working CT grid",
                             hint="run the anatomy backend on the same working CT")
+
+
+def _summarise(suppressed: list[SuppressedUptake], notes: list[str]) -> None:
+    """One note per structure: how much uptake was left out and why (details in the list)."""
+    counts: dict[str, int] = {}
+    for s in suppressed:
+        counts[s.structure] = counts.get(s.structure, 0) + 1
+    for structure, n in sorted(counts.items()):
+        notes.append(f"{n} uptake region(s) left out as {structure} (see suppressed_uptake)")
 
 
 # --------------------------------------------------------------------------- reference regions
@@ -179,6 +243,28 @@ def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
     else:
         notes.append("liver: not in view, no liver reference")
     return out
+
+
+def noise_model(ref: dict[str, float], th: dict, notes: list[str]) -> NoiseModel:
+    """The PET's per-voxel noise, measured in the liver sphere (larger, so steadier) or else
+    in the blood-pool region; a typical coefficient of variation when neither has one.
+
+    The measured SD is bounded by ``noise_cov_range`` (as a coefficient of variation at the
+    reference level): a region that holds more than noise (partial volume at a vessel wall,
+    the mediastinal fallback's mix of tissues) would otherwise inflate it.
+    """
+    lo, hi = th["noise_cov_range"]
+    if ref.get("liver", 0.0) > 0.5 and ref.get("liver_sd", 0.0) > 0.0:
+        level, sd, source = ref["liver"], ref["liver_sd"], "liver sphere"
+    elif ref.get("blood_pool_sd", 0.0) > 0.0:
+        level, sd, source = ref["blood_pool"], ref["blood_pool_sd"], "blood-pool region"
+    else:
+        level, sd = ref["blood_pool"], ref["blood_pool"] * float(th["noise_cov_default"])
+        source = "typical value"
+    cov = float(np.clip(sd / max(level, 0.05), lo, hi))
+    notes.append(f"PET noise: coefficient of variation {100 * cov:.0f}% at SUV {level:.1f} "
+                 f"({source}), variance taken proportional to the SUV")
+    return NoiseModel(ref_suv=float(level), sd_ref=cov * float(level), source=source)
 
 
 def descending_aorta_cylinder(aorta: np.ndarray, spacing: tuple[float, float, float],
@@ -238,10 +324,10 @@ def right_liver_sphere(liver: np.ndarray, spacing: tuple[float, float, float],
     if r < 5.0:
         return None
     zz, yy, xx = np.ogrid[:sub.shape[0], :sub.shape[1], :sub.shape[2]]
-    ball = (((zz - best[0]) * spacing[0]) ** 2 + ((yy - best[1]) * spacing[1]) ** 2
-            + ((xx - best[2]) * spacing[2]) ** 2) <= r ** 2
+    sphere = (((zz - best[0]) * spacing[0]) ** 2 + ((yy - best[1]) * spacing[1]) ** 2
+              + ((xx - best[2]) * spacing[2]) ** 2) <= r ** 2
     out = np.zeros(liver.shape, dtype=bool)
-    out[box] = ball & sub
+    out[box] = sphere & sub
     return out
 
 
@@ -284,42 +370,23 @@ def _ball_footprint(spacing: tuple[float, float, float], radius_mm: float) -> np
     return r2 <= max(radius_mm, max(spacing)) ** 2
 
 
-def _grow_lesions(suv: np.ndarray, spacing: tuple[float, float, float], organ: np.ndarray,
-                  blood: np.ndarray, high_bg: np.ndarray, threshold: float,
-                  liver_threshold: float, th: dict) -> np.ndarray:
-    """Union of all accepted seeds' grown outlines (array-order bool mask)."""
-    out = np.zeros(suv.shape, dtype=bool)
-    hot = suv > threshold
-    if not hot.any():
-        return out
-    # Seeds are searched only in the bounding box of supra-threshold voxels (small in practice).
-    win = _window(spacing, th["peak_window_mm"])
-    box = _pad(bounding_box(hot), list(win), suv.shape)
-    sigma = [th["seed_smoothing_mm"] / s for s in spacing]
-    smooth = np.zeros(suv.shape, dtype=np.float32)
-    smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
-    seed_thr = np.where(high_bg[box], liver_threshold, threshold)
-    sb = smooth[box]
-    # A seed: a local maximum of the smoothed SUV whose raw local SUVmax exceeds the threshold
-    # (the value positivity is judged on) while the smoothed value is not far below it (a
-    # single noisy voxel in the blood pool is not a lesion).
-    # A ball, not a box: a box's corners reach into the spill-out of a nearby hot organ.
-    ball = _ball_footprint(spacing, th["peak_window_mm"])
-    candidate = (sb > th["seed_smoothed_min_fraction"] * seed_thr) & ~organ[box] & ~blood[box]
-    peaks, raw_max = ball_maxima(sb, suv[box], candidate, ball)
-    peaks = peaks[raw_max > seed_thr[tuple(peaks.T)]]
-    seeds = peaks + np.array([s.start for s in box])
-    order = np.argsort(-smooth[tuple(seeds.T)], kind="stable")
-    for seed in seeds[order]:
-        p = tuple(int(v) for v in seed)
-        if out[p]:
-            continue
-        region_box = _grow_one(p, suv, smooth, spacing, organ, blood, threshold, th, ball)
-        if region_box is not None:
-            # Diffuse regions are kept here too: the other seeds of the same organ are then
-            # skipped, and the final pass drops the organ as one component.
-            region, sl = region_box
-            out[sl] |= region
+def ball_stat(values: np.ndarray, points: np.ndarray, spacing: tuple[float, float, float],
+              radius_mm: float, stat=np.mean) -> np.ndarray:
+    """``stat`` (mean, max, ...) of ``values`` over the sphere of ``radius_mm`` centred on each
+    point (array indices, ``(n, 3)``): the mean is the PERCIST SUVpeak when the radius holds
+    1 ml (6.2 mm).
+
+    Voxels whose centre lies within the radius count (at least the centre voxel); the sphere
+    is clipped at the array border.
+    """
+    offsets = np.argwhere(ball(tuple(spacing), radius_mm)) - np.array(
+        ball(tuple(spacing), radius_mm).shape) // 2
+    out = np.empty(len(points), dtype=np.float64)
+    shape = np.array(values.shape)
+    for n, p in enumerate(np.asarray(points, dtype=int)):
+        q = p + offsets
+        q = q[np.all((q >= 0) & (q < shape), axis=1)]
+        out[n] = float(stat(values[q[:, 0], q[:, 1], q[:, 2]]))
     return out
 
 
@@ -382,62 +449,191 @@ def _pad(box: tuple[slice, ...], margin: list[int], shape: tuple[int, ...]) -> t
                  for s, m, n in zip(box, margin, shape, strict=True))
 
 
-def _grow_one(p: tuple[int, int, int], suv: np.ndarray, smooth: np.ndarray,
-              spacing: tuple[float, float, float], organ: np.ndarray, blood: np.ndarray,
-              threshold: float, th: dict, ball: np.ndarray):
-    """Outline of the lesion around seed ``p``: ``(mask, box)`` or None when rejected.
+class _Grower:
+    """Seeds and their grown regions (steps 4-6 of the module docstring).
 
-    Works in a box around the seed that doubles until the outline no longer touches its edge.
+    ``grow_all`` returns an int32 map of region ids (each accepted seed's region; 0 none) and
+    every candidate seed with the region it ended in; rejected seeds are appended to
+    ``suppressed`` with their reason.
     """
-    frac = float(th["grow_fraction"])
-    corrected = bool(th["grow_background_corrected"])
-    half_mm = 30.0
-    # Local SUVmax: the hottest raw voxel within the seed's ball (what the outline refers to).
-    h = [w // 2 for w in ball.shape]
-    lo = [max(0, c - r) for c, r in zip(p, h, strict=True)]
-    wsl = tuple(slice(a, c + r + 1) for a, c, r in zip(lo, p, h, strict=True))
-    part = suv[wsl]
-    fp = ball[tuple(slice(r - (c - a), r - (c - a) + n)
-                    for r, c, a, n in zip(h, p, lo, part.shape, strict=True))]
-    peak = float(part[fp].max())
-    while True:
-        half = [max(2, int(np.ceil(half_mm / s))) for s in spacing]
-        sl = tuple(slice(max(0, c - h), min(n, c + h + 1))
-                   for c, h, n in zip(p, half, suv.shape, strict=True))
-        q = tuple(c - s.start for c, s in zip(p, sl, strict=True))
-        s_raw, s_sm, org = suv[sl], smooth[sl], organ[sl]
-        own = ~org & ~blood[sl]
-        if (org & (s_sm > threshold)).any():
-            # A hot organ in reach: split by watershed so its spill-out stays its own.
-            markers = np.zeros(s_sm.shape, dtype=np.int32)
-            markers[org] = 2
-            markers[q] = 1
-            basins = watershed(-s_sm, markers=markers, mask=s_sm > min(threshold, peak) * 0.5)
-            own = (basins == 1) & ~org & ~blood[sl]
-            near = _distance_to(org, q, spacing, th["spill_margin_mm"]) <= th["spill_margin_mm"]
-            if near and peak - _pass_height(s_raw, org, q, peak) < th["spill_prominence"] * peak:
+
+    def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed, lung):
+        self.suv, self.spacing, self.organ, self.blood = suv, spacing, organ, blood
+        self.lung = lung
+        self.threshold, self.th, self.noise, self.ct = threshold, th, noise, ct
+        self.suppressed = suppressed
+        self.smooth = np.zeros(suv.shape, dtype=np.float32)
+        self.ball = _ball_footprint(spacing, th["peak_window_mm"])
+        self.ml = float(np.prod(spacing)) / 1000.0
+        # Regions of background uptake (organ-sized and faint, or a plateau a seed did not
+        # stand out from): judged on their own, never merged with a lesion they touch (a
+        # tumour against the liver dome).
+        self.background_ids: set[int] = set()
+        self.organ_seeds: list[_Candidate] = []
+
+    def grow_all(self, high_bg: np.ndarray, liver_threshold: float):
+        suv, th = self.suv, self.th
+        regions = np.zeros(suv.shape, dtype=np.int32)
+        hot = suv >= th["seed_max_fraction"] * self.threshold
+        if not hot.any():
+            return regions, []
+        # Seeds are searched only in the bounding box of supra-threshold voxels.
+        win = _window(self.spacing, th["peak_radius_mm"])
+        box = _pad(bounding_box(hot), list(win), suv.shape)
+        # A Gaussian with the second moment of the 1 ml sphere (seed_smoothing_mm = radius /
+        # sqrt(5)): the SUVpeak scale, at which a single noisy voxel no longer makes a maximum.
+        sigma = [th["seed_smoothing_mm"] / s for s in self.spacing]
+        self.smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
+        sb = self.smooth[box]
+        # Small nodes lose much of their maximum to the smoothing: the raw SUVmax within the
+        # ball decides, the smoothed value only has to be clear of the background.
+        candidate = (sb >= th["seed_smoothed_min_fraction"] * self.threshold) \
+            & ~self.organ[box] & ~self.blood[box]
+        peaks, raw_max = ball_maxima(sb, suv[box], candidate, self.ball)
+        seeds = peaks + np.array([s.start for s in box])
+        self.organ_seeds = self._organ_seeds(sb, box)
+        # The hottest voxel within the SUVpeak sphere decides (noise may put a small node's
+        # hottest voxel a few mm from the smoothed maximum). Resampling onto the CT grid
+        # lowers it a little while the positivity rule reads SUVmax on the native PET, so
+        # seeds start slightly below the threshold.
+        wide_max = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.max)
+        seed_thr = np.where(high_bg[tuple(seeds.T)], liver_threshold, self.threshold)
+        keep = wide_max >= th["seed_max_fraction"] * seed_thr
+        seeds, raw_max = seeds[keep], raw_max[keep]
+        peak_means = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.mean)
+        order = np.argsort(-peak_means, kind="stable")
+        cands = []
+        next_id = 1
+        for n in order:
+            cand = _Candidate(tuple(int(v) for v in seeds[n]), float(raw_max[n]),
+                              float(peak_means[n]))
+            cands.append(cand)
+            if regions[cand.kji]:
+                cand.region_id = int(regions[cand.kji])
+                continue
+            grown = self._grow_one(cand)
+            if grown is None:
+                continue
+            region, sl, background = grown
+            free = region & (regions[sl] == 0)
+            regions[sl][free] = next_id
+            cand.region_id = next_id
+            if background:
+                self.background_ids.add(next_id)
+            next_id += 1
+        return regions, cands
+
+    def _organ_seeds(self, sb: np.ndarray, box: tuple[slice, ...]) -> list[_Candidate]:
+        """Maxima inside physiological organs whose SUVpeak-sphere SUVmax reaches the
+        threshold: they seed nothing, but a focal one is listed (a node inside an oversized
+        heart mask must not vanish silently)."""
+        th = self.th
+        inside = (sb >= th["seed_smoothed_min_fraction"] * self.threshold) & self.organ[box]
+        if not inside.any():
+            return []
+        peaks, raw_max = ball_maxima(sb, self.suv[box], inside, self.ball)
+        pts = peaks + np.array([s.start for s in box])
+        wide = ball_stat(self.suv, pts, self.spacing, th["peak_radius_mm"], np.max)
+        keep = wide >= self.threshold
+        means = ball_stat(self.suv, pts[keep], self.spacing, th["peak_radius_mm"], np.mean)
+        return [_Candidate(tuple(int(v) for v in p), float(m), float(pk))
+                for p, m, pk in zip(pts[keep], wide[keep], means, strict=True)]
+
+    def _reject(self, cand: _Candidate, structure: str, reason: str, volume_ml: float = 0.0):
+        centre = index_to_mm(self.ct, np.asarray(cand.kji, dtype=float))
+        self.suppressed.append(SuppressedUptake(
+            centroid_mm=tuple(float(v) for v in centre), suv_max=cand.suv_max,
+            volume_ml=volume_ml, structure=structure, reason=reason, kind="rejected"))
+
+    def _grow_one(self, cand: _Candidate):
+        """Outline of the lesion around a seed: ``(mask, box, background)``, or None when
+        rejected; ``background`` marks organ-sized faint uptake and plateaus.
+
+        Works in a box around the seed that doubles until the outline no longer touches its
+        edge.
+        """
+        th, suv, spacing = self.th, self.suv, self.spacing
+        p = cand.kji
+        frac = float(th["grow_fraction"])
+        corrected = bool(th["grow_background_corrected"])
+        half_mm = 30.0
+        peak = cand.suv_max
+        while True:
+            half = [max(2, int(np.ceil(half_mm / s))) for s in spacing]
+            sl = tuple(slice(max(0, c - h), min(n, c + h + 1))
+                       for c, h, n in zip(p, half, suv.shape, strict=True))
+            q = tuple(c - s.start for c, s in zip(p, sl, strict=True))
+            s_raw, s_sm, org = suv[sl], self.smooth[sl], self.organ[sl]
+            own = ~org & ~self.blood[sl]
+            near = False
+            if (org & (s_sm > self.threshold)).any():
+                # A hot organ in reach: split by watershed so its spill-out stays its own.
+                markers = np.zeros(s_sm.shape, dtype=np.int32)
+                markers[org] = 2
+                markers[q] = 1
+                basins = watershed(-s_sm, markers=markers,
+                                   mask=s_sm > min(self.threshold, peak) * 0.5)
+                own = (basins == 1) & ~org & ~self.blood[sl]
+                # Spill-out comes from an organ hotter than the bump on its slope: uptake that
+                # is hotter than the organ beside it (the oesophagus against the left atrium)
+                # is not the organ's spill-out.
+                near = _organ_max_near(s_raw, org, q, spacing, th["spill_margin_mm"]) > peak
+                saddle = _pass_height(s_raw, org, q, peak) if near else 0.0
+                if near and peak - saddle < th["spill_prominence"] * peak:
+                    self._reject(cand, "spill-out of a physiological organ",
+                                 f"SUVmax {peak:.1f} within {th['spill_margin_mm']:.0f} mm of "
+                                 f"a hot organ and connected to it up to SUV {saddle:.1f} "
+                                 f"(prominence < {th['spill_prominence']:.0%}): organ spill-out")
+                    return None
+            faint = cand.suv_peak < th["diffuse_max_threshold_ratio"] * self.threshold
+            bg, bg_high, plateau = _local_background(
+                q, s_raw, own, org, peak, spacing, self.threshold,
+                th["grow_background_high_percentile"],
+                th["plateau_min_volume_ml"] if faint and not self.lung[p] else np.inf,
+                split=near)
+            # On a faint organ-sized plateau (a liver or spleen without a mask) a seed must
+            # stand out from the plateau itself, not from what lies beyond the organ.
+            ref = bg if plateau is None else plateau[0]
+            need = max(float(th["min_contrast_suv"]),
+                       float(th["contrast_noise_sd"]) * self.noise.sd(ref))
+            if plateau is not None and cand.suv_peak - ref < need:
+                # A bump on the plateau: the plateau itself is the uptake (an organ, the
+                # oesophagus), grown down to the lower edge of its noise band and judged as a
+                # whole later.
+                lab, _ = ndi.label(plateau[1] & (s_raw >= ref - need), structure=_FULL)
+                flat = lab == lab[q] if lab[q] else plateau[1]
+                return flat, sl, True
+            if cand.suv_peak - ref < need:
+                self._reject(cand, "noise",
+                             f"SUVmax {peak:.1f} but SUVpeak {cand.suv_peak:.2f} only "
+                             f"{cand.suv_peak - ref:.2f} above the local background "
+                             f"({ref:.2f}; needs {need:.2f}): noise, not a focal lesion")
                 return None
-        if corrected:
-            bg = _local_background(q, s_raw, own, org, peak, spacing, threshold)
-            level = bg + frac * (peak - bg)
-        else:
-            level = frac * peak
-        lab, _ = ndi.label(own & (s_raw >= level), structure=_FULL)
-        if lab[q] == 0:
-            return None
-        region = lab == lab[q]
-        if _is_diffuse(float(region.sum()) * float(np.prod(spacing)) / 1000.0, peak, threshold,
-                       th):
-            # Organ-sized and faint: the final pass drops it as diffuse uptake; growing the
-            # box further (across a whole unlabelled liver) would change nothing but the time.
-            return region, sl
-        at_edge = any(
-            (region.take(0, axis=a).any() and sl[a].start > 0)
-            or (region.take(-1, axis=a).any() and sl[a].stop < suv.shape[a])
-            for a in range(3))
-        if not at_edge or half_mm >= 160.0:
-            return region, sl
-        half_mm *= 2
+            if corrected:
+                level = bg + frac * (peak - bg)
+            else:
+                level = frac * peak
+            # Never into the noise of the warmest background beside the lesion (leaks).
+            level = max(level, bg_high + float(th["grow_noise_sd"]) * self.noise.sd(bg_high))
+            lab, _ = ndi.label(own & (s_raw >= level), structure=_FULL)
+            if lab[q] == 0:
+                self._reject(cand, "noise",
+                             f"SUVmax {peak:.1f} does not reach the growth level {level:.2f} "
+                             "around its seed: noise")
+                return None
+            region = lab == lab[q]
+            volume = float(region.sum()) * self.ml
+            if physiology.is_diffuse(volume, peak, self.threshold, th):
+                # Organ-sized and faint: judged (and dropped) as diffuse uptake later; growing
+                # the box further (across a whole unlabelled liver) would change nothing.
+                return region, sl, True
+            at_edge = any(
+                (region.take(0, axis=a).any() and sl[a].start > 0)
+                or (region.take(-1, axis=a).any() and sl[a].stop < suv.shape[a])
+                for a in range(3))
+            if not at_edge or half_mm >= 160.0:
+                return region, sl, False
+            half_mm *= 2
 
 
 def _pass_height(s_raw: np.ndarray, org: np.ndarray, q: tuple[int, int, int],
@@ -461,15 +657,45 @@ def _pass_height(s_raw: np.ndarray, org: np.ndarray, q: tuple[int, int, int],
 
 def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarray,
                       org: np.ndarray, peak: float, spacing: tuple[float, float, float],
-                      threshold: float) -> float:
-    """Median SUV in a shell 5-12 mm around the lesion's half-maximum core.
+                      threshold: float, high_percentile: float,
+                      plateau_ml: float = np.inf,
+                      split: bool = False
+                      ) -> tuple[float, float, tuple[float, np.ndarray] | None]:
+    """Median and a high percentile of the SUV in a shell 5-12 mm around the lesion's
+    half-maximum core, and the plateau level when that core is organ-sized.
 
     Local (not blood-pool) background makes the background-corrected 41% outline match the
-    true size of spheres of 10-30 mm within about 1-2 mm at clinical PET resolution.
+    true size of spheres of 10-30 mm within about 1-2 mm at clinical PET resolution; the high
+    percentile is the warmest tissue beside the lesion (blood pool, an organ) that the
+    outline must not leak into. When the half-maximum core holds ``plateau_ml`` or more, the
+    seed sits on a plateau (an organ without a mask, or a large lesion): the third value is
+    ``(level, core)``, the upper quartile of that core 8-15 mm from the seed (the plateau
+    level, little lowered by its edges) and the core itself, else None. The seed must lie on
+    the plateau, not beside it: at least half of the 8-15 mm ring round it is at least half as
+    warm as the seed. ``split``: the seed lies on the slope of a hotter organ, whose
+    spill-out (outside the organ mask) is the organ's, not a plateau: the core is then taken
+    within the seed's own watershed basin (``own``).
     """
     lab, _ = ndi.label(own & (s_raw >= 0.5 * peak), structure=_FULL)
     core = lab == lab[q] if lab[q] else np.zeros(s_raw.shape, dtype=bool)
     core[q] = True
+    plateau = None
+    if np.isfinite(plateau_ml):
+        # The plateau is judged without the watershed split towards a physiological organ
+        # (an unlabelled liver beside the stomach is one plateau).
+        region = own if split else ~org
+        lab, _ = ndi.label(region & (s_raw >= 0.5 * peak), structure=_FULL)
+        flat = lab == lab[q] if lab[q] else core
+        if flat.sum() * float(np.prod(spacing)) / 1000.0 >= plateau_ml:
+            around = _ring(q, flat.shape, spacing, 8.0, 15.0)
+            ring = around & flat
+            # On the plateau, not beside it: most of the ring round the seed is at least half
+            # as warm as the seed (inside an organ, whatever masks cut it), while a node
+            # against the blood pool has it on one side only (A0001 hilar node: 18%).
+            warm = around & (s_raw >= 0.5 * peak)
+            if ring.sum() >= 10 and warm.sum() >= 0.5 * around.sum():
+                level = float(np.percentile(s_raw[ring], 75))
+                plateau = (level, flat)
     # Only the 12 mm neighbourhood of the core matters: work in its bounding box.
     sl = _pad(bounding_box(core),
               [int(np.ceil(12.0 / s)) + 1 for s in spacing], s_raw.shape)
@@ -478,62 +704,31 @@ def _local_background(q: tuple[int, int, int], s_raw: np.ndarray, own: np.ndarra
     near, within = (dilate(core[sl], ball(tuple(spacing), r)) for r in (5.0, 12.0))
     shell = within & ~near & ~org[sl] & (s_raw[sl] < threshold)
     if shell.sum() < 10:
-        return 0.0
-    return float(np.clip(np.median(s_raw[sl][shell]), 0.0, 0.6 * peak))
+        return 0.0, 0.0, plateau
+    vals = s_raw[sl][shell]
+    bg = float(np.clip(np.median(vals), 0.0, 0.6 * peak))
+    return bg, float(np.clip(np.percentile(vals, high_percentile), bg, 0.9 * peak)), plateau
 
 
-def _distance_to(mask: np.ndarray, q: tuple[int, int, int],
-                 spacing: tuple[float, float, float], within_mm: float) -> float:
-    """Distance in mm from voxel ``q`` to the nearest voxel of ``mask``, or inf when none lies
-    within ``within_mm`` (only that neighbourhood is searched)."""
+def _ring(q: tuple[int, int, int], shape: tuple[int, ...], spacing: tuple[float, float, float],
+          inner_mm: float, outer_mm: float) -> np.ndarray:
+    """Voxels (of an array of ``shape``) between ``inner_mm`` and ``outer_mm`` from ``q``."""
+    zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    d2 = (((zz - q[0]) * spacing[0]) ** 2 + ((yy - q[1]) * spacing[1]) ** 2
+          + ((xx - q[2]) * spacing[2]) ** 2)
+    return (d2 >= inner_mm ** 2) & (d2 <= outer_mm ** 2)
+
+
+def _organ_max_near(values: np.ndarray, organ: np.ndarray, q: tuple[int, int, int],
+                    spacing: tuple[float, float, float], within_mm: float) -> float:
+    """Highest value of ``values`` over the organ voxels within ``within_mm`` of voxel ``q``
+    (0 when none)."""
     r = [int(np.ceil(within_mm / s)) for s in spacing]
     sl = tuple(slice(max(0, c - h), c + h + 1) for c, h in zip(q, r, strict=True))
-    pts = np.argwhere(mask[sl])
+    pts = np.argwhere(organ[sl])
     if pts.size == 0:
-        return float("inf")
-    off = (pts + np.array([s.start for s in sl]) - np.array(q)) * np.array(spacing)
-    return float(np.sqrt((off ** 2).sum(axis=1)).min())
-
-
-def _is_diffuse(volume_ml: float, suv_max: float, threshold: float, th: dict) -> bool:
-    """Organ-sized (>= ``diffuse_min_volume_ml``) and faint (SUVmax below
-    ``diffuse_max_threshold_ratio`` x the seed threshold): diffuse organ uptake, not a lesion."""
-    return (volume_ml >= th["diffuse_min_volume_ml"]
-            and suv_max < th["diffuse_max_threshold_ratio"] * threshold)
-
-
-def _drop_brown_fat_and_specks(mask: np.ndarray, suv: np.ndarray, hu: np.ndarray,
-                               lung: np.ndarray, spacing: tuple[float, float, float],
-                               voxel_ml: float, th: dict, notes: list[str],
-                               threshold: float) -> np.ndarray:
-    lab, n = ndi.label(mask, structure=_FULL)
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = np.zeros(n + 1, dtype=bool)
-    n_small = n_fat = n_diffuse = 0
-    for cid, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sizes[cid] * voxel_ml < th["min_volume_ml"]:
-            n_small += 1
-            continue
-        comp = lab[sl] == cid
-        s = suv[sl]
-        if _is_diffuse(sizes[cid] * voxel_ml, float(s[comp].max()), threshold, th):
-            n_diffuse += 1
-            continue
-        core = comp & (s >= th["brown_fat_core_fraction"] * s[comp].max())
-        h = hu[sl][core & ~lung[sl]]
-        h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
-        if h.size >= 3 and float(np.median(h)) < th["brown_fat_hu_max"]:
-            n_fat += 1
-            continue
-        keep[cid] = True
-    if n_small:
-        notes.append(f"{n_small} component(s) under {th['min_volume_ml']} ml dropped as noise")
-    if n_fat:
-        notes.append(f"{n_fat} component(s) with fat-density cores dropped as brown fat")
-    if n_diffuse:
-        notes.append(f"{n_diffuse} organ-sized component(s) with SUVmax below "
-                     f"{th['diffuse_max_threshold_ratio']} x the threshold dropped as diffuse "
-                     "organ uptake (liver/spleen)")
-    return keep[lab]
+        return 0.0
+    off = pts + np.array([s.start for s in sl])
+    d = np.sqrt((((off - np.array(q)) * np.array(spacing)) ** 2).sum(axis=1))
+    pts = off[d <= within_mm]
+    return float(values[tuple(pts.T)].max()) if len(pts) else 0.0

@@ -5,9 +5,9 @@ writes it in Grand Challenge layout with ``truth.json`` and the ground-truth ana
 """
 
 from nstage.phantom.build import make_phantom
-from nstage.phantom.spec import CONFOUNDERS, Phantom, PhantomSpec
+from nstage.phantom.spec import ALL_CONFOUNDERS, CONFOUNDERS, PHYSIOLOGY, Phantom, PhantomSpec
 from nstage.phantom.writer import write_phantom
 from nstage.phantom.zones import ZoneGeometry, in_zone
 
-__all__ = ["CONFOUNDERS", "Phantom", "PhantomSpec", "ZoneGeometry", "in_zone", "make_phantom",
+__all__ = ["ALL_CONFOUNDERS", "CONFOUNDERS", "PHYSIOLOGY", "Phantom", "PhantomSpec", "ZoneGeometry", "in_zone", "make_phantom",
            "write_phantom"]

@@ -361,8 +361,12 @@ def build_layout(whole_body: bool, z_range: tuple[float, float]) -> Layout:
     )
 
 
-def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool) -> None:
-    """Fill ``table`` with the tissue classes (HU of non-contrast CT, SUV of a 60 min scan)."""
+def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool,
+                     blood_suv: float = BLOOD_SUV, liver_suv: float = LIVER_SUV) -> None:
+    """Fill ``table`` with the tissue classes (HU of non-contrast CT, SUV of a 60 min scan).
+
+    ``blood_suv`` and ``liver_suv`` set the blood pool (vessels, heart chambers) and liver.
+    """
     add = table.add
     add("table", None, 150.0, 0.0)
     add("fat", None, -100.0, 0.3)
@@ -384,28 +388,28 @@ def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool
     add("airway/wall", "airway", 60.0, 0.5)
     add("airway/lumen", "airway", -1000.0, 0.0)
     add("esophagus", "esophagus", 40.0, 1.3, hull=True)
-    add("aorta", "aorta", 40.0, BLOOD_SUV, hull=True)
-    add("pulmonary_artery", "pulmonary_artery", 40.0, BLOOD_SUV, hull=True)
-    add("pulmonary_artery/hilar", "pulmonary_artery", 40.0, BLOOD_SUV)
-    add("superior_vena_cava", "superior_vena_cava", 40.0, BLOOD_SUV, hull=True)
-    add("brachiocephalic_vein_left", "brachiocephalic_vein_left", 40.0, BLOOD_SUV, hull=True)
-    add("brachiocephalic_vein_right", "brachiocephalic_vein_right", 40.0, BLOOD_SUV, hull=True)
+    add("aorta", "aorta", 40.0, blood_suv, hull=True)
+    add("pulmonary_artery", "pulmonary_artery", 40.0, blood_suv, hull=True)
+    add("pulmonary_artery/hilar", "pulmonary_artery", 40.0, blood_suv)
+    add("superior_vena_cava", "superior_vena_cava", 40.0, blood_suv, hull=True)
+    add("brachiocephalic_vein_left", "brachiocephalic_vein_left", 40.0, blood_suv, hull=True)
+    add("brachiocephalic_vein_right", "brachiocephalic_vein_right", 40.0, blood_suv, hull=True)
     add("azygos", None, 40.0, 1.6, hull=True)
-    add("brachiocephalic_trunk", "brachiocephalic_trunk", 40.0, BLOOD_SUV, hull=True)
+    add("brachiocephalic_trunk", "brachiocephalic_trunk", 40.0, blood_suv, hull=True)
     for name in ("common_carotid_artery_left", "common_carotid_artery_right",
                  "subclavian_artery_left", "subclavian_artery_right"):
         # not part of the hull: they run out over the apices to the arms
-        add(name, name, 40.0, BLOOD_SUV, hull=False)
+        add(name, name, 40.0, blood_suv, hull=False)
     add("vessel", None, 40.0, 1.6)
-    add("pulmonary_vein", "pulmonary_vein", 40.0, BLOOD_SUV, hull=True)
-    add("pulmonary_vein/hilar", "pulmonary_vein", 40.0, BLOOD_SUV)
-    add("inferior_vena_cava", "inferior_vena_cava", 40.0, BLOOD_SUV)
-    add("heart/blood", "heart", 40.0, BLOOD_SUV, hull=True)
+    add("pulmonary_vein", "pulmonary_vein", 40.0, blood_suv, hull=True)
+    add("pulmonary_vein/hilar", "pulmonary_vein", 40.0, blood_suv)
+    add("inferior_vena_cava", "inferior_vena_cava", 40.0, blood_suv)
+    add("heart/blood", "heart", 40.0, blood_suv, hull=True)
     add("heart/myocardium", "heart", 45.0, myocardium_suv, hull=True)
     add("thyroid_gland", "thyroid_gland", 95.0, 1.4, hull=True)
     add("spinal_canal", None, 15.0, 0.6)
     add("spinal_cord", "spinal_cord", 35.0, 1.0)
-    add("liver", "liver", 55.0, LIVER_SUV)
+    add("liver", "liver", 55.0, liver_suv)
     add("spleen", "spleen", 45.0, 1.9)
     add("stomach", "stomach", 30.0, 1.6)
     add("stomach/air", "stomach", -1000.0, 0.0)
@@ -433,7 +437,7 @@ def register_tissues(table: TissueTable, myocardium_suv: float, whole_body: bool
             add(f"hip_{side}", f"hip_{side}", 450.0, 1.0)
             add(f"femur_{side}/cortex", f"femur_{side}", 1100.0, 0.5)
             add(f"femur_{side}/marrow", f"femur_{side}", 150.0, 0.8)
-            add(f"iliac_artery_{side}", f"iliac_artery_{side}", 40.0, BLOOD_SUV)
+            add(f"iliac_artery_{side}", f"iliac_artery_{side}", 40.0, blood_suv)
             add(f"iliac_vena_{side}", f"iliac_vena_{side}", 40.0, 1.6)
 
 

@@ -15,7 +15,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from nstage.phantom import anatomy as A
-from nstage.phantom.pet import FWHM_MM, local_clean_pet, recovery_coefficient, synthesize
+from nstage.phantom.pet import (
+    DEFAULT_MODEL,
+    REALISTIC,
+    PetModel,
+    local_clean_pet,
+    recovery_coefficient,
+    synthesize,
+)
 from nstage.phantom.shapes import Ellipsoid, Grid, rotation
 from nstage.phantom.spec import Phantom, PhantomSpec
 from nstage.phantom.tissues import TissueTable, codes_mask
@@ -33,6 +40,9 @@ LIVER_SUV = A.LIVER_SUV
 # Counted (metastatic) nodes: lowest noise-free SUVmax after blur and partial volume, well
 # above the 2.5 positivity floor so that "counts" is never a borderline call.
 COUNTED_MIN_BLURRED_SUV = 3.8
+# The positivity convention (CLINICAL.md 3, SUVmax >= 2.5): a node whose SUVmax the spec fixes
+# below it is recorded as not counting.
+SUV_FLOOR = 2.5
 # Hilar (10R/10L) nodes lie in the hilar fat around the bronchi and vessels, not in lung
 # parenchyma: lung within this distance (mm) of the node becomes hilar fat, so the node is
 # never wrapped by lung (that reads as intrapulmonary 11-14).
@@ -46,6 +56,12 @@ class GridSpec:
     ct: Grid
     pet_spacing: tuple[float, float, float]
     pet_size: tuple[int, int, int]
+
+    def with_pet_voxel(self, voxel_mm: tuple[float, float, float]) -> GridSpec:
+        """The same PET field of view sampled with ``voxel_mm`` voxels (x, y, z)."""
+        fov = np.asarray(self.pet_size) * np.asarray(self.pet_spacing)
+        size = tuple(int(np.ceil(f / v)) for f, v in zip(fov, voxel_mm, strict=True))
+        return GridSpec(self.ct, tuple(float(v) for v in voxel_mm), size)
 
 
 def grids_for(extent: str) -> GridSpec:
@@ -297,14 +313,20 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     spec = spec.validated()
     rng = np.random.default_rng(spec.seed)
     whole = spec.extent == "whole-body"
+    model = REALISTIC if spec.realistic else DEFAULT_MODEL
     gs = grids_for(spec.extent)
+    if spec.realistic:
+        gs = gs.with_pet_voxel(model.voxel_mm)
     grid = gs.ct
     offset = WORLD_OFFSET + rng.uniform(-1.0, 1.0, 3) * np.array([3.0, 3.0, 6.0])
 
-    myo = float(rng.uniform(6.0, 10.0)) if "hot-myocardium" in spec.confounders \
+    # A hot left-ventricular wall reaches SUVmax about 9 on clinical scans (fasting does not
+    # always suppress it); the historical phantom drew up to 10.
+    myo_hi = 9.0 if spec.realistic else 10.0
+    myo = float(rng.uniform(6.0, myo_hi)) if "hot-myocardium" in spec.confounders \
         else float(rng.uniform(1.5, 3.5))
     table = TissueTable()
-    A.register_tissues(table, myo, whole)
+    A.register_tissues(table, myo, whole, blood_suv=model.blood_suv, liver_suv=model.liver_suv)
     layout = A.build_layout(whole, (float(grid.axis("z")[0]), float(grid.axis("z")[-1])))
     labels = A.base_layers(grid, table, whole)
     A.paint_organs(grid, table, layout, labels)
@@ -371,6 +393,20 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
                           hull=is_mediastinal(station), station=station, counts=counts,
                           side=station_side(station))
 
+    def requested_node(station: str, short: float, suv: float) -> dict:
+        """A requested node; its size and blurred SUVmax as the spec fixes them, if it does
+        (drawn values are still drawn, so the rest of the phantom does not change)."""
+        if spec.node_short_axis_mm is not None:
+            short = float(spec.node_short_axis_mm)
+        if spec.node_suv_max is None:
+            return node_node(station, "node", True, short, suv)
+        target = float(spec.node_suv_max)
+        rec = node_node(station, "node", target >= SUV_FLOOR, short,
+                        _activity_for(target, short / 2.0, 0.4, model.fwhm_mm),
+                        min_short=min(10.0, short))
+        rec["target_blurred_max"] = target
+        return rec
+
     # 1) mediastinal nodes first: they shape the mediastinal pleura (lung hull)
     requested = list(spec.nodes)
     pending_lung = []
@@ -379,8 +415,8 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     for idx in sorted(range(len(requested)), key=lambda n: priority.get(requested[n], 10)):
         st = requested[idx]
         if is_mediastinal(st):
-            rec = node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
-                            float(rng.uniform(4.0, 12.0)))
+            rec = requested_node(st, float(rng.uniform(10.0, 20.0)),
+                                 float(rng.uniform(4.0, 12.0)))
             rec["order"] = idx
         else:
             pending_lung.append((idx, st))
@@ -389,9 +425,10 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
         st = str(rng.choice(choices))
         short = float(rng.uniform(6.0, 8.0))
         target = float(rng.uniform(1.5, 1.8))
-        suv = _activity_for(target, short / 2.0, 0.4)
+        suv = _activity_for(target, short / 2.0, 0.4, model.fwhm_mm)
         rec = node_node(st, "confounder", False, short, suv, min_short=6.0)
         rec["target_blurred_max"] = target
+        rec["confounder"] = "subthreshold-node"
     if "distant-lesion" in spec.confounders and not whole:
         name = str(rng.choice(["T7", "T8", "T9"]))
         zc = A.VERTEBRAE[name]
@@ -408,16 +445,26 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
 
     # 2) hilar and intrapulmonary nodes and the primary, inside the carved lungs
     for idx, st in pending_lung:
-        rec = node_node(st, "node", True, float(rng.uniform(10.0, 20.0)),
-                        float(rng.uniform(4.0, 12.0)))
+        rec = requested_node(st, float(rng.uniform(10.0, 20.0)), float(rng.uniform(4.0, 12.0)))
         rec["order"] = idx
     if "hilar-symmetric" in spec.confounders:
         short = float(rng.uniform(9.0, 11.0))
         target = float(rng.uniform(2.0, 2.3))
-        suv = _activity_for(target, short / 2.0, 0.6)
+        suv = _activity_for(target, short / 2.0, 0.6, model.fwhm_mm)
         for st in ("10R", "10L"):
             rec = node_node(st, "confounder", False, short, suv, min_short=8.0)
             rec["target_blurred_max"] = target
+            rec["confounder"] = "hilar-symmetric"
+    if "granulomatous-hila" in spec.confounders:
+        # Granulomatous / reactive hilar nodes: both sides, same size, SUVmax about 3 (above
+        # the 2.5 convention, below 4: CLINICAL.md 3, Hellwig 2007).
+        short = float(rng.uniform(10.0, 13.0))
+        target = float(rng.uniform(2.8, 3.3))
+        suv = _activity_for(target, short / 2.0, 0.6, model.fwhm_mm)
+        for st in ("10R", "10L"):
+            rec = node_node(st, "confounder", False, short, suv, min_short=9.0)
+            rec["target_blurred_max"] = target
+            rec["confounder"] = "granulomatous-hila"
     primary = None
     if spec.primary_side != "none":
         lobe = f"lung_{spec.primary_lobe}_lobe_{spec.primary_side}"
@@ -472,6 +519,7 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
                 t[m & np.isin(t, fat_ok)] = code
         lesions.append({"kind": "brown-fat", "ellipsoids": blobs, "suv": suv, "code": code,
                         "counts": False})
+    lesions.extend(_physiology(spec, table, grid, labels, rng, offset))
     timings["lesions"] = time.perf_counter() - t1 - timings["lungs"]
 
     # 3) CT in HU
@@ -492,25 +540,97 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     pet_ref = _image(np.zeros(gs.pet_size[::-1], np.float32), pet_origin, gs.pet_spacing)
     for rec in lesions:
         if "target_blurred_max" in rec:
-            _calibrate(rec, labels, ct, table, pet_ref, offset)
+            _calibrate(rec, labels, ct, table, pet_ref, offset, fwhm_mm=model.fwhm_mm)
         elif rec["kind"] == "node" and rec["counts"]:
             _calibrate(rec, labels, ct, table, pet_ref, offset,
-                       floor=COUNTED_MIN_BLURRED_SUV)
-    pet, clean = synthesize(labels, ct, table.lut("suv"), pet_ref, rng)
+                       floor=COUNTED_MIN_BLURRED_SUV, fwhm_mm=model.fwhm_mm)
+    pet, clean = synthesize(labels, ct, table.lut("suv"), pet_ref, rng, model=model)
     timings["pet"] = time.perf_counter() - t3
 
     # 5) anatomy export and truth
     anat = _export_anatomy(labels, table, ct, Anatomy)
     lesion_labels, truth = _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo,
-                                  n_category, station_side)
+                                  n_category, station_side, model)
     timings["total"] = time.perf_counter() - t0
     truth["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return Phantom(spec=spec, ct=ct, pet=pet, anatomy=anat, truth=truth,
                    lesion_labels=lesion_labels, timings_s=timings)
 
 
+def _physiology(spec: PhantomSpec, table: TissueTable, grid: Grid, labels: np.ndarray,
+                rng: np.random.Generator, offset: np.ndarray) -> list[dict]:
+    """Physiological uptake asked for in ``spec.confounders`` (:data:`PHYSIOLOGY`).
+
+    Returns one record per confounder (``kind`` "physiology", ``name``, ``where``, ``suv``
+    = the painted activity, ``points_mm`` = world positions of the painted voxels). Each
+    draws from ``rng`` only when asked for, so other phantoms stay unchanged.
+    """
+    out = []
+
+    def points(codes) -> np.ndarray:
+        kji = np.argwhere(codes_mask(labels, codes))[::7]
+        xyz = np.asarray(grid.origin) + kji[:, ::-1] * np.asarray(grid.spacing)
+        return xyz + offset
+
+    conf = spec.confounders
+    if "oesophagus" in conf:
+        # Mild linear oesophageal uptake (reflux, oesophagitis or physiological): SUVmax
+        # 2-3.5 along the whole tube (Bural 2006; Kamel 2004).
+        suv = float(rng.uniform(2.7, 3.3))
+        table.set_suv("esophagus", suv)
+        out.append({"kind": "physiology", "name": "oesophagus", "suv": suv,
+                    "where": "whole oesophagus (mild linear uptake)",
+                    "points_mm": points([table.code("esophagus")])})
+    if "thymus" in conf:
+        # Thymic (rebound) hyperplasia: a bilobed, arrowhead-shaped soft-tissue structure in
+        # the prevascular space above the heart, mild diffuse uptake SUVmax 2-3.5
+        # (Brink 2001; Ferdinand 2004).
+        suv = float(rng.uniform(3.4, 4.2))
+        table.add("thymus", None, 35.0, suv, hull=True)
+        code = table.code("thymus")
+        fat = table.code("mediastinal_fat")
+        lobes = (Ellipsoid((-9.0, -58.0, 38.0), (9.0, 5.5, 21.0),
+                           tuple(map(tuple, rotation(yaw_deg=-20.0, pitch_deg=-15.0)))),
+                 Ellipsoid((9.0, -57.0, 32.0), (10.0, 5.5, 23.0),
+                           tuple(map(tuple, rotation(yaw_deg=20.0, pitch_deg=15.0)))))
+        for e in lobes:
+            sl, m = e.mask(grid)
+            if m.size:
+                t = labels[sl]
+                t[m & (t == fat)] = code
+        out.append({"kind": "physiology", "name": "thymus", "suv": suv,
+                    "where": "prevascular space above the heart (bilobed thymus)",
+                    "points_mm": points([code])})
+    if "marrow" in conf:
+        # Diffusely raised vertebral marrow (anaemia, G-CSF, reactive): SUVmax up to about
+        # 3, every vertebra alike (Inoue 2004).
+        suv = float(rng.uniform(2.7, 3.3))
+        codes = [c for c, t in enumerate(table.tissues)
+                 if t.key.startswith("vertebrae_") and t.key.endswith("/marrow")]
+        for c in codes:
+            table.set_suv(table.tissues[c].key, suv)
+        out.append({"kind": "physiology", "name": "marrow", "suv": suv,
+                    "where": "vertebral marrow (diffusely raised)", "points_mm": points(codes)})
+    return out
+
+
+def _blurred_max_over(clean: sitk.Image, clean_arr: np.ndarray, points_mm: np.ndarray) -> float:
+    """Noise-free PET maximum at the PET voxels nearest to ``points_mm`` (world mm)."""
+    from nstage.geometry import mm_to_index
+
+    if not len(points_mm):
+        return float("nan")
+    idx = np.rint(mm_to_index(clean, points_mm)).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.array(clean_arr.shape)), axis=1)
+    if not ok.any():
+        return float("nan")
+    idx = idx[ok]
+    return round(float(clean_arr[idx[:, 0], idx[:, 1], idx[:, 2]].max()), 3)
+
+
 def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable,
-               pet_ref: sitk.Image, offset: np.ndarray, floor: float | None = None) -> None:
+               pet_ref: sitk.Image, offset: np.ndarray, floor: float | None = None,
+               fwhm_mm: float = DEFAULT_MODEL.fwhm_mm) -> None:
     """Set a lesion's activity so that its blurred, noise-free PET maximum (as the truth
     reports it) hits ``rec["target_blurred_max"]``: the blur is linear in the activity, so two
     local evaluations and one correction suffice.
@@ -525,7 +645,7 @@ def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable
     def peak(activity: float) -> float:
         table.set_suv(key, activity)
         vals, pts = local_clean_pet(labels, ct, table.lut("suv"), pet_ref, centre,
-                                    half_mm=max(e.radii) + 6.0)
+                                    half_mm=max(e.radii) + 6.0, fwhm_mm=fwhm_mm)
         q = pts - offset
         inside = e.inside(q[:, 0], q[:, 1], q[:, 2], grow_mm=2.0)
         return float(vals[inside].max() if inside.any() else vals.max())
@@ -549,9 +669,10 @@ def _calibrate(rec: dict, labels: np.ndarray, ct: sitk.Image, table: TissueTable
     rec["suv"] = a
 
 
-def _activity_for(target_max: float, radius_mm: float, background: float) -> float:
+def _activity_for(target_max: float, radius_mm: float, background: float,
+                  fwhm_mm: float = DEFAULT_MODEL.fwhm_mm) -> float:
     """Activity (SUV) of a small sphere whose blurred maximum should be ``target_max``."""
-    rc = recovery_coefficient(radius_mm, FWHM_MM)
+    rc = recovery_coefficient(radius_mm, fwhm_mm)
     return max(background, (target_max - (1 - rc) * background) / max(rc, 0.2))
 
 
@@ -624,9 +745,16 @@ def _export_anatomy(labels: np.ndarray, table: TissueTable, ct: sitk.Image, anat
 
 
 def _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo_suv, n_category,
-           station_side):
+           station_side, model: PetModel = DEFAULT_MODEL):
     lesion_labels = np.zeros(grid.shape, np.uint8)
     clean_arr = sitk.GetArrayFromImage(clean)
+
+    def labels_of(rec):
+        """World positions (mm) of (a sample of) the voxels a physiology record painted."""
+        return rec["points_mm"]
+
+    def labels_centroid(rec):
+        return [round(float(v), 2) for v in rec["points_mm"].mean(axis=0)]
 
     def world(p):
         return [round(float(v), 2) for v in (np.asarray(p, float) + offset)]
@@ -687,6 +815,7 @@ def _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo_suv, n_categor
             "radii_mm": [round(float(r), 2) for r in e.radii],
             "suv_max": round(rec["suv"], 3), "suv_max_blurred": blurred_max(e),
             "counts": bool(rec["counts"]), "kind": rec["kind"],
+            **({"confounder": rec["confounder"]} if "confounder" in rec else {}),
             "volume_ml": round(4 / 3 * np.pi * float(np.prod(e.radii)) / 1000.0, 3),
             "label_value": next_value,
         })
@@ -712,12 +841,21 @@ def _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo_suv, n_categor
     if "hot-myocardium" in spec_conf:
         confounders.append({"name": "hot-myocardium", "where": "left ventricular myocardium",
                             "suv_max": round(myo_suv, 3), "counts": False})
-    for name in ("hilar-symmetric", "subthreshold-node"):
+    for name in ("hilar-symmetric", "subthreshold-node", "granulomatous-hila"):
         if name in spec_conf:
             confounders.append({"name": name, "where": "see nodes with kind 'confounder'",
                                 "stations": [n["station"] for n in nodes
-                                             if n["kind"] == "confounder"],
+                                             if n.get("confounder") == name],
+                                "suv_max_blurred": max((n["suv_max_blurred"] for n in nodes
+                                                        if n.get("confounder") == name),
+                                                       default=None),
                                 "counts": False})
+    for rec in lesions:
+        if rec["kind"] == "physiology":
+            confounders.append({
+                "name": rec["name"], "where": rec["where"], "suv_max": round(rec["suv"], 3),
+                "suv_max_blurred": _blurred_max_over(clean, clean_arr, labels_of(rec)),
+                "centroid_mm": labels_centroid(rec), "counts": False})
 
     side = "unknown" if spec.primary_side == "none" else spec.primary_side
     stations = [n["station"] for n in nodes if n["counts"]]
@@ -728,17 +866,18 @@ def _truth(spec, lesions, table, grid, offset, zg, clean, ct, myo_suv, n_categor
         "generator": "nstage.phantom",
         "spec": {"nodes": list(spec.nodes), "primary_side": spec.primary_side,
                  "primary_lobe": spec.primary_lobe, "extent": spec.extent, "seed": spec.seed,
-                 "confounders": sorted(spec.confounders)},
+                 "confounders": sorted(spec.confounders), "realistic": bool(spec.realistic)},
         "primary": primary,
         "nodes": nodes,
         "confounders": confounders,
         "n_stage": ns.n_stage,
         "n_stage_9th": ns.n_stage_9th,
         "counting_stations": sorted(set(stations)),
-        "blood_pool_suv": BLOOD_POOL_SUV,
-        "liver_suv": LIVER_SUV,
+        "blood_pool_suv": model.blood_suv,
+        "liver_suv": model.liver_suv,
         "myocardium_suv": round(myo_suv, 3),
-        "pet_fwhm_mm": FWHM_MM,
+        "pet_fwhm_mm": model.fwhm_mm,
+        "pet": {"realistic": bool(spec.realistic), **model.to_dict()},
         "landmarks": {
             "carina_mm": world(np.array([0.0, 0.2, zg.levels["carina"]])),
             "carina_z_mm": round(lv["carina"], 2),

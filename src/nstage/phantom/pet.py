@@ -6,19 +6,75 @@ Steps (all SUV body weight):
 2. block-average onto an intermediate grid of about 3 mm (partial-volume averaging);
 3. Gaussian blur of ``fwhm_mm`` (scanner resolution, default 7 mm FWHM);
 4. linear resampling onto the PET grid (own origin, size and spacing);
-5. spatially correlated Gaussian noise with a standard deviation growing like sqrt(SUV)
-   (about 9 % in the liver), clipped at 0.
+5. spatially correlated Gaussian noise whose variance is proportional to the activity
+   (Poisson-like: reconstructed PET noise grows like sqrt(counts)), clipped at 0.
 
 The noise-free PET of step 4 is kept so the truth can report each lesion's blurred SUVmax.
+:class:`PetModel` holds the scanner's numbers: :data:`DEFAULT_MODEL` is the phantom's
+historical model, :data:`REALISTIC` a clinical whole-body FDG PET (``nstage phantom
+--realistic`` and :func:`nstage.phantom.realct.realistic_pet`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 FWHM_MM = 7.0
+
+
+@dataclass(frozen=True)
+class PetModel:
+    """What the synthetic scanner does to the activity.
+
+    Attributes
+    ----------
+    fwhm_mm : float
+        Point-spread function, Gaussian FWHM (mm). Clinical PET/CT: 5-8 mm after
+        reconstruction (EANM guideline, Boellaard 2015: 6-7 mm for EARL-compliant images).
+    voxel_mm : tuple of float
+        PET voxel size (x, y, z) in mm; clinical whole-body grids are 3-5 mm.
+    noise_cov : float
+        Per-voxel noise standard deviation relative to the signal at ``noise_ref_suv``
+        (coefficient of variation in a uniform region of that SUV). Clinical liver
+        CoV is 10-15 % (EARL; Boellaard 2015 requires liver CoV < 15 %).
+    noise_ref_suv : float
+        SUV at which ``noise_cov`` holds; elsewhere SD = ``noise_cov`` x
+        sqrt(``noise_ref_suv`` x SUV) (variance proportional to the activity).
+    noise_corr_voxels : float
+        Gaussian sigma (PET voxels) of the noise correlation (iterative reconstruction
+        correlates neighbouring voxels); the noise is rescaled to unit variance afterwards.
+    blood_suv, liver_suv : float
+        Blood-pool and liver activity of the synthetic patient (SUVbw, 60 min p.i.).
+    """
+
+    fwhm_mm: float = FWHM_MM
+    voxel_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
+    noise_cov: float = 0.09
+    noise_ref_suv: float = 2.2
+    noise_corr_voxels: float = 0.6
+    blood_suv: float = 1.7
+    liver_suv: float = 2.2
+
+    def to_dict(self) -> dict:
+        """JSON-friendly description (written to ``truth.json``)."""
+        return {"fwhm_mm": self.fwhm_mm, "voxel_mm": list(self.voxel_mm),
+                "noise": "Gaussian, variance proportional to the activity (Poisson-like), "
+                         f"correlated over sigma {self.noise_corr_voxels} voxels",
+                "noise_cov": self.noise_cov, "noise_ref_suv": self.noise_ref_suv,
+                "blood_suv": self.blood_suv, "liver_suv": self.liver_suv}
+
+
+#: The phantom's default scanner (unchanged since the first phantom; tests are tuned to it).
+DEFAULT_MODEL = PetModel()
+#: A clinical FDG PET: 4.07 mm voxels (a common 168-200 matrix on 680-815 mm), 6.5 mm FWHM,
+#: liver CoV 12 % per voxel, liver SUV 2.0, blood pool 1.6 (PERCIST reference ranges,
+#: Wahl 2009: liver SUVmean about 2, blood pool about 1.6-1.8 at 60 min).
+REALISTIC = PetModel(fwhm_mm=6.5, voxel_mm=(4.07, 4.07, 4.0), noise_cov=0.12,
+                     noise_ref_suv=2.0, noise_corr_voxels=0.6, blood_suv=1.6, liver_suv=2.0)
 
 
 def _block_mean(labels: np.ndarray, lut: np.ndarray, block: tuple[int, int, int],
@@ -36,7 +92,8 @@ def _block_mean(labels: np.ndarray, lut: np.ndarray, block: tuple[int, int, int]
 
 def synthesize(labels: np.ndarray, ct: sitk.Image, lut: np.ndarray, pet_ref: sitk.Image,
                rng: np.random.Generator, fwhm_mm: float = FWHM_MM,
-               noise_cov: float = 0.09) -> tuple[sitk.Image, sitk.Image]:
+               noise_cov: float = 0.09,
+               model: PetModel | None = None) -> tuple[sitk.Image, sitk.Image]:
     """Noisy and noise-free PET (float32 SUV) on ``pet_ref``'s grid.
 
     Parameters
@@ -54,33 +111,75 @@ def synthesize(labels: np.ndarray, ct: sitk.Image, lut: np.ndarray, pet_ref: sit
         Resolution of the scanner (mm FWHM).
     noise_cov : float
         Noise standard deviation relative to the signal at SUV 2.2 (liver).
+    model : PetModel, optional
+        When given, its FWHM and noise replace ``fwhm_mm`` and ``noise_cov``.
     """
-    sx, sy, sz = ct.GetSpacing()
+    if model is None:
+        model = PetModel(fwhm_mm=fwhm_mm, noise_cov=noise_cov)
     block = _block_of(ct)
     act = _block_mean(labels, lut.astype(np.float32), block)
-    inter = sitk.GetImageFromArray(act)
+    return scanner(act, _block_grid(ct, block), pet_ref, rng, model)
+
+
+def _block_grid(ct: sitk.Image, block: tuple[int, int, int]) -> sitk.Image:
+    """Geometry of the block-averaged grid (an empty image carrying origin and spacing)."""
+    sx, sy, sz = ct.GetSpacing()
     spacing = (sx * block[2], sy * block[1], sz * block[0])
-    inter.SetSpacing(spacing)
+    out = sitk.Image([1, 1, 1], sitk.sitkFloat32)
+    out.SetSpacing(spacing)
     # the block's centre sits half a block minus half a voxel from the first voxel
-    origin = np.asarray(ct.GetOrigin()) + 0.5 * (np.asarray(spacing) - np.array([sx, sy, sz]))
-    inter.SetOrigin(tuple(origin))
-    sigma_mm = fwhm_mm / 2.3548
+    out.SetOrigin(tuple(np.asarray(ct.GetOrigin())
+                        + 0.5 * (np.asarray(spacing) - np.array([sx, sy, sz]))))
+    return out
+
+
+def scanner(activity: np.ndarray, grid: sitk.Image, pet_ref: sitk.Image,
+            rng: np.random.Generator, model: PetModel) -> tuple[sitk.Image, sitk.Image]:
+    """Noisy and noise-free PET (float32 SUV) on ``pet_ref``'s grid from an activity map.
+
+    Parameters
+    ----------
+    activity : numpy.ndarray
+        Activity (SUV) in array order ``[z, y, x]`` on an intermediate grid no coarser than
+        about 3 mm (partial-volume averaging already done).
+    grid : SimpleITK.Image
+        Carries the intermediate grid's origin and spacing (canonical direction).
+    pet_ref : SimpleITK.Image
+        The PET grid (own origin and spacing).
+    rng : numpy.random.Generator
+    model : PetModel
+    """
+    spacing = grid.GetSpacing()
+    inter = sitk.GetImageFromArray(activity)
+    inter.SetSpacing(spacing)
+    inter.SetOrigin(grid.GetOrigin())
+    sigma_mm = model.fwhm_mm / 2.3548
     blurred = ndimage.gaussian_filter(
-        act, sigma=(sigma_mm / spacing[2], sigma_mm / spacing[1], sigma_mm / spacing[0]),
+        activity, sigma=(sigma_mm / spacing[2], sigma_mm / spacing[1], sigma_mm / spacing[0]),
         mode="nearest", truncate=3.0)
     inter_b = sitk.GetImageFromArray(blurred.astype(np.float32))
     inter_b.CopyInformation(inter)
     clean = sitk.Resample(inter_b, pet_ref, sitk.Transform(), sitk.sitkLinear, 0.0,
                           sitk.sitkFloat32)
+    pet = add_noise(clean, rng, model)
+    return pet, clean
+
+
+def add_noise(clean: sitk.Image, rng: np.random.Generator, model: PetModel) -> sitk.Image:
+    """``clean`` plus correlated noise of variance proportional to the activity, clipped at 0.
+
+    SD at SUV ``s`` is ``noise_cov x sqrt(noise_ref_suv x s)``: the coefficient of variation
+    is ``noise_cov`` at ``noise_ref_suv`` and grows as the activity falls, as for counts.
+    """
     c = sitk.GetArrayFromImage(clean)
     noise = rng.standard_normal(c.shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, 0.6, mode="nearest")
+    noise = ndimage.gaussian_filter(noise, model.noise_corr_voxels, mode="nearest")
     noise /= max(float(noise.std()), 1e-6)
-    sd = noise_cov * np.sqrt(np.maximum(c, 0.02) * 2.2)
+    sd = model.noise_cov * np.sqrt(np.maximum(c, 0.02) * model.noise_ref_suv)
     noisy = np.clip(c + sd * noise, 0.0, None).astype(np.float32)
     pet = sitk.GetImageFromArray(noisy)
-    pet.CopyInformation(pet_ref)
-    return pet, clean
+    pet.CopyInformation(clean)
+    return pet
 
 
 def _block_of(ct: sitk.Image) -> tuple[int, int, int]:

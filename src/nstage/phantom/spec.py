@@ -17,6 +17,17 @@ CONFOUNDERS: tuple[str, ...] = (
     "distant-lesion",      # FDG-avid bone (thorax) or adrenal (whole body) lesion, possible M1
     "subthreshold-node",   # a small node below the positivity threshold
 )
+#: Physiological uptake of a real FDG PET (``nstage phantom --confounders``); none counts for N.
+PHYSIOLOGY: tuple[str, ...] = (
+    "oesophagus",          # mild linear uptake along the whole oesophagus (SUVmax about 2.6-3.2)
+    "thymus",              # bilobed thymus in the prevascular space (SUVmax about 2.6-3.3)
+    "marrow",              # mildly raised vertebral marrow (SUVmax about 2.6-3.2)
+    "granulomatous-hila",  # symmetric bilateral hilar nodes, SUVmax about 3 (reactive)
+)
+#: Other names accepted for a confounder.
+ALIASES: dict[str, str] = {"myocardium": "hot-myocardium", "esophagus": "oesophagus",
+                           "bone-marrow": "marrow", "granulomatous-hilar": "granulomatous-hila"}
+ALL_CONFOUNDERS: tuple[str, ...] = CONFOUNDERS + PHYSIOLOGY
 SIDES = ("left", "right", "none")
 LOBES = ("upper", "middle", "lower")
 EXTENTS = ("thorax", "whole-body")
@@ -40,7 +51,18 @@ class PhantomSpec:
     seed : int
         Seed of every random choice (node positions and sizes, SUVs, noise).
     confounders : frozenset of str
-        Any of :data:`CONFOUNDERS`.
+        Any of :data:`ALL_CONFOUNDERS` (or an alias from :data:`ALIASES`).
+    realistic : bool
+        PET as a clinical scanner makes it (:data:`nstage.phantom.pet.REALISTIC`: 4.07 mm
+        voxels on its own origin, 6.5 mm FWHM, liver CoV 12 %, liver SUV 2.0, blood pool
+        1.6); otherwise the phantom's historical PET (4 mm, 7 mm FWHM, liver CoV 9 %,
+        liver 2.2, blood 1.7).
+    node_suv_max : float, optional
+        Noise-free blurred SUVmax of every requested node (the activity is calibrated to it);
+        a node below 2.5 is recorded as not counting. Default: drawn (4-12 before blur, at
+        least 3.8 after).
+    node_short_axis_mm : float, optional
+        Short axis of every requested node (mm). Default: drawn (10-20 mm).
     """
 
     nodes: tuple[str, ...] = ()
@@ -49,6 +71,9 @@ class PhantomSpec:
     extent: Literal["thorax", "whole-body"] = "thorax"
     seed: int = 0
     confounders: frozenset[str] = frozenset()
+    realistic: bool = False
+    node_suv_max: float | None = None
+    node_short_axis_mm: float | None = None
 
     def validated(self) -> PhantomSpec:
         """A copy with canonical station codes; raises :class:`UsageError` on bad values."""
@@ -66,14 +91,21 @@ class PhantomSpec:
                              hint="use --primary-lobe upper or lower for a left primary")
         if self.extent not in EXTENTS:
             raise UsageError(f"unknown extent {self.extent!r}", hint="use thorax or whole-body")
-        bad = sorted(set(self.confounders) - set(CONFOUNDERS))
+        confounders = frozenset(ALIASES.get(c, c) for c in self.confounders)
+        bad = sorted(confounders - set(ALL_CONFOUNDERS))
         if bad:
             raise UsageError(f"unknown confounder {bad[0]!r}",
-                             hint=f"valid confounders: {', '.join(CONFOUNDERS)}")
+                             hint=f"valid confounders: {', '.join(ALL_CONFOUNDERS)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.node_suv_max is not None and not 0.5 <= float(self.node_suv_max) <= 50.0:
+            raise UsageError(f"node SUVmax must be 0.5-50, not {self.node_suv_max!r}")
+        if self.node_short_axis_mm is not None \
+                and not 6.0 <= float(self.node_short_axis_mm) <= 30.0:
+            raise UsageError(f"node short axis must be 6-30 mm, not {self.node_short_axis_mm!r}")
         return PhantomSpec(nodes, self.primary_side, self.primary_lobe, self.extent,
-                           int(self.seed), frozenset(self.confounders))
+                           int(self.seed), confounders, bool(self.realistic),
+                           self.node_suv_max, self.node_short_axis_mm)
 
 
 @dataclass

@@ -20,6 +20,8 @@ def image_uuid(phantom: Phantom, modality: str) -> str:
     s = phantom.spec
     key = (f"{modality}|{s.seed}|{s.extent}|{','.join(s.nodes)}|{s.primary_side}|"
            f"{s.primary_lobe}|{','.join(sorted(s.confounders))}")
+    if s.realistic:
+        key += "|realistic"
     return str(uuid.uuid5(_NAMESPACE, key))
 
 

@@ -1,0 +1,114 @@
+"""The confounder matrix on real chest CTs with a realistic synthetic PET.
+
+CTs: Lung-PET-CT-Dx A0001 (left upper-lobe primary) and NSCLC-Radiomics LUNG1-002 (right
+lower-lobe primary, planning contours of the tumour and the heart), from ../shared/data/real.
+Where every uptake was placed, and why, is written in tests/realistic_cases.py (read on
+rendered axial slices). PET: nstage.phantom.pet.REALISTIC. Staged with the embedded defaults.
+
+Expected stages by hand (CLINICAL.md 1): no node -> N0 whatever the physiological uptake;
+left primary + 4R (contralateral mediastinal) -> N3; any station-1 node -> N3; right primary
++ 4R (ipsilateral mediastinal, one station) -> N2, 9th N2a.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import real_path
+from realistic_cases import RealCase, counted, describe, near, real_scene, real_staged
+
+from nstage.schema import validate_result
+
+pytestmark = pytest.mark.slow
+
+# Confounder -> structures under which its uptake must be listed (None: the granulomatous
+# hila, which must be reported as a reactive pair of negative node candidates).
+LISTED_AS = {"hot-myocardium": {"heart", "myocardium (shape)"}, "brown-fat": {"brown fat"},
+             "oesophagus": {"oesophagus"}, "marrow": {"bone marrow"},
+             "granulomatous-hila": None}
+
+
+def _params():
+    out = []
+    for ct, side in (("A0001", "left"), ("LUNG1-002", "right")):
+        out.append(pytest.param(ct, side, None, id=f"{ct}-baseline"))
+        for conf in LISTED_AS:
+            marks = []
+            if ct == "LUNG1-002" and conf == "granulomatous-hila":
+                marks.append(pytest.mark.xfail(strict=True, reason=(
+                    "the stage stays N0, but no reactive pair is reported: on this contrast CT "
+                    "the 10L node's core reads 153 HU (called calcified), and the 10R node, "
+                    "37 mm below the carina beside the right hilum, lies inside the classical "
+                    "heart mask (listed there as uptake inside the heart mask)")))
+            out.append(pytest.param(ct, side, conf, marks=marks, id=f"{ct}-{conf}"))
+    return out
+
+
+@pytest.mark.parametrize(("ct", "side", "confounder"), _params())
+def test_each_confounder_alone_leaves_n0_on_a_real_ct(real_data, ct, side, confounder):
+    confs = () if confounder is None else (confounder,)
+    syn, r = real_staged(RealCase(ct, confs), real_path)
+    msg = describe(r)
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == ("N0", "N0", []), msg
+    assert r["primary_tumor"] is not None and r["primary_tumor"]["side"] == side, msg
+    validate_result(r)
+    if confounder is None:
+        return
+    if LISTED_AS[confounder] is not None:
+        listed = {s["structure"] for s in r["suppressed_uptake"]}
+        assert listed & LISTED_AS[confounder], msg
+    else:
+        for les in syn.lesions:
+            found = near(r["negative_node_candidates"], les["centre_mm"], 8.0)
+            assert found and "symmetric" in found[0]["reason"], msg
+
+
+def test_brown_fat_on_both_sides_is_listed_as_a_symmetric_pair(real_data):
+    _, r = real_staged(RealCase("A0001", ("brown-fat",)), real_path)
+    fat = [s for s in r["suppressed_uptake"] if s["structure"] == "brown fat"]
+    xs = [s["centroid_mm"][0] for s in fat]
+    # Midline x = -10 on A0001 (trachea and spine): uptake on both sides, above the apices.
+    assert min(xs) < -40 and max(xs) > 20, describe(r)
+    assert all("supraclavicular" in s["reason"] for s in fat), describe(r)
+    assert any("symmetric with uptake at" in s["reason"] for s in fat), describe(r)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_supraclavicular_node_inside_brown_fat_is_found(real_data, seed):
+    """A 12 mm node (SUVmax about 5) in the left supraclavicular fat, inside brown fat of
+    SUVmax 3.5-4.5 on both sides: the node is found as a node-sized lesion (station 1L, N3
+    whatever the primary's side), the fat around it and on the other side is brown fat."""
+    syn, r = real_staged(RealCase("A0001", ("brown-fat",), ("1L",), seed), real_path)
+    msg = describe(r)
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == ("N3", "N3", ["1L"]), msg
+    _, _, _, nodes = real_scene("A0001", real_path)
+    found = near(r["nodes"], nodes["1L"].centre_mm, 6.0)
+    assert len(found) == 1 and found[0]["station"] == "1L", msg
+    # The node's outline is the node (12 mm), not the brown fat round it.
+    assert 7.0 <= found[0]["short_axis_mm"] <= 15.0 and found[0]["volume_ml"] < 2.0, msg
+    assert sum(s["structure"] == "brown fat" for s in r["suppressed_uptake"]) >= 2, msg
+
+
+# (ct, seed, nodes, expected 8th, 9th, counted stations, xfail reason or None)
+WITH_NODES = [
+    ("A0001", 1, ("4R",), "N3", "N3", ["4R"], None),
+    ("A0001", 2, ("4R",), "N3", "N3", ["4R"], None),
+    ("LUNG1-002", 1, ("4R",), "N2", "N2a", ["4R"], None),
+    ("LUNG1-002", 2, ("4R",), "N2", "N2a", ["4R"], None),
+]
+
+
+@pytest.mark.parametrize(
+    ("ct", "seed", "nodes", "n8", "n9", "stations"),
+    [pytest.param(*case[:6], id=f"{case[0]}-{'+'.join(case[2])}-seed{case[1]}",
+                  marks=[pytest.mark.xfail(strict=True, reason=case[6])] if case[6] else [])
+     for case in WITH_NODES])
+def test_true_nodes_are_kept_among_all_confounders_on_a_real_ct(real_data, ct, seed, nodes,
+                                                                 n8, n9, stations):
+    """Hot myocardium, brown fat, oesophagus, raised marrow and granulomatous hila together
+    with a true node: the node is found where it was placed and sets the stage."""
+    syn, r = real_staged(RealCase(ct, tuple(LISTED_AS), nodes, seed), real_path)
+    msg = describe(r)
+    _, _, _, placed = real_scene(ct, real_path)
+    for name in nodes:
+        assert near(r["nodes"], placed[name].centre_mm, 6.0), msg
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == (n8, n9, stations), msg
