@@ -238,6 +238,12 @@ def test_symmetric_mild_hilar_pair_is_flagged_even_touching_the_primary():
     assert all(p.symmetric_hilar for p in mild.nodes)
     hot = place([primary, hilar(2, -28.0, 3.1, (1,)), hilar(3, 45.0, 7.5)], chest())
     assert not any(p.symmetric_hilar for p in hot.nodes)
+    # A hot left hilar node (SUVmax 4.6 >= 4.0: not "mild") beside a mild left + right pair
+    # (3.0 / 3.1, ratio 1.03 <= 1.5): the pair is reactive, the hot node is judged alone.
+    three = place([primary, hilar(2, -28.0, 3.1, (1,)), hilar(3, 45.0, 3.0),
+                   hilar(4, 52.0, 4.6)], chest())
+    flags = {p.id: p.symmetric_hilar for p in three.nodes}
+    assert flags == {2: True, 3: True, 4: False}
 
 
 def test_no_lesions():

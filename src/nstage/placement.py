@@ -30,9 +30,10 @@ Rules, in order:
    a separate node only when node-shaped (short axis at most ``node_max_short_axis_mm``);
    otherwise it is part of the primary. The primary's own uptake beyond the pleura is
    part of the primary: invasion is T, not N.
-6. Symmetric hilar uptake: station 10-11 candidates on both sides, all below
-   ``positivity.symmetric_hilar_max_suv`` and within ``symmetric_hilar_ratio`` of each other
-   (whether or not one touches the primary), are flagged as a likely reactive pair.
+6. Symmetric hilar uptake: station 10-11 candidates below
+   ``positivity.symmetric_hilar_max_suv`` with a counterpart in the other hilum within
+   ``symmetric_hilar_ratio`` of their SUVmax (whether or not one touches the primary) are
+   flagged as a likely reactive pair; a hotter hilar node beside them is judged on its own.
 
 Sides: +x is the patient's LEFT; a node's side is its station's, a lung lesion's its lung's.
 """
@@ -367,20 +368,30 @@ def _node(les: Lesion, why: str, primary: Lesion | None, landmarks: Landmarks,
 
 
 def _flag_symmetric_hilar(nodes: list[Placement], pth: dict, notes: list[str]) -> list[Placement]:
-    """Flag a bilateral, similar, mildly avid hilar pair (stations 10-11) as likely reactive."""
+    """Flag bilateral, similar, mildly avid hilar uptake (stations 10-11) as likely reactive.
+
+    Each mild hilar node (SUVmax below ``symmetric_hilar_max_suv``) is flagged when the other
+    hilum holds a mild node within ``symmetric_hilar_ratio`` of it: a hotter node on one side
+    (a true metastasis beside a reactive pair) neither joins the pair nor hides it.
+    """
     def hilar(p: Placement) -> bool:
         return int(p.station.station.rstrip("RLap")) in (10, 11)
 
-    by_side = {s: [p for p in nodes if hilar(p) and p.side == s] for s in ("left", "right")}
-    if not by_side["left"] or not by_side["right"]:
+    mild = {s: [p for p in nodes if hilar(p) and p.side == s
+                and p.lesion.suv_max < pth["symmetric_hilar_max_suv"]] for s in ("left", "right")}
+    ratio = float(pth["symmetric_hilar_ratio"])
+
+    def similar(a: Placement, b: Placement) -> bool:
+        hi, lo = sorted((a.lesion.suv_max, b.lesion.suv_max), reverse=True)
+        return hi / max(lo, 1e-6) <= ratio
+
+    pair = [p for s, o in (("left", "right"), ("right", "left"))
+            for p in mild[s] if any(similar(p, q) for q in mild[o])]
+    if not pair:
         return nodes
-    lmax = max(p.lesion.suv_max for p in by_side["left"])
-    rmax = max(p.lesion.suv_max for p in by_side["right"])
-    high, low = max(lmax, rmax), min(lmax, rmax)
-    if high >= pth["symmetric_hilar_max_suv"] or high / max(low, 1e-6) > pth[
-            "symmetric_hilar_ratio"]:
-        return nodes
-    notes.append(f"symmetric mildly avid hilar uptake (SUVmax {rmax:.1f} right, {lmax:.1f} left): "
-                 "read as reactive")
-    pair = {p.id for p in by_side["left"] + by_side["right"]}
-    return [replace(p, symmetric_hilar=True) if p.id in pair else p for p in nodes]
+    sides = {s: max((p.lesion.suv_max for p in pair if p.side == s), default=0.0)
+             for s in ("right", "left")}
+    notes.append(f"symmetric mildly avid hilar uptake (SUVmax {sides['right']:.1f} right, "
+                 f"{sides['left']:.1f} left): read as reactive")
+    ids = {p.id for p in pair}
+    return [replace(p, symmetric_hilar=True) if p.id in ids else p for p in nodes]

@@ -75,7 +75,8 @@ MUSCLES = ("autochthon_left", "autochthon_right", "iliopsoas_left", "iliopsoas_r
 
 @dataclass
 class Context:
-    """What the judgements read: images (array order), anatomy, grid and thresholds."""
+    """What the judgements read: images (array order), anatomy, grid, thresholds, the seed
+    threshold and the blood pool (SUV)."""
 
     ct: sitk.Image
     suv: np.ndarray
@@ -85,6 +86,7 @@ class Context:
     th: dict
     threshold: float
     smooth: np.ndarray
+    blood_pool: float
     _masks: dict = field(default_factory=dict)
 
     def mask(self, *names: str) -> np.ndarray:
@@ -433,7 +435,8 @@ def _continues(part: _Region, linear: dict[str, np.ndarray],
     It continues that uptake when it lies within ``continuation_gap_mm`` of it, or is joined
     to it within ``continuation_bridge_mm`` by uptake that never dips below
     ``1 - focus_prominence`` of its own SUVpeak (no saddle: the same test that tells distinct
-    foci apart, :func:`_distinct_foci`), and does not stand out from it (SUVpeak below
+    foci apart, :func:`_distinct_foci`) nor to within ``focus_prominence`` of the blood pool
+    (a path through blood joins everything), and does not stand out from it (SUVpeak below
     ``1 + focus_prominence`` times the recognised uptake it joins). A node against it is
     hotter and stays a lesion.
     """
@@ -444,8 +447,8 @@ def _continues(part: _Region, linear: dict[str, np.ndarray],
     mine[tuple(slice(o, o + n) for o, n in zip(off, part.mask.shape, strict=True))] = part.mask
     near = dilate(mine, ball(tuple(ctx.spacing), gap))
     prom = float(ctx.th["focus_prominence"])
-    lab, _ = ndi.label(near | (ctx.smooth[big] >= (1.0 - prom) * part.suv_peak),
-                       structure=_FULL)
+    floor = max((1.0 - prom) * part.suv_peak, (1.0 + prom) * ctx.blood_pool)
+    lab, _ = ndi.label(near | (ctx.smooth[big] >= floor), structure=_FULL)
     joined = np.isin(lab, np.unique(lab[mine]))
     for structure, grid in linear.items():
         beside = joined & grid[big]

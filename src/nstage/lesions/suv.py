@@ -169,7 +169,7 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
                      anatomy.mask("lung"))
     regions, cands = grower.grow_all(high_bg, liver_threshold)
     ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
-                             threshold=threshold, smooth=grower.smooth)
+                             threshold=threshold, smooth=grower.smooth, blood_pool=float(bp))
     mask, judged = physiology.judge(regions, cands, ctx, grower.background_ids)
     suppressed.extend(judged)
     suppressed.extend(physiology.organ_uptake(organ, anatomy, PHYSIOLOGICAL, ctx,
