@@ -56,6 +56,49 @@ with its planning contour GTV-1, the heart with its planning contour; clinical T
 - true node: 4R at (-20, -2, 76), against the right tracheal wall above the azygos arch
   (z = 73) in this thin patient's narrow right paratracheal stripe (ipsilateral mediastinal
   for the right primary: N2).
+
+Lung-PET-CT-Dx A0002 (the DICOM series: 30 slices at 8 mm, 0.65 mm pixels, no contrast; z = 80
+(upper abdomen: liver, stomach) to 312 (thoracic inlet, above the lung apices, which end at
+z = 304); trachea centre (-17, -118) at z = 248; carina between z = 240 (one lumen) and 232
+(right (-23, -113) and left (-3, -116) main bronchi); right primary, boxed by the annotators
+on z = 176..248, x -103..-22, y -131..-64):
+
+- tumour (SUV 10): soft tissue (-400..150 HU) inside the per-slice boxes: a right hilar /
+  perihilar mass round the right main and intermediate bronchi, running down into the lower
+  lobe (a spiculated part at (-60, -95) on z = 176..192);
+- blood pool (SUV 1.6): soft tissue (-20..120 HU) of the heart and mediastinum (x -90..70,
+  y -235..-92, z 136..280; the heart fills x -80..60, y -225..-120 at z = 168..192) and an
+  11 mm radius tube along the descending aorta, read slice by slice in front of and left of
+  the spine (:data:`A0002_AORTA`: (16, -103) at z = 240, (10, -104) at 200, (0, -112) at 184,
+  (-8..-10, -112..-114) from 168 down);
+- liver (SUV 2.0): 20..100 HU for x < 15 at z <= 150 (the liver fills the right upper
+  abdomen from z = 144 down) and for x < -48 at z = 150..162 (its dome right of the heart);
+- left-ventricular wall (SUV 9): an 11 mm thick shell round (25, -168, 164) in the heart's
+  soft tissue outside the liver (the left-lateral, posterior part of the heart at
+  z = 152..184; the right part of the heart holds the atria and right ventricle);
+- brown fat (SUV 8 in fat voxels): the slab's top two slices (z = 304, 312) reach the
+  supraclavicular fat: fat between the neck vessels lateral to the trachea (-13, -134), above
+  the apices and the medial clavicles (z = 296); ellipsoids round (34, -125, 308) and its
+  mirror (-60, -125, 308) about the midline x = -13;
+- oesophagus (SUV 4): a 7 mm radius tube along :data:`A0002_OESOPHAGUS`: behind the trachea
+  at (-12, -119) at z = 296 and (-10, -106..-110) at z = 248..264, between the right bronchus
+  and the spine at (-12, -103) at z = 232 and (-9, -104) at 216, right of the aorta at
+  (-14, -103) at 200, then forward to (-18, -117) at 168 and (-8, -131) at 144 (air in its
+  lumen at z = 136..144, in front of the aorta);
+- marrow (SUV 2.9): cancellous bone (150..700 HU) of the spine (x -30..25, y -110..-30);
+- granulomatous hila: not placed. The primary IS the right hilum (the boxes cover it from
+  z = 176 to 248), so a right hilar node lies in the tumour's uptake (tried 7 mm in front of
+  the boxes at (-50, -136, 228): blurred SUVmax 5.2, the tumour's own tail, no separate
+  focus). What remains visible is one left hilar node of SUVmax about 3.5, which by the rules
+  (contralateral hilar, above the blood pool and >= 2.5: CLINICAL.md 1 and 3) is N3, not a
+  benign confounder on this CT. Thymus: not placed (optional, as on the other CTs);
+- true nodes: 7 at (-8, -113, 220), 14 mm (on the slices z = 216 and 224): subcarinal,
+  between the right main bronchus (-25, -110) and the left main bronchus (6, -116) at
+  z = 224, 12-20 mm below the carina, in front of the oesophagus (N2 whatever the side);
+  4L at (-1, -120, 244), 12 mm (on z = 240 and 248): in the fat between the left tracheal
+  wall (lumen edge x = -10 at z = 248) and the aortic arch / descending aorta (medial edge
+  x = 1..3 at y = -120), below the arch top (z about 268) and above the left pulmonary
+  artery (contralateral mediastinal for the right primary: N3).
 """
 
 from __future__ import annotations
@@ -209,7 +252,103 @@ def _lung1_002(real_path):
     return ct, base, confounders, nodes
 
 
-_REAL = {"A0001": _a0001, "LUNG1-002": _lung1_002}
+def _a0002_tumour(ct: sitk.Image, hu: np.ndarray, real_path) -> np.ndarray:
+    """Soft tissue (-400..150 HU) inside the annotators' per-slice tumour boxes of A0002
+    (PASCAL-VOC pixel boxes named by the slice's SOPInstanceUID; boxes of slices outside
+    this 30-slice extract are skipped)."""
+    import xml.etree.ElementTree as ET
+
+    import pydicom
+
+    from nstage.phantom.realct import coordinates_mm
+
+    folder = "lung-pet-ct-dx-A0002"
+    ct_dir, box_dir = real_path(folder, "ct"), real_path(folder, "tumor-boxes")
+    slices = {}
+    for f in sorted(ct_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        slices[ds.SOPInstanceUID] = ds
+    z, y, x = coordinates_mm(ct)
+    out = np.zeros(hu.shape, bool)
+    for xml in sorted(box_dir.glob("*.xml")):
+        ds = slices.get(xml.stem)
+        if ds is None:
+            continue
+        bb = ET.parse(xml).getroot().find("object/bndbox")
+        x0, y0, x1, y1 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+        px, py, pz = (float(v) for v in ds.ImagePositionPatient)
+        row, col = (float(v) for v in ds.PixelSpacing)
+        # axial slices, identity in-plane orientation: columns along +x, rows along +y
+        k = int(np.argmin(np.abs(z.ravel() - pz)))
+        inside = ((x[0] >= px + x0 * col) & (x[0] <= px + x1 * col)
+                  & (y[0] >= py + y0 * row) & (y[0] <= py + y1 * row))
+        out[k] = inside & (hu[k] > -400) & (hu[k] < 150)
+    return out
+
+
+def _tube(z, y, x, path: dict[float, tuple[float, float]], radius_mm: float) -> np.ndarray:
+    """Voxels within ``radius_mm`` of a vertical centre line given as {z: (x, y)} mm (linear
+    between the given levels, nothing outside them)."""
+    zs = np.array(sorted(path), float)
+    xs, ys = (np.array([path[k][i] for k in sorted(path)], float) for i in (0, 1))
+    cx, cy = np.interp(z, zs, xs), np.interp(z, zs, ys)
+    return (((x - cx) ** 2 + (y - cy) ** 2 <= radius_mm ** 2)
+            & (z >= zs[0]) & (z <= zs[-1]))
+
+
+# A0002, read on the axial slices (see the module docstring): centre lines {z: (x, y)} mm
+# of the descending aorta and the oesophagus, the left ventricle's centre (x, y, z) mm.
+A0002_AORTA = {88: (-8, -110), 120: (-8, -112), 136: (-9, -112), 152: (-10, -114),
+               160: (-8, -112), 168: (-6, -112), 176: (-2, -111), 184: (0, -112),
+               192: (5, -110), 200: (10, -104), 216: (15, -102), 240: (16, -103)}
+A0002_OESOPHAGUS = {136: (-7, -131), 144: (-8, -131), 152: (-12, -126), 160: (-17, -123),
+                    168: (-18, -117), 176: (-15, -110), 184: (-12, -103), 200: (-14, -103),
+                    216: (-9, -104), 232: (-12, -103), 248: (-10, -106), 264: (-10, -110),
+                    280: (-17, -113), 296: (-12, -119)}
+A0002_LV_CENTRE = (25, -168, 164)
+
+
+def _a0002(real_path):
+    from nstage.geometry import canonical
+    from nstage.io import read_ct
+    from nstage.phantom.realct import Focal, Region, box_mask, coordinates_mm, ellipsoid_mask
+
+    ct = canonical(read_ct(real_path("lung-pet-ct-dx-A0002", "ct"))[0])
+    hu = sitk.GetArrayFromImage(ct)
+    soft = (hu > -20) & (hu < 120)
+    fat = (hu > -150) & (hu < -40)
+    z, y, x = coordinates_mm(ct)
+    liver = ((box_mask(ct, ((-140, 15), (-235, -50), (80, 150)))
+              | box_mask(ct, ((-140, -48), (-235, -50), (150, 162))))
+             & (hu > 20) & (hu < 100))
+    aorta = _tube(z, y, x, A0002_AORTA, 11.0) & soft
+    base = [
+        Region("mediastinal blood", box_mask(ct, ((-90, 70), (-235, -92), (136, 280))) & soft,
+               1.6),
+        Region("descending aorta", aorta, 1.6),
+        Region("liver", liver, 2.0),
+        Region("tumour (annotators' boxes)", _a0002_tumour(ct, hu, real_path), 10.0),
+    ]
+    c = A0002_LV_CENTRE
+    lv = (ellipsoid_mask(ct, c, (32, 30, 30)) & ~ellipsoid_mask(ct, c, (21, 19, 19))
+          & soft & ~liver)
+    oes = _tube(z, y, x, A0002_OESOPHAGUS, 7.0) & (hu > -500) & (hu < 150)
+    confounders = {
+        "hot-myocardium": ([Region("left-ventricular wall", lv, 9.0)], []),
+        "brown-fat": ([Region("brown fat", (ellipsoid_mask(ct, (34, -125, 308), (18, 15, 10))
+                                            | ellipsoid_mask(ct, (-60, -125, 308),
+                                                             (18, 15, 10))) & fat, 8.0)], []),
+        "oesophagus": ([Region("oesophagus", oes, 4.0)], []),
+        "marrow": ([Region("marrow", box_mask(ct, ((-30, 25), (-110, -30), (80, 312)))
+                           & (hu >= 150) & (hu < 700), 2.9)], []),
+    }
+    # No granulomatous hila: the right hilum is the primary (see the module docstring).
+    nodes = {"7": Focal.sphere("7", (-8, -113, 220), 14, 9.0),
+             "4L": Focal.sphere("4L", (-1, -120, 244), 12, 9.0)}
+    return ct, base, confounders, nodes
+
+
+_REAL = {"A0001": _a0001, "LUNG1-002": _lung1_002, "A0002": _a0002}
 _CT_CACHE: dict = {}
 
 

@@ -1,13 +1,18 @@
 """The confounder matrix on real chest CTs with a realistic synthetic PET.
 
-CTs: Lung-PET-CT-Dx A0001 (left upper-lobe primary) and NSCLC-Radiomics LUNG1-002 (right
-lower-lobe primary, planning contours of the tumour and the heart), from ../shared/data/real.
-Where every uptake was placed, and why, is written in tests/realistic_cases.py (read on
-rendered axial slices). PET: nstage.phantom.pet.REALISTIC. Staged with the embedded defaults.
+CTs: Lung-PET-CT-Dx A0001 (left upper-lobe primary), NSCLC-Radiomics LUNG1-002 (right
+lower-lobe primary, planning contours of the tumour and the heart) and Lung-PET-CT-Dx A0002
+(the DICOM series, 8 mm slices: right hilar primary in the annotators' tumour boxes), from
+../shared/data/real. Where every uptake was placed, and why, is written in
+tests/realistic_cases.py (read on rendered axial slices). PET: nstage.phantom.pet.REALISTIC.
+Staged with the embedded defaults.
 
 Expected stages by hand (CLINICAL.md 1): no node -> N0 whatever the physiological uptake;
 left primary + 4R (contralateral mediastinal) -> N3; any station-1 node -> N3; right primary
-+ 4R (ipsilateral mediastinal, one station) -> N2, 9th N2a.
++ 4R (ipsilateral mediastinal, one station) -> N2, 9th N2a; right primary + 7 (subcarinal:
+N2 whichever side, one station) -> N2, 9th N2a; right primary + 7 + 4L (4L: left of the left
+tracheal border, below the arch top, above the left pulmonary artery, so a left station:
+contralateral mediastinal) -> N3 (the highest over the nodes), 9th N3.
 """
 
 from __future__ import annotations
@@ -27,11 +32,24 @@ LISTED_AS = {"hot-myocardium": {"heart", "myocardium (shape)"}, "brown-fat": {"b
              "granulomatous-hila": None}
 
 
+# The confounders each CT carries. A0002 has no granulomatous hila: its primary is the right
+# hilum, so the right half of the pair lies in the tumour's uptake and only a single left hilar
+# node would be seen, which the rules count as N3 (see tests/realistic_cases.py).
+CONFOUNDERS = {"A0001": tuple(LISTED_AS), "LUNG1-002": tuple(LISTED_AS),
+               "A0002": ("hot-myocardium", "brown-fat", "oesophagus", "marrow")}
+# Primary side by hand: A0001 left upper lobe; LUNG1-002 right lower lobe (GTV-1); A0002 the
+# annotators' boxes at x -103..-22 (right of the midline x = -13).
+SIDES = {"A0001": "left", "LUNG1-002": "right", "A0002": "right"}
+# How far a found node's centroid may lie from where it was placed (mm): on A0002's 8 mm
+# slices a node covers two slices and its centroid's z falls anywhere between them.
+NODE_TOLERANCE_MM = {"A0001": 6.0, "LUNG1-002": 6.0, "A0002": 8.0}
+
+
 def _params():
     out = []
-    for ct, side in (("A0001", "left"), ("LUNG1-002", "right")):
+    for ct, side in SIDES.items():
         out.append(pytest.param(ct, side, None, id=f"{ct}-baseline"))
-        for conf in LISTED_AS:
+        for conf in CONFOUNDERS[ct]:
             marks = []
             if ct == "LUNG1-002" and conf == "granulomatous-hila":
                 marks.append(pytest.mark.xfail(strict=True, reason=(
@@ -94,6 +112,21 @@ WITH_NODES = [
     ("A0001", 2, ("4R",), "N3", "N3", ["4R"], None),
     ("LUNG1-002", 1, ("4R",), "N2", "N2a", ["4R"], None),
     ("LUNG1-002", 2, ("4R",), "N2", "N2a", ["4R"], None),
+    ("A0002", 1, ("7",), "N2", "N2a", ["7"], None),
+    ("A0002", 2, ("7",), "N2", "N2a", ["7"], None),
+    ("A0002", 1, ("7", "4L"), "N3", "N3", ["4L", "7"], (
+        "the 4L node is lost on this noise pattern (N2 instead of N3): on the non-contrast CT "
+        "the node (35 HU, in the fat against the aortic arch) has the density of blood, so the "
+        "classical aorta mask on z = 248 grows over it (its medial edge at y = -120 moves from "
+        "x = 0 to x = -5); the node's smoothed maximum, at (-1, -120, 248) with this noise, lies "
+        "in that vessel lumen, where the SUV backend allows no seed. Its uptake is then swept "
+        "into the plateau grown from a faint seed on the oesophagus behind the trachea "
+        "(-12, -105, 248), a 26 ml region with SUVmax 6.7 and SUVpeak 6.1 that is dropped as "
+        "'diffuse organ uptake (liver/spleen)' although it is far above the diffuse limit "
+        "(1.5 x the 2.5 threshold). With seeds 2 and 3 the maximum falls on z = 240, outside "
+        "the mask, and 4L is found")),
+    ("A0002", 2, ("7", "4L"), "N3", "N3", ["4L", "7"], None),
+    ("A0002", 3, ("7", "4L"), "N3", "N3", ["4L", "7"], None),
 ]
 
 
@@ -104,11 +137,12 @@ WITH_NODES = [
      for case in WITH_NODES])
 def test_true_nodes_are_kept_among_all_confounders_on_a_real_ct(real_data, ct, seed, nodes,
                                                                  n8, n9, stations):
-    """Hot myocardium, brown fat, oesophagus, raised marrow and granulomatous hila together
-    with a true node: the node is found where it was placed and sets the stage."""
-    syn, r = real_staged(RealCase(ct, tuple(LISTED_AS), nodes, seed), real_path)
+    """Hot myocardium, brown fat, oesophagus, raised marrow and granulomatous hila (those the
+    CT carries, :data:`CONFOUNDERS`) together with true nodes: each node is found where it
+    was placed and the nodes set the stage."""
+    syn, r = real_staged(RealCase(ct, CONFOUNDERS[ct], nodes, seed), real_path)
     msg = describe(r)
     _, _, _, placed = real_scene(ct, real_path)
     for name in nodes:
-        assert near(r["nodes"], placed[name].centre_mm, 6.0), msg
+        assert near(r["nodes"], placed[name].centre_mm, NODE_TOLERANCE_MM[ct]), msg
     assert (r["n_stage"], r["n_stage_9th"], counted(r)) == (n8, n9, stations), msg
