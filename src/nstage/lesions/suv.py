@@ -15,7 +15,10 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    (never below the floor, default 2.5); inside liver and spleen the PERCIST liver level
    ``max(T, 1.5 x liver mean + 2 SD)`` applies so their physiological background does not seed.
    Vessel lumens (aorta, pulmonary vessels, caval and brachiocephalic veins, ...) hold the
-   blood pool: nothing seeds or grows inside them.
+   blood pool: nothing seeds or grows inside them where the uptake at the SUVpeak scale is
+   below the threshold. Blood at the blood-pool level never reaches it, so uptake that does is
+   not blood: a node that a vessel mask grew over (node and blood have the same density on a
+   CT without contrast) still seeds and grows.
 4. Seeds are local maxima of the SUV smoothed to the scale of a 1 ml sphere (the PERCIST
    SUVpeak volume; a Gaussian of the same second moment) whose raw local SUVmax reaches the
    threshold (``seed_max_fraction`` of it: the PET resampled onto the CT grid loses a little
@@ -485,6 +488,8 @@ class _Grower:
         sigma = [th["seed_smoothing_mm"] / s for s in self.spacing]
         self.smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
         sb = self.smooth[box]
+        # Vessel voxels whose SUVpeak-scale uptake reaches the threshold are not blood.
+        self.blood = self.blood & (self.smooth < self.threshold)
         # Small nodes lose much of their maximum to the smoothing: the raw SUVmax within the
         # ball decides, the smoothed value only has to be clear of the background.
         candidate = (sb >= th["seed_smoothed_min_fraction"] * self.threshold) \
