@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage as ndi
 
 from nstage.anatomy.base import GROUPS, Anatomy
 from nstage.anatomy.totalseg import STAGING_CLASSES
@@ -140,6 +139,8 @@ def _on_grid(image: sitk.Image, reference: sitk.Image) -> np.ndarray:
 
 
 def _crop_of(mask: np.ndarray) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    from scipy import ndimage as ndi
+
     found = ndi.find_objects(mask.astype(np.uint8))
     if not found or found[0] is None:
         return None
@@ -253,6 +254,8 @@ def _multilabel_file(path: Path, reference: sitk.Image, task: str | None,
     if unknown:
         out.notes.append(f"{path.name}: label values {unknown[:8]} not in the "
                          f"{how} were ignored")
+    from scipy import ndimage as ndi
+
     boxes = ndi.find_objects(np.where(labels > 0, labels, 0), max_label=max(values, default=0))
     present = set()
     for v in values:

@@ -311,11 +311,19 @@ def _judge_background(regions: np.ndarray, ids: set[int], ctx: Context,
             records.append(view.record(*shape))
             if recognised is not None:
                 recognised(view, shape[0])
-        else:
+        elif view.suv_peak < ctx.th["diffuse_max_threshold_ratio"] * ctx.threshold:
             records.append(view.record(
                 "diffuse organ uptake", f"{view.volume_ml:.0f} ml of faint uptake (SUVpeak "
                 f"{view.suv_peak:.1f}) that no seed stood out from: diffuse organ uptake "
                 "(liver/spleen)"))
+        else:
+            # Grown from a faint seed, it took in hotter uptake that no seed of its own
+            # reached: say so rather than call it faint.
+            records.append(view.record(
+                "diffuse organ uptake", f"{view.volume_ml:.0f} ml of uptake grown from a faint "
+                f"seed as one plateau, but reaching SUVpeak {view.suv_peak:.1f} (above "
+                f"{ctx.th['diffuse_max_threshold_ratio']} x the threshold {ctx.threshold:.1f}) "
+                "with no seed of its own: not assessed as a lesion; read it on the images"))
     return background, keep, n_marrow
 
 
