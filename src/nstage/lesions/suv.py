@@ -488,8 +488,10 @@ class _Grower:
         sigma = [th["seed_smoothing_mm"] / s for s in self.spacing]
         self.smooth[box] = ndi.gaussian_filter(suv[box], sigma, mode="nearest")
         sb = self.smooth[box]
-        # Vessel voxels whose SUVpeak-scale uptake reaches the threshold are not blood.
-        self.blood = self.blood & (self.smooth < self.threshold)
+        # Vessel voxels whose SUVpeak-scale uptake reaches the threshold are not blood (only
+        # the box can hold any: the smoothed image is zero outside it).
+        self.blood = self.blood.copy()
+        self.blood[box] &= sb < self.threshold
         # Small nodes lose much of their maximum to the smoothing: the raw SUVmax within the
         # ball decides, the smoothed value only has to be clear of the background.
         candidate = (sb >= th["seed_smoothed_min_fraction"] * self.threshold) \
