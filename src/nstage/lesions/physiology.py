@@ -38,7 +38,11 @@ Order of the judgement (:func:`judge`):
 
    a physiological component keeps a distinct focus that is hotter than the rest
    (``focus_prominence``) and node-shaped, outlined against the component's own level;
-4. brown fat, per seed's region (split by a watershed where it holds distinct foci): its core
+4. a short piece of mild uptake split off recognised oesophageal or marrow uptake (at a bend,
+   at the hiatus, or where an organ mask took the uptake in between) is the same uptake when
+   joined to it without a saddle and not standing out from it (:func:`_continues`,
+   ``continuation_gap_mm``, ``continuation_bridge_mm``);
+5. brown fat, per seed's region (split by a watershed where it holds distinct foci): its core
    (SUV >= ``brown_fat_core_fraction`` x its max) largely of fat density
    (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003), with where it
    lies (neck / supraclavicular, paravertebral) and its mirror image across the midline in
