@@ -251,9 +251,12 @@ def _start_slow_batch(cohort: Path, out: Path, *extra: str) -> subprocess.Popen:
     """``nstage batch --workers 2`` whose cases take a minute; returns once two cases run."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT / "src"),
                                                         str(PROJECT / "tests")])}
+    # SIGINT as in an interactive shell: a test run started as a background job of a
+    # non-interactive shell inherits it ignored, and the SIGINT case would wait for nothing.
     proc = subprocess.Popen([sys.executable, "-c", BATCH_CLI, "batch", "--cases", str(cohort),
                              "--out", str(out), "--workers", "2", *extra], cwd=PROJECT,
-                            env=env, stderr=subprocess.PIPE, text=True)
+                            env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(calls(cohort)) < 2 and proc.poll() is None:
         time.sleep(0.05)

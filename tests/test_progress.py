@@ -35,12 +35,19 @@ def phantom_case(tmp_path_factory) -> Path:
     return out / "input"
 
 
+def _interactive_sigint() -> None:
+    """In the child before exec: SIGINT as in an interactive shell. A test run started as a
+    background job of a non-interactive shell inherits SIGINT ignored, and Python then never
+    raises KeyboardInterrupt: the Ctrl-C these tests send would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _nstage(*args: str, **kw) -> subprocess.Popen:
     # A new session: the test sends SIGINT to the whole group, as a terminal's Ctrl-C does
     # (child processes such as the report's PDF writer get it too).
     return subprocess.Popen([sys.executable, "-m", "nstage", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
-                            **kw)
+                            preexec_fn=_interactive_sigint, **kw)
 
 
 # ---------------------------------------------------------------------------- the reporter
