@@ -20,7 +20,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
 from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
-from nstage.morphology import ball, bounding_box, dilate, fill_holes_axial
+from nstage.morphology import bounding_box, dilate, fill_holes_axial
 from nstage.thresholds import resolve
 
 if TYPE_CHECKING:
@@ -425,8 +425,14 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
                   for a, r in zip(kji.T, (n // 2 for n in kernel.shape), strict=True))
     peak_map = ndi.convolve(s[reach].astype(np.float64), kernel, mode="constant", cval=0.0)
     suv_peak = float(peak_map[comp[reach]].max())
+    centroid = tuple(float(v) for v in index_to_mm(ct, kji.mean(axis=0) + offset))
+    max_pt = tuple(float(v) for v in index_to_mm(ct, kji[i_max] + offset))
+
+    dist = ndi.distance_transform_edt(~comp, sampling=spacing)
+    h = hu[box]
+    hot = s >= mth["core_fraction"] * suv_max
     short_ax, long_ax = _axes(comp, spacing)
-    tissue = _ct_tissue(comp, s >= mth["core_fraction"] * suv_max, hu[box], spacing, mth)
+    tissue = _ct_tissue(comp, hot, h, dist <= mth["ct_tissue_margin_mm"], mth)
     if tissue is not None:
         # CLINICAL.md 3: the short axis is a CT measurement. A small node's PET outline is
         # narrower than the node (partial volume), so its soft tissue on CT is measured
@@ -434,10 +440,6 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
         ct_short, ct_long = _axes(tissue, spacing)
         if ct_short > short_ax:
             short_ax, long_ax = ct_short, max(long_ax, ct_long)
-    centroid = tuple(float(v) for v in index_to_mm(ct, kji.mean(axis=0) + offset))
-    max_pt = tuple(float(v) for v in index_to_mm(ct, kji[i_max] + offset))
-
-    dist = ndi.distance_transform_edt(~comp, sampling=spacing)
     shell = (dist > 0) & (dist <= mth["shell_mm"])
     lab = ctx.labels[box]
     inside, surround, distance = {}, {}, {}
@@ -477,8 +479,7 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
     zones = {"mediastinal": float(med[comp].mean()), "hilar": float(hil[comp].mean()),
              "nodal": float((med | hil)[comp].mean()), "lung_filled": float(filled[comp].mean())}
     zones = {k: v for k, v in zones.items() if v}
-    h = hu[box]
-    core = comp & (s >= mth["core_fraction"] * suv_max) & (h > -500)
+    core = comp & hot & (h > -500)
     core_hu = float(np.median(h[core])) if core.any() else float("nan")
     grown = dilate(comp, _FULL)
     touching = tuple(int(v) for v in np.unique(labels[box][grown]) if v and v != lid)
@@ -496,18 +497,17 @@ def _measure_one(lid: int, box, labels, suv, hu, ct, spacing, vox_ml, kernel, ct
         extension_centroid_mm=ext_c, extension_zone=ext_zone, contiguous_with=touching)
 
 
-def _ct_tissue(comp: np.ndarray, hot: np.ndarray, h: np.ndarray,
-               spacing: tuple[float, float, float], mth: dict) -> np.ndarray | None:
+def _ct_tissue(comp: np.ndarray, hot: np.ndarray, h: np.ndarray, reach: np.ndarray,
+               mth: dict) -> np.ndarray | None:
     """The soft tissue on CT that a PET region outlines: voxels in ``ct_tissue_hu`` within
-    ``ct_tissue_margin_mm`` of the region (the PET blur), connected to its hot core (SUV >=
-    ``core_fraction`` x SUVmax). None when the core holds no soft tissue (a lesion in air or
-    bone, or a CT that does not cover it)."""
+    ``reach`` (the region and ``ct_tissue_margin_mm`` around it: the PET blur), connected to
+    its hot core (SUV >= ``core_fraction`` x SUVmax). None when the core holds no soft tissue
+    (a lesion in air or bone, or a CT that does not cover it)."""
     lo, hi = mth["ct_tissue_hu"]
     soft = (h >= lo) & (h <= hi)
     seed = comp & hot & soft
     if not seed.any():
         return None
-    reach = dilate(comp, ball(spacing, float(mth["ct_tissue_margin_mm"])))
     lab, _ = ndi.label(soft & reach, structure=_FULL)
     keep = np.unique(lab[seed])
     return np.isin(lab, keep[keep > 0])
