@@ -447,24 +447,23 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     for idx, st in pending_lung:
         rec = requested_node(st, float(rng.uniform(10.0, 20.0)), float(rng.uniform(4.0, 12.0)))
         rec["order"] = idx
-    if "hilar-symmetric" in spec.confounders:
-        short = float(rng.uniform(9.0, 11.0))
-        target = float(rng.uniform(2.0, 2.3))
+    def hilar_pair(name: str, short_mm: tuple[float, float], blurred: tuple[float, float],
+                   min_short: float) -> None:
+        """10R and 10L alike: one drawn short axis and blurred SUVmax for both."""
+        short = float(rng.uniform(*short_mm))
+        target = float(rng.uniform(*blurred))
         suv = _activity_for(target, short / 2.0, 0.6, model.fwhm_mm)
         for st in ("10R", "10L"):
-            rec = node_node(st, "confounder", False, short, suv, min_short=8.0)
+            rec = node_node(st, "confounder", False, short, suv, min_short=min_short)
             rec["target_blurred_max"] = target
-            rec["confounder"] = "hilar-symmetric"
+            rec["confounder"] = name
+
+    if "hilar-symmetric" in spec.confounders:
+        hilar_pair("hilar-symmetric", (9.0, 11.0), (2.0, 2.3), min_short=8.0)
     if "granulomatous-hila" in spec.confounders:
         # Granulomatous / reactive hilar nodes: both sides, same size, SUVmax about 3 (above
         # the 2.5 convention, below 4: CLINICAL.md 3, Hellwig 2007).
-        short = float(rng.uniform(10.0, 13.0))
-        target = float(rng.uniform(2.8, 3.3))
-        suv = _activity_for(target, short / 2.0, 0.6, model.fwhm_mm)
-        for st in ("10R", "10L"):
-            rec = node_node(st, "confounder", False, short, suv, min_short=9.0)
-            rec["target_blurred_max"] = target
-            rec["confounder"] = "granulomatous-hila"
+        hilar_pair("granulomatous-hila", (10.0, 13.0), (2.8, 3.3), min_short=9.0)
     primary = None
     if spec.primary_side != "none":
         lobe = f"lung_{spec.primary_lobe}_lobe_{spec.primary_side}"
