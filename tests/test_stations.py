@@ -63,6 +63,10 @@ CASES = [
     ("9R", measured(-38, 30, -70, lung=0.0, esophagus=22.0), "9R", "right"),
     ("9L", measured(38, 30, -80, lung=1.0, esophagus=20.0), "9L", "left"),
     ("9R unmeasured", node(-40, 30, -60), "9R", "right"),
+    # 15 mm below the left dome (-115) but against the lung (2 mm): the ligament's lowest
+    # part in the posterior recess, still station 9 (IASLC: down to the diaphragm).
+    ("9L below the dome against the lung",
+     measured(38, 35, -130, lung=2.0, esophagus=22.0), "9L", "left"),
     ("11R", measured(-30, 6, -25, lung=0.0, inside_lung="lung_right", fraction=0.8),
      "11R", "right"),
     ("11L", measured(50, 8, -35, lung=0.0, inside_lung="lung_lower_lobe_left", fraction=0.7),
@@ -85,6 +89,11 @@ NOT_REGIONAL = [
     ("axillary left", measured(135, 5, 0, lung=None)),
     ("abdominal below diaphragm", measured(20, 20, -170, lung=None)),
     ("abdominal unmeasured", node(-30, 0, -150)),
+    # Left dome at z -115: 15 mm below it, 5 mm from the lung (not touching: contact is 3 mm),
+    # next to the aorta's front: the gastro-oesophageal junction / cardia, not the pulmonary
+    # ligament (station 9 lies within the ligament, which is attached to the lung).
+    ("hiatus below the dome not touching the lung",
+     measured(30, 10, -130, lung=5.0, esophagus=25.0)),
     ("inside liver", node(-60, 0, -95, inside={"liver": 0.9, "body": 1.0})),
     ("lateral shoulder", node(120, 0, 85)),
 ]
@@ -413,3 +422,13 @@ def test_any_missing_landmark_still_assigns_and_says_so(missing):
     r4 = assign(node(-16, 2, 20), marks)
     if missing not in (lm.BRACHIOCEPHALIC_CROSSING, lm.AZYGOS_BOTTOM):
         assert r4.station == "4R", r4.reason
+
+
+def test_below_the_dome_off_the_lung_is_abdominal_with_station_9_as_its_alternative():
+    """5 mm from the lung, 2 mm beyond the 3 mm contact distance (``lung_contact_mm``): the
+    boundary's soft zone (``boundary_soft_mm`` 10) gives P(9L) = 0.5 (1 - 2/10) = 0.4 by hand;
+    the station stays "not regional" and 9L is its only alternative."""
+    result = assign(measured(30, 30, -130, lung=5.0, esophagus=25.0), chest())
+    assert result.station is None, result.reason
+    assert "outside the pulmonary ligament" in result.reason
+    assert [(a.station, a.probability) for a in result.alternatives] == [("9L", 0.4)]

@@ -12,8 +12,9 @@ go in; a :class:`StationAssignment` comes out. Every position comes from the lan
 How a node is placed, in order (the first rule that claims it decides):
 
 1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical); below
-   the diaphragm dome away from the lung bases (abdominal); lateral, not in the lung and not
-   between the lungs (axillary / chest wall / pleura).
+   the diaphragm dome away from the lung bases or not touching the lung (abdominal: below the
+   dome, station 9's pulmonary ligament lies against the lung); lateral, not in the lung and
+   not between the lungs (axillary / chest wall / pleura).
 2. Intrapulmonary (11-14): inside the (hole-filled) lung or rimmed by it, outside the hilar
    zone around the main bronchus; 11 / 12 / 13 / 14 by distance from the bronchus's end.
 3. Station 1: between the manubrium top and the trachea top; side by the tracheal midline.
@@ -558,6 +559,16 @@ def _non_regional(p: Point, f: _Frame, c: _Contacts, mid: float,
             return _Decision(None, side, below, [dia], [margin], unmeasured=True)
         if c.lung_distance > s.abdominal_lung_gap_mm:
             return _Decision(None, side, [*below, "away from the lung bases"], [dia], [margin])
+        if c.lung_distance > s.lung_contact_mm:
+            # Below the dome only the pulmonary ligament's lowest part (station 9) and the
+            # posterior recesses are still thoracic, and the ligament is attached to the
+            # lung: uptake there that does not touch the lung lies at the hiatus or in the
+            # upper abdomen (gastro-oesophageal junction, cardia, retrocrural space).
+            return _Decision(None, side, [
+                *below, f"not touching the lung ({_away(c.lung_distance)}): outside the "
+                "pulmonary ligament, which reaches below the dome only against the lung"],
+                [dia], [margin, _Margin(_NEXT, "lung contact",
+                                        c.lung_distance - s.lung_contact_mm)])
     in_chest = f.manubrium is None or z <= f.manubrium.z  # above it: station 1 or neck
     off_mid = abs(x - mid)
     walls = f.landmarks.lung_walls_at(z)
@@ -884,7 +895,9 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
     if c.esophagus_distance is not None:
         near_eso = c.esophagus_distance <= s.esophagus_contact_mm
         eso_margin = abs(s.esophagus_contact_mm - c.esophagus_distance)
-        eso_words = f"{c.esophagus_distance:.0f} mm from the oesophagus"
+        eso_words = (f"{c.esophagus_distance:.0f} mm from the oesophagus"
+                     if math.isfinite(c.esophagus_distance)
+                     else "no oesophagus within the search radius")
     else:
         near_eso = dx <= s.paraesophageal_max_mm
         eso_margin = abs(s.paraesophageal_max_mm - dx)
