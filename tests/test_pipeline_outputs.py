@@ -111,7 +111,7 @@ def test_pdf_process_dying_becomes_a_note(staged, tmp_path, monkeypatch):
 
 def test_both_files_are_saved_here_where_fork_is_not_allowed(staged, tmp_path, monkeypatch):
     saves = _recording_saves(monkeypatch)
-    monkeypatch.setattr(figure, "_fork_allowed", lambda: False)
+    monkeypatch.setattr(figure, "fork_allowed", lambda: False)
     write_outputs(_fresh(staged), tmp_path, RunOptions())
     assert sorted(saves) == [(os.getpid(), ".pdf"), (os.getpid(), ".png")]
     for name in (figure.PNG_NAME, figure.PDF_NAME, OUTPUT_JSON):

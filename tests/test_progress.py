@@ -188,7 +188,7 @@ def _interrupt_after(args: list[str], marker: str | None, delay: float = 0.0):
 @pytest.mark.slow
 @pytest.mark.parametrize("after", ["nstage: anatomy", "nstage: staging"])
 def test_ctrl_c_during_a_run_ends_with_one_line_and_130(phantom_case, tmp_path, after):
-    """SIGINT while the landmarks thread runs, and while the overlay, the report PNG and its
+    """SIGINT while the landmarks child runs, and while the overlay, the report PNG and its
     forked PDF writer run: progress lines, then exactly one line, never a traceback."""
     code, lines, signalled = _interrupt_after(
         ["run", "--ct", str(phantom_case), "--out", str(tmp_path / "out")], after)

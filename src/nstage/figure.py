@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
-import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nstage.forked import child_setup, fork_allowed, start_child
 from nstage.geometry import canonical, index_to_mm, mm_to_index
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU): mediastinal window
@@ -326,13 +325,6 @@ def _choose_layout(fig, body_top: float, paragraphs: list[Paragraph], n_marks: i
 PDF_TIMEOUT_S = 120.0
 
 
-def _fork_allowed() -> bool:
-    """Linux, and not inside a daemonic worker process (which may not have children)."""
-    import multiprocessing as mp
-
-    return sys.platform.startswith("linux") and not mp.current_process().daemon
-
-
 def _start_pdf(fig, path: Path, dpi: int):
     """Start saving the figure as PDF; returns a function that waits for it and raises
     RuntimeError when the PDF was not written.
@@ -341,25 +333,10 @@ def _start_pdf(fig, path: Path, dpi: int):
     renders take about the same time and share nothing once the figure is built.
     Elsewhere the PDF is saved here, before returning.
     """
-    if not _fork_allowed():
+    if not fork_allowed():
         _save_atomic(fig, path, dpi)
         return lambda: None
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_pdf_child, args=(fig, path, dpi, send), daemon=True,
-                        name="nstage-report-pdf")
-    # Ctrl-C goes to the whole process group: the child ignores it (the parent reports the
-    # interruption once and waits for it), and SIGINT stays blocked across the fork so it
-    # cannot reach the child before the child ignores it.
-    blocked = _block_sigint()
-    try:
-        child.start()
-    finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    send.close()
+    child, receive = start_child(_pdf_child, (fig, path, dpi), "nstage-report-pdf")
 
     def wait() -> None:
         try:
@@ -381,18 +358,8 @@ def _start_pdf(fig, path: Path, dpi: int):
     return wait
 
 
-def _block_sigint() -> bool:
-    """Block SIGINT in this thread (True) where the platform allows it."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return False
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    return True
-
-
 def _pdf_child(fig, path: Path, dpi: int, conn) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    child_setup()
     try:
         _save_atomic(fig, path, dpi)
         conn.send(None)

@@ -14,7 +14,6 @@ import importlib
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import SimpleITK as sitk
 
 from nstage import __version__, staging
 from nstage.anatomy.base import Anatomy
+from nstage.forked import Forked
 from nstage.progress import QUIET, StepReporter
 from nstage.progress import reporter as progress_reporter
 from nstage.study import Study
@@ -257,7 +257,6 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     """
     from nstage import anatomy as anatomy_mod
     from nstage import findings as findings_mod
-    from nstage import landmarks as landmarks_mod
     from nstage import lesions as lesions_mod
     from nstage import placement, positivity, stations
     from nstage.anatomy.crop import thorax_box
@@ -297,22 +296,24 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             "both lungs are needed to stage the mediastinum".format(**lung_ml)
         )
 
-    # Landmarks and the findings' anatomy masks depend on the anatomy alone: a second thread
-    # computes them while the lesions are segmented (numpy and scipy release the GIL in
-    # their loops, so on two cores they cost almost no wall time).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstage-anatomy-side") as pool:
-        landmarks_job = pool.submit(timer.timed, "landmarks", landmarks_mod.find, anatomy,
-                                    thresholds)
-        context_job = pool.submit(findings_mod.measurement_context, anatomy, work_ct,
-                                  thresholds)
+    # Landmarks and the findings' anatomy masks depend on the anatomy alone: a forked child
+    # computes them while the lesions are segmented here (scipy.ndimage holds the GIL, so a
+    # thread would mostly wait; without fork they are computed here afterwards).
+    side = Forked(_anatomy_side, anatomy, work_ct, thresholds, name="nstage-anatomy-side")
+    try:
         with timer.step("lesions"):
             lesion_mask = lesions_mod.segment(
                 work_ct, work_pet, anatomy, backend=options.lesions,
                 model_dir=options.lesion_model, folds=options.folds, device=options.device,
                 thresholds=thresholds, checkpoint=options.lesion_checkpoint,
             )
-        lms = landmarks_job.result()
-        context = context_job.result()
+    except BaseException:
+        side.cancel()
+        raise
+    lms, landmark_s, packed = side.result()
+    timer.timings["landmarks"] = round(landmark_s, 3)
+    timer.reporter.part_done("landmarks", landmark_s)
+    context = findings_mod.measurement_context_from(anatomy, packed)
     # Never stage on a wrong frame (issue 16): anatomy that always holds, checked here.
     frame_failures = _frame_failures(anatomy, lms, thresholds) if thorax_in_view else []
     reasons.extend(f.reason for f in frame_failures)
@@ -357,6 +358,17 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
     )
     return StageResult(result=result, overlay=overlay, study=study, work_ct=work_ct,
                        work_pet=work_pet, box=box, placements=placed, nodes=node_results)
+
+
+def _anatomy_side(anatomy: Anatomy, work_ct: sitk.Image, thresholds: dict):
+    """Landmarks, their seconds, and the findings' anatomy masks (bit-packed: they cross a
+    process boundary, :class:`nstage.forked.Forked`)."""
+    from nstage import findings, landmarks
+
+    t0 = time.perf_counter()
+    lms = landmarks.find(anatomy, thresholds)
+    seconds = time.perf_counter() - t0
+    return lms, seconds, findings.measurement_context(anatomy, work_ct, thresholds).packed()
 
 
 def _stage(placed: Placements, reference_suv: dict, thresholds: dict,

@@ -17,6 +17,7 @@ Bq/ml; values that clearly are not SUV are refused.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -587,8 +588,17 @@ def load_study(ct: str | Path, pet: str | Path | None = None, *,
     check_input_sizes([ct_src.size(), pet_src.size()], memory_limit(max_memory_gb))
     identity_notes = check_same_study(ct_src.identity, pet_src.identity, ct_src.path,
                                       pet_src.path, allow_different_studies)
-    pet_part = _read_pet(pet_src, override)
-    ct_part = _read_ct(ct_src)
+    # The PET is read in a second thread while the CT is read here: decompression and
+    # reading release the GIL, so on two cores the two reads overlap. The PET's error, if
+    # any, is raised first, as when they were read one after the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nstage-read-pet") as pool:
+        pet_job = pool.submit(_read_pet, pet_src, override)
+        try:
+            ct_part = _read_ct(ct_src)
+        except Exception:
+            pet_job.result()
+            raise
+        pet_part = pet_job.result()
     ct_part.notes.extend(identity_notes)
     return assemble_study(ct_part, pet_part)
 
