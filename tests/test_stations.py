@@ -67,6 +67,10 @@ CASES = [
     # part in the posterior recess, still station 9 (IASLC: down to the diaphragm).
     ("9L below the dome against the lung",
      measured(38, 35, -130, lung=2.0, esophagus=22.0), "9L", "left"),
+    # 10 mm below the left dome, 8 mm from the lung, against the oesophagus (3 mm): a low
+    # paraoesophageal node above the hiatus; station 8 reaches down to the diaphragm.
+    ("8L below the dome against the oesophagus",
+     measured(15, 20, -125, lung=8.0, esophagus=3.0), "8L", "left"),
     ("11R", measured(-30, 6, -25, lung=0.0, inside_lung="lung_right", fraction=0.8),
      "11R", "right"),
     ("11L", measured(50, 8, -35, lung=0.0, inside_lung="lung_lower_lobe_left", fraction=0.7),

@@ -12,9 +12,8 @@ go in; a :class:`StationAssignment` comes out. Every position comes from the lan
 How a node is placed, in order (the first rule that claims it decides):
 
 1. Not regional (``station=None``): above the trachea top (cricoid proxy, cervical); below
-   the diaphragm dome away from the lung bases or not touching the lung (abdominal: below the
-   dome, station 9's pulmonary ligament lies against the lung); lateral, not in the lung and
-   not between the lungs (axillary / chest wall / pleura).
+   the diaphragm dome away from the lung bases (abdominal); lateral, not in the lung and not
+   between the lungs (axillary / chest wall / pleura).
 2. Intrapulmonary (11-14): inside the (hole-filled) lung or rimmed by it, outside the hilar
    zone around the main bronchus; 11 / 12 / 13 / 14 by distance from the bronchus's end.
 3. Station 1: between the manubrium top and the trachea top; side by the tracheal midline.
@@ -25,7 +24,9 @@ How a node is placed, in order (the first rule that claims it decides):
    border, 2L / 4L / 10L by the arch top and the left PA top.
 5. Below the carina: 7 between the main bronchi down to ``station7_bottom``; beside a main
    bronchus 4R / 4L while above the station 10 upper border, else 10; lower down 8 next to
-   the oesophagus, 9 away from it below the inferior pulmonary vein, 10 near the hilum.
+   the oesophagus, 9 away from it below the inferior pulmonary vein, 10 near the hilum. Below
+   the diaphragm dome, uptake away from both the oesophagus and the lung is not regional:
+   station 9 lies within the pulmonary ligament, which is attached to the lung.
 
 Uncertainty: each boundary that decided the station has a soft zone (``boundary_soft_mm``,
 or ``approximated_soft_mm`` when its landmark was approximated or the contact it rests on
@@ -559,16 +560,6 @@ def _non_regional(p: Point, f: _Frame, c: _Contacts, mid: float,
             return _Decision(None, side, below, [dia], [margin], unmeasured=True)
         if c.lung_distance > s.abdominal_lung_gap_mm:
             return _Decision(None, side, [*below, "away from the lung bases"], [dia], [margin])
-        if c.lung_distance > s.lung_contact_mm:
-            # Below the dome only the pulmonary ligament's lowest part (station 9) and the
-            # posterior recesses are still thoracic, and the ligament is attached to the
-            # lung: uptake there that does not touch the lung lies at the hiatus or in the
-            # upper abdomen (gastro-oesophageal junction, cardia, retrocrural space).
-            return _Decision(None, side, [
-                *below, f"not touching the lung ({_away(c.lung_distance)}): outside the "
-                "pulmonary ligament, which reaches below the dome only against the lung"],
-                [dia], [margin, _Margin(_NEXT, "lung contact",
-                                        c.lung_distance - s.lung_contact_mm)])
     in_chest = f.manubrium is None or z <= f.manubrium.z  # above it: station 1 or neck
     off_mid = abs(x - mid)
     walls = f.landmarks.lung_walls_at(z)
@@ -917,6 +908,20 @@ def _below_carina(p: Point, f: _Frame, c: _Contacts, mid: float,
                    _Margin(f"10{letter}", "9/10", f.ipv.z - z, f.ipv)]
         text = (f"pulmonary ligament: below the inferior pulmonary vein, medial to the {side} "
                 f"lower lobe, {eso_words}")
+        dia = f.diaphragm.get(side)
+        if not lung_ok and dia is not None and z < dia.z:
+            # The ligament reaches below the dome only along the lung (into the posterior
+            # recess); uptake there off the lung and the oesophagus lies at the hiatus or in
+            # the upper abdomen (gastro-oesophageal junction, cardia, retrocrural space).
+            return _Decision(None, side, [
+                f"abdominal: {dia.z - z:.0f} mm below the {side} diaphragm dome, not touching "
+                f"the lung ({_away(c.lung_distance)}), {eso_words}: outside the pulmonary "
+                "ligament (station 9 lies within it, against the lung) and not paraesophageal"],
+                [dia, f.ipv],
+                [_Margin(f"9{letter}", "lung contact", c.lung_distance - s.lung_contact_mm),
+                 _Margin(f"9{letter}", "diaphragm", dia.z - z, dia),
+                 _Margin(f"8{letter}", "8/outside", eso_margin)],
+                unmeasured=unmeasured)
         if not lung_ok:
             text += f" (not touching the lung: {_away(c.lung_distance)})"
             margins.append(_Margin(None, "9/outside", 0.0))
