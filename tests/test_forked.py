@@ -108,3 +108,44 @@ def test_measurement_context_survives_packing():
     for name in ("lung_filled", "mediastinal", "hilar"):
         assert np.array_equal(getattr(back, name), getattr(here, name)), name
     assert here.hilar.any() and here.mediastinal.any()  # the comparison is not vacuous
+
+
+PARENT_KILLED = r"""
+import os, signal, sys, time
+import numpy as np
+from nstage.forked import Forked
+
+def big(seconds):
+    time.sleep(seconds)
+    return np.ones(20_000_000, dtype=np.uint8)  # far more than a pipe holds
+
+job = Forked(big, 0.5)
+print(job._child.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # as a batch run ends a worker: no cleanup at all
+"""
+
+
+@LINUX_ONLY
+def test_a_child_whose_parent_is_killed_ends_instead_of_waiting_for_ever():
+    """A batch worker ended by the batch run never reads its child's result; the child must
+    not stay blocked writing it into the full pipe (holding the worker's inherited pipes, so
+    the batch run would wait for ever)."""
+    import subprocess
+    import time
+
+    proc = subprocess.run([sys.executable, "-c", PARENT_KILLED], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    assert not _alive(child), "the orphaned child is still running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from realistic_cases import ALL_PHYSIOLOGY, counted, describe, near, phantom_staged
 
-from nstage.phantom import PhantomSpec
+from nstage.phantom import PhantomSpec, make_phantom
 
 # Confounder -> structure(s) under which its uptake must be listed in suppressed_uptake.
 LISTED_AS = {
@@ -155,3 +155,24 @@ def test_left_primary_with_4l_5_6_is_n2_and_never_right_sided(seed, confounders)
         if node["station"] in ("4L", "5", "6"):
             found = near(r["nodes"], node["centroid_mm"], 8.0)
             assert [n["station"] for n in found] == [node["station"]], msg
+
+
+@pytest.mark.slow
+def test_gastro_oesophageal_junction_along_a_segmented_oesophagus_is_oesophageal_uptake():
+    """With anatomy whose oesophagus reaches the hiatus (the phantom's own labels, as
+    TotalSegmentator's would), the junction blob of the right 4R + 7 seed 3 case is
+    recognised where it lies, along the oesophagus mask, not merely kept out of N as
+    abdominal: listed as oesophageal uptake; stage N2 / N2b (4R and 7 ipsilateral, by hand)."""
+    from realistic_cases import DEFAULTS, study_of
+
+    from nstage.pipeline import stage_study
+
+    ph = make_phantom(PhantomSpec(nodes=("4R", "7"), primary_side="right",
+                                  primary_lobe="lower", seed=3, realistic=True,
+                                  confounders=ALL_PHYSIOLOGY))
+    r = stage_study(study_of(ph.ct, ph.pet, "phantom"), DEFAULTS, anatomy=ph.anatomy).result
+    msg = describe(r)
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == ("N2", "N2b", ["4R", "7"]), msg
+    junction = ph.truth["zones"]["esophagus_mm"][-1]  # the centreline's end: the hiatus
+    listed = near(r["suppressed_uptake"], junction, 12.0)
+    assert [s["structure"] for s in listed] == ["oesophagus"], msg

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nstage.forked import child_setup, fork_allowed, start_child
+from nstage.forked import fork_allowed, start_child
 from nstage.geometry import canonical, index_to_mm, mm_to_index
 
 CT_WINDOW = (40.0, 400.0)  # level, width (HU): mediastinal window
@@ -359,7 +359,6 @@ def _start_pdf(fig, path: Path, dpi: int):
 
 
 def _pdf_child(fig, path: Path, dpi: int, conn) -> None:
-    child_setup()
     try:
         _save_atomic(fig, path, dpi)
         conn.send(None)

@@ -15,6 +15,7 @@ in this process with its own traceback.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -48,13 +49,14 @@ def start_child(target: Callable, args: tuple, name: str):
 
     Ctrl-C goes to the whole process group: the child ignores it (the parent reports the
     interruption once and ends the child), and SIGINT stays blocked across the fork so it
-    cannot reach the child before the child ignores it (:func:`child_setup`).
+    cannot reach the child before the child ignores it (:func:`_child_entry`).
     """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=target, args=(*args, send), daemon=True, name=name)
+    child = ctx.Process(target=_child_entry, args=(target, args, os.getpid(), receive, send),
+                        daemon=True, name=name)
     blocked = block_sigint()
     try:
         child.start()
@@ -68,11 +70,36 @@ def start_child(target: Callable, args: tuple, name: str):
     return child, receive
 
 
-def child_setup() -> None:
-    """First thing in a child from :func:`start_child`: ignore Ctrl-C, then unblock it."""
+def _child_entry(target: Callable, args: tuple, parent_pid: int, receive, send) -> None:
+    """The child's setup, then ``target(*args, send)``.
+
+    Ctrl-C is ignored (the parent handles it and ends the child). The child ends with its
+    parent: a parent killed outright (a batch worker ended by the batch run) never reads the
+    result, and a child left writing it into a full pipe would wait for ever, holding every
+    descriptor it inherited. Closing its copy of the pipe's reading end makes that write fail
+    once the parent is gone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    receive.close()
+    _end_with_parent(parent_pid)
+    target(*args, send)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Linux: the kernel sends SIGKILL to this process when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the prctl call
+        os._exit(1)
 
 
 class Forked(Generic[T]):
@@ -126,7 +153,6 @@ class Forked(Generic[T]):
 
 
 def _run(fn: Callable, args: tuple, conn) -> None:
-    child_setup()
     try:
         value = fn(*args)
     except BaseException as exc:
