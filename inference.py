@@ -48,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from nstage.errors import EXIT_USER_ERROR, NStageError
         from nstage.io.readers import gc_input_value
-        from nstage.memory import reuse_freed_memory
+        from nstage.memory import avoid_huge_page_stalls, reuse_freed_memory
         from nstage.pipeline import RunOptions, run_case
     except ImportError as exc:  # pragma: no cover - broken installation
         print(f"inference.py: nstage is not installed: {exc}", file=sys.stderr)
         return 1
 
     reuse_freed_memory()
+    avoid_huge_page_stalls()
     try:
         allow = args.allow_different_studies or \
             gc_input_value(args.input, "allow-different-studies") is True

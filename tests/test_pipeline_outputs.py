@@ -169,3 +169,25 @@ def test_allocator_setting_applies_on_glibc_and_is_harmless_elsewhere():
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert applied is glibc
     assert reuse_freed_memory() is applied  # idempotent
+
+
+def test_numpy_huge_page_advice_is_switched_off_unless_the_user_chose(monkeypatch):
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+
+    from nstage.memory import avoid_huge_page_stalls
+
+    before = _get_madvise_hugepage()
+    try:
+        _set_madvise_hugepage(True)
+        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+        assert avoid_huge_page_stalls() is True
+        assert _get_madvise_hugepage() is False
+        _set_madvise_hugepage(True)
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's choice is kept
+        assert avoid_huge_page_stalls() is False
+        assert _get_madvise_hugepage() is True
+    finally:
+        _set_madvise_hugepage(before)

@@ -674,9 +674,14 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 def _worker_init(parent_pid: int) -> None:
-    """First thing in every worker: end with the parent; Ctrl-C is the parent's to handle."""
+    """First thing in every worker: end with the parent; Ctrl-C is the parent's to handle;
+    the allocator settings of ``nstage run`` (:mod:`nstage.memory`)."""
+    from nstage.memory import avoid_huge_page_stalls, reuse_freed_memory
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent(parent_pid)
+    reuse_freed_memory()
+    avoid_huge_page_stalls()
 
 
 def _terminate_workers(pool: ProcessPoolExecutor) -> None:

@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USER_ERROR
         command = f"nstage {args.command}"
         if args.command in ("run", "batch", "demo"):
-            from nstage.memory import reuse_freed_memory
+            from nstage.memory import avoid_huge_page_stalls, reuse_freed_memory
 
             reuse_freed_memory()
+            avoid_huge_page_stalls()
         return int(args.func(args) or 0)
     except NStageError as exc:
         print(f"{command}: error: {exc.one_line()}", file=sys.stderr)
