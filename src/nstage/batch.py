@@ -19,7 +19,6 @@ gc-run`` writes the same layout and shares :func:`write_predictions`.
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import os
@@ -648,22 +647,17 @@ def _case_line(out: Path, case_id: str, status: str, error: str) -> str:
             f"({result.get('n_stage_9th', '?')} 9th edition)")
 
 
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
 def _end_with_parent(parent_pid: int) -> None:
     """Make this process end when ``parent_pid`` (the batch run) dies, however it dies.
 
-    Linux: the kernel sends SIGTERM on the parent's death (prctl PR_SET_PDEATHSIG). Every
-    platform: a watchdog thread notices when the parent is gone (the process is re-parented)
-    and exits; it also covers a parent that died before the prctl call.
+    Linux: the kernel sends SIGTERM on the parent's death (:func:`nstage.forked.
+    signal_on_parent_death`). Every platform: a watchdog thread notices when the parent is
+    gone (the process is re-parented) and exits; it also covers a parent that died before the
+    prctl call.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    from nstage.forked import signal_on_parent_death
+
+    signal_on_parent_death(signal.SIGTERM)
 
     def watch() -> None:
         while os.getppid() == parent_pid:

@@ -90,15 +90,28 @@ def _child_entry(target: Callable, args: tuple, parent_pid: int, receive, send) 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def _end_with_parent(parent_pid: int) -> None:
-    """Linux: the kernel sends SIGKILL to this process when its parent dies."""
+def signal_on_parent_death(signum: int) -> bool:
+    """Linux: ask the kernel to send ``signum`` to this process when its parent (the thread
+    that created it) dies (prctl ``PR_SET_PDEATHSIG``); False where that is not available.
+
+    A parent that died before this call is not noticed: compare ``os.getppid()`` with the
+    parent's pid afterwards.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
     except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before the prctl call
+        return False
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """The kernel ends this child when its parent dies, even one that died just now."""
+    signal_on_parent_death(signal.SIGKILL)
+    if os.getppid() != parent_pid:
         os._exit(1)
 
 
