@@ -249,7 +249,6 @@ class _Context:
             d = ndi.distance_transform_edt(~hilar_src[box], sampling=spacing)
             self.hilar[box] = (d <= hilar_zone_mm) & ~lung[box] & ~anatomy.mask("trachea")[box]
 
-
     _MASKS = ("lung_filled", "mediastinal", "hilar")
 
     def packed(self) -> dict:
