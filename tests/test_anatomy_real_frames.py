@@ -169,6 +169,17 @@ def test_liver_found_under_the_right_hemidiaphragm(case):
     assert z_top < lms.get("carina").z_mm - 60.0, "liver below the diaphragm"
 
 
+def test_lung1_left_dome_is_where_the_lung_rests_on_the_diaphragm_not_on_the_heart():
+    """Read on sagittal slices of LUNG1-002 at x = +60 and +85: the posterior left lung rests
+    on the hemidiaphragm at z about -45 to -50, while its anterior part lies over the heart,
+    whose top is at about z +5. The dome is the former (stations: below it is abdominal);
+    taking the lung over the heart put it at +8, 55 mm too high."""
+    _, _, lms = _segmented("lung1")
+    dome = lms.get("diaphragm_left")
+    assert dome is not None and dome.method == "measured"
+    assert -57.0 <= dome.z_mm <= -37.0, dome
+
+
 def test_liver_gives_the_percist_liver_reference():
     """lesions.suv.reference_regions measures the liver sphere on the classical liver."""
     from nstage.geometry import spacing_zyx

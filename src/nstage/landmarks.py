@@ -376,6 +376,8 @@ def _lungs(ctx: _Context, out: Landmarks) -> None:
         ii = np.flatnonzero(cols[k])
         out.lung_extent.append(LungExtent(float(zs[k]), float(x_mm[ii[0]]),
                                           float(x_mm[ii[-1]])))
+    # Lung lying on the heart ends at the heart's upper surface, well above the diaphragm.
+    heart = ctx.anatomy.mask("heart").any(axis=0)
     for side, m in ctx.lungs.items():
         k0, k1 = _z_range(m)
         if k1 is None:
@@ -387,19 +389,22 @@ def _lungs(ctx: _Context, out: Landmarks) -> None:
         edge = " (top of the image: the apex may lie higher)" if k1 == m.shape[0] - 1 else ""
         out.points[name] = _lm(name, apex[2], "measured", f"top of the {side} lung{edge}", apex)
         # Dome: the lung base under the lung's central footprint (away from the costophrenic
-        # recesses and the thin apex), i.e. the 75th percentile of the lowest lung slice per
-        # (y, x) column.
+        # recesses and the thin apex) where it rests on the diaphragm, not on the heart, i.e.
+        # the 75th percentile of the lowest lung slice per (y, x) column.
         proj = m.any(axis=0)
         er = max(1, int(round(15.0 / min(sp[1], sp[2]))))
         core = ndi.binary_erosion(proj, iterations=er) if proj.sum() > 50 else proj
         if not core.any():
             core = proj
+        if (core & ~heart).sum() > 50:
+            core = core & ~heart
         low = np.argmax(m, axis=0)[core]
         k_dome = float(np.percentile(low, 75))
         zd = float(np.interp(k_dome, np.arange(len(zs)), zs))
         name = DIAPHRAGM_LEFT if side == "left" else DIAPHRAGM_RIGHT
         edge = " (bottom of the image: the dome may lie lower)" if k0 == 0 else ""
-        out.points[name] = _lm(name, zd, "measured", f"dome under the {side} lung{edge}")
+        out.points[name] = _lm(name, zd, "measured", f"dome under the {side} lung, where it "
+                               f"rests on the diaphragm (not over the heart){edge}")
 
 
 def _carina(ctx: _Context, out: Landmarks):
