@@ -51,11 +51,17 @@ with its planning contour GTV-1, the heart with its planning contour; clinical T
   (2, 18) at z = 40 to (8, 28) at z = 0 (read at z = 88..0: behind the trachea, then between
   the left atrium and the descending aorta);
 - marrow (SUV 2.9): cancellous bone of the spine (x -25..20, y 20..85);
-- granulomatous hila: 12 mm nodes at (-48, 8, 36) (right, at the bronchus intermedius) and
-  (52, 8, 42) (left, below the left pulmonary artery);
+- granulomatous hila: 12 mm nodes at (-48, 8, 36) (right, at the bronchus intermedius, 4 mm
+  above the top of GTV-1: at PET resolution a shoulder on the tumour's flank, no maximum of
+  its own) and (52, 8, 36) (left, in the soft tissue (28-49 HU) between the lower-lobe
+  bronchus and the interlobar artery, just below the left pulmonary artery, which fills
+  (52, 8) from z = 39 up at 130-147 HU: a node there is soft tissue, not "calcified");
 - true node: 4R at (-20, -2, 76), against the right tracheal wall above the azygos arch
   (z = 73) in this thin patient's narrow right paratracheal stripe (ipsilateral mediastinal
   for the right primary: N2).
+- hidden hilar node: 10R (activity 6) where the right granulomatous twin sits, at the bronchus
+  intermedius 4 mm above GTV-1: a shoulder on the tumour's flank at PET resolution
+  (ipsilateral hilar for the right primary: N1).
 
 Lung-PET-CT-Dx A0002 (the DICOM series: 30 slices at 8 mm, 0.65 mm pixels, no contrast; z = 80
 (upper abdomen: liver, stomach) to 312 (thoracic inlet, above the lung apices, which end at
@@ -246,9 +252,10 @@ def _lung1_002(real_path):
         "marrow": ([Region("marrow", box_mask(ct, ((-25, 20), (20, 85), (-133, 197)))
                            & (hu >= 150) & (hu < 700), 2.9)], []),
         "granulomatous-hila": ([], [Focal.sphere("10R", (-48, 8, 36), 12, 4.6),
-                                    Focal.sphere("10L", (52, 8, 42), 12, 4.6)]),
+                                    Focal.sphere("10L", (52, 8, 36), 12, 4.6)]),
     }
-    nodes = {"4R": Focal.sphere("4R", (-20, -2, 76), 12, 9.0)}
+    nodes = {"4R": Focal.sphere("4R", (-20, -2, 76), 12, 9.0),
+             "10R": Focal.sphere("10R", (-48, 8, 36), 12, 6.0)}
     return ct, base, confounders, nodes
 
 

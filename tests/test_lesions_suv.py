@@ -74,6 +74,43 @@ def test_reference_values_come_from_aorta_and_liver(study):
     assert any("descending aorta" in n for n in lm.notes)
 
 
+def _lesion_centres(syn, lm) -> list[np.ndarray]:
+    """Centroids (mm) of the lesions as the pipeline labels them (split at SUV saddles)."""
+    from nstage.findings import label_lesions
+    from nstage.geometry import spacing_zyx
+    from nstage.thresholds import resolve
+
+    m = resolve(None)["measurement"]
+    lab, n = label_lesions(lm.mask, sitk.GetArrayFromImage(syn.pet), spacing_zyx(syn.ct),
+                          m["split_saddle_fraction"], m["min_piece_ml"])
+    return [index_to_mm(syn.ct, np.argwhere(lab == i).mean(axis=0)) for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_node_hidden_on_the_primarys_flank_is_its_own_lesion(seed):
+    """A 12 mm node (activity 4.6) whose edge lies 3 mm above a 26 mm primary (activity 10),
+    PET of 6.5 mm FWHM on 4 mm voxels with 10% noise: at PET resolution the node is a shoulder
+    on the primary's falling edge (blurred SUV about 3.2-3.6 against 10-11 in the primary), no
+    maximum of its own, and the primary's 41% outline stops below it. It must still be found
+    as a lesion of its own (a hilar node beside a central tumour is N1, not the tumour), and
+    the same PET without the node must hold the primary alone: the flank search finds no
+    focus in the primary's own blur or in the noise."""
+    primary = Sphere((-45.0, 0.0, 10.0), 26.0, 10.0)
+    node_centre = (-45.0, 0.0, 10.0 + 13.0 + 3.0 + 6.0)
+    syn = make_synthetic({"primary": primary, "node": Sphere(node_centre, 12.0, 4.6)},
+                         noise_sd=0.1, seed=seed)
+    lm = segment_suv(syn.ct, syn.pet, syn.anatomy)
+    centres = _lesion_centres(syn, lm)
+    assert len(centres) == 2, (centres, lm.notes)
+    assert min(np.linalg.norm(c - np.array(node_centre)) for c in centres) <= 3.0
+    assert any("on the flank of a hotter lesion" in n for n in lm.notes), lm.notes
+
+    alone = make_synthetic({"primary": primary}, noise_sd=0.1, seed=seed)
+    lm = segment_suv(alone.ct, alone.pet, alone.anatomy)
+    assert len(_lesion_centres(alone, lm)) == 1
+    assert not any("flank" in n for n in lm.notes), lm.notes
+
+
 def test_floor_override_raises_the_threshold():
     syn = make_synthetic()
     lm = segment_suv(syn.ct, syn.pet, syn.anatomy, thresholds={"detection": {"suv_floor": 7.0}})

@@ -32,6 +32,17 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
    unless it stands out from the plateau itself, the plateau is the uptake region (judged as
    a whole: diffuse organ uptake, oesophagus, ...). Physiological organs (heart/myocardium, brain, kidneys,
    bladder, thyroid, bowel) cannot seed; their supra-threshold uptake is listed.
+4b. A focus within about one PET FWHM of a hotter lesion's edge is no maximum of its own
+   (its uptake rises on into the lesion) but bends the lesion's falling profile into a
+   shoulder: a maximum of the curvature (minus the Laplacian) of the SUVpeak-smoothed SUV
+   (Lindeberg 1998). After all seeds are grown, such a curvature maximum outside every region
+   is a focus when its SUVpeak sphere's SUVmax reaches the threshold, it is connected (at its
+   own smoothed level) to a grown lesion more than ``1 / shoulder_max_host_fraction`` times
+   hotter (so it lies beyond that lesion's half-maximum edge, where the lesion's own blurred
+   profile has no curvature maximum), and its curvature exceeds ``shoulder_noise_sd`` SDs of
+   the curvature's noise, measured in the noise reference region like the voxel noise. Its
+   region is its curvature blob above half the maximum, one voxel clear of the lesion, so it
+   is measured and staged on its own (a hilar node on a central tumour's flank).
 5. Where a supra-threshold region touches such an organ, a watershed on the SUV splits it into
    the organ's basin and each seed's basin: spill-out from a hot myocardium flows downhill
    from the heart and belongs to the organ, while a node next to the heart (station 7/8) has its
@@ -151,7 +162,8 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     spacing = spacing_zyx(ct)
     notes: list[str] = []
 
-    ref = reference_regions(suv, hu, anatomy, spacing, th, notes)
+    ref_masks: dict[str, np.ndarray] = {}
+    ref = reference_regions(suv, hu, anatomy, spacing, th, notes, ref_masks)
     bp = ref["blood_pool"]
     threshold = max(float(th["suv_floor"]),
                     th["blood_pool_factor"] * bp + th["blood_pool_sd_factor"] * ref["blood_pool_sd"])
@@ -163,14 +175,21 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     ref["liver_threshold"] = float(liver_threshold)
     noise = noise_model(ref, th, notes)
     ref["noise_sd_blood_pool"] = noise.sd(bp)
+    region = ref_masks.get({"liver sphere": "liver", "blood-pool region": "blood_pool"}
+                           .get(noise.source, ""))
+    flank_noise = curvature_noise(suv, region, spacing, th, noise)
+    if flank_noise is None:
+        notes.append("no PET noise reference region: foci on the flank of a hotter lesion "
+                     "(not a maximum of their own) were not searched")
 
     organ = anatomy.mask(*PHYSIOLOGICAL)
     blood = anatomy.mask(*BLOOD_POOL)
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     suppressed: list[SuppressedUptake] = []
     grower = _Grower(suv, spacing, organ, blood, threshold, th, noise, ct, suppressed,
-                     anatomy.mask("lung"))
+                     anatomy.mask("lung"), flank_noise)
     regions, cands = grower.grow_all(high_bg, liver_threshold)
+    notes.extend(grower.notes)
     ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
                              threshold=threshold, smooth=grower.smooth, blood_pool=float(bp))
     mask, judged = physiology.judge(regions, cands, ctx, grower.background_ids)
@@ -207,13 +226,16 @@ def _summarise(suppressed: list[SuppressedUptake], notes: list[str]) -> None:
 
 def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
                       spacing: tuple[float, float, float], th: dict,
-                      notes: list[str]) -> dict[str, float]:
+                      notes: list[str], masks: dict[str, np.ndarray] | None = None
+                      ) -> dict[str, float]:
     """Blood-pool and liver reference SUVs (PERCIST regions), in SUVbw.
 
     Returns ``blood_pool``, ``blood_pool_sd`` and, when a liver is in view, ``liver`` and
-    ``liver_sd``; ``blood_pool_source`` is encoded in ``notes``.
+    ``liver_sd``; ``blood_pool_source`` is encoded in ``notes``. ``masks``, when given, receives
+    the regions measured (``"blood_pool"``: the aorta cylinder, ``"liver"``: the sphere).
     """
     out: dict[str, float] = {}
+    masks = {} if masks is None else masks
     region = None
     if anatomy.has("aorta"):
         region = descending_aorta_cylinder(anatomy.mask("aorta"), spacing,
@@ -222,6 +244,7 @@ def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
             vals = suv[region]
             out["blood_pool"] = float(vals.mean())
             out["blood_pool_sd"] = float(vals.std())
+            masks["blood_pool"] = region
             notes.append(f"blood pool: 1x2 cm cylinder in the descending aorta ({vals.size} voxels)")
     if "blood_pool" not in out:
         vals = _mediastinal_soft_tissue(suv, hu, anatomy)
@@ -241,6 +264,7 @@ def reference_regions(suv: np.ndarray, hu: np.ndarray, anatomy: Anatomy,
             vals = suv[sphere]
             out["liver"] = float(vals.mean())
             out["liver_sd"] = float(vals.std())
+            masks["liver"] = sphere
         else:
             notes.append("liver: too little liver in view for a reference sphere")
     else:
@@ -268,6 +292,42 @@ def noise_model(ref: dict[str, float], th: dict, notes: list[str]) -> NoiseModel
     notes.append(f"PET noise: coefficient of variation {100 * cov:.0f}% at SUV {level:.1f} "
                  f"({source}), variance taken proportional to the SUV")
     return NoiseModel(ref_suv=float(level), sd_ref=cov * float(level), source=source)
+
+
+def curvature(smooth: np.ndarray, spacing: tuple[float, float, float],
+              sigma_mm: float) -> np.ndarray:
+    """Scale-normalised curvature ``-sigma^2 x Laplacian`` (SUV) of an SUV image smoothed by a
+    Gaussian of ``sigma_mm``: positive on blobs, largest at their centres when ``sigma_mm``
+    matches their size (Lindeberg 1998), and negative beyond a lesion's blurred edge.
+
+    Central second differences in mm along each array axis (``spacing`` in array order), edges
+    replicated.
+    """
+    lap = np.zeros(smooth.shape, dtype=np.float32)
+    for axis, h in enumerate(spacing):
+        lap += ndi.correlate1d(smooth, [1.0, -2.0, 1.0], axis=axis, mode="nearest") / h ** 2
+    return (-sigma_mm ** 2) * lap
+
+
+def curvature_noise(suv: np.ndarray, region: np.ndarray | None,
+                    spacing: tuple[float, float, float], th: dict,
+                    noise: NoiseModel) -> NoiseModel | None:
+    """Noise model of :func:`curvature` at the SUVpeak scale, measured in the PET noise
+    reference region (the one :func:`noise_model` used), with the same square-root growth with
+    the SUV; None without that region.
+
+    PET noise is correlated over a few voxels, so the curvature's noise cannot be derived from
+    the voxel SD: it is measured on the same operator.
+    """
+    if region is None or region.sum() < 10:
+        return None
+    sigma_mm = float(th["seed_smoothing_mm"])
+    pad = [int(np.ceil(4.0 * sigma_mm / s)) + 1 for s in spacing]
+    box = _pad(bounding_box(region), pad, suv.shape)
+    sm = ndi.gaussian_filter(suv[box], [sigma_mm / s for s in spacing], mode="nearest")
+    values = curvature(sm, spacing, sigma_mm)[region[box]]
+    return NoiseModel(ref_suv=noise.ref_suv, sd_ref=float(values.std()),
+                      source=noise.source)
 
 
 def descending_aorta_cylinder(aorta: np.ndarray, spacing: tuple[float, float, float],
@@ -460,9 +520,12 @@ class _Grower:
     ``suppressed`` with their reason.
     """
 
-    def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed, lung):
+    def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed, lung,
+                 flank_noise: NoiseModel | None = None):
         self.suv, self.spacing, self.organ, self.blood = suv, spacing, organ, blood
         self.lung = lung
+        self.flank_noise = flank_noise
+        self.notes: list[str] = []
         self.threshold, self.th, self.noise, self.ct = threshold, th, noise, ct
         self.suppressed = suppressed
         self.smooth = np.zeros(suv.shape, dtype=np.float32)
@@ -528,7 +591,83 @@ class _Grower:
             if background:
                 self.background_ids.add(next_id)
             next_id += 1
+        self._flank_foci(regions, cands, next_id, box, high_bg, liver_threshold)
         return regions, cands
+
+    def _flank_foci(self, regions: np.ndarray, cands: list[_Candidate], next_id: int,
+                    box: tuple[slice, ...], high_bg: np.ndarray, liver_threshold: float) -> None:
+        """Foci hidden on the flank of a hotter lesion (step 4b of the module docstring).
+
+        A node a few mm from a tumour's edge is no maximum of its own at PET resolution: its
+        uptake rises on into the tumour. It still bends the tumour's falling profile into a
+        shoulder, a maximum of the :func:`curvature` at the SUVpeak scale. Such a maximum is a
+        focus when (1) its SUVpeak sphere's SUVmax reaches the seed threshold, (2) at its own
+        smoothed level it is connected to a grown lesion (not to background uptake) whose
+        SUVmax is more than ``1 / shoulder_max_host_fraction`` times its own, so it lies
+        beyond that lesion's edge, and (3) its curvature exceeds ``shoulder_noise_sd`` noise
+        SDs. Its region is its curvature blob above half the maximum, kept one voxel clear of
+        every other region so that it is measured and staged as a lesion of its own.
+        """
+        th, suv, spacing = self.th, self.suv, self.spacing
+        lesion_ids = sorted({c.region_id for c in cands if c.region_id} - self.background_ids)
+        if self.flank_noise is None or not lesion_ids:
+            return
+        sigma_mm = float(th["seed_smoothing_mm"])
+        sb = self.smooth[box]
+        curv = curvature(sb, spacing, sigma_mm)
+        start = np.array([s.start for s in box])
+        candidate = ((curv > 0) & (sb >= th["seed_smoothed_min_fraction"] * self.threshold)
+                     & (regions[box] == 0) & ~self.organ[box] & ~self.blood[box])
+        peaks, _ = ball_maxima(curv, sb, candidate, self.ball)
+        if len(peaks) == 0:
+            return
+        pts = peaks + start
+        wide = ball_stat(suv, pts, spacing, th["peak_radius_mm"], np.max)
+        seed_thr = np.where(high_bg[tuple(pts.T)], liver_threshold, self.threshold)
+        level = sb[tuple(peaks.T)]
+        z = np.array([curv[tuple(q)] / max(self.flank_noise.sd(v), 1e-6)
+                      for q, v in zip(peaks, level, strict=True)])
+        keep = (wide >= th["seed_max_fraction"] * seed_thr) & (z >= th["shoulder_noise_sd"])
+        if not keep.any():
+            return
+        host_max = dict(zip(lesion_ids, ndi.maximum(suv[box], regions[box], lesion_ids),
+                            strict=True))
+        reach = [int(np.ceil(40.0 / s)) for s in spacing]
+        half = [int(np.ceil(15.0 / s)) for s in spacing]
+        frac = float(th["shoulder_max_host_fraction"])
+        for n in np.flatnonzero(keep)[np.argsort(-z[keep], kind="stable")]:
+            p, q = tuple(int(v) for v in pts[n]), tuple(int(v) for v in peaks[n])
+            if regions[p]:
+                continue
+            # The lesion whose flank this is: reached without going below the focus' level.
+            sl = tuple(slice(max(0, c - r), min(m, c + r + 1))
+                       for c, r, m in zip(q, reach, sb.shape, strict=True))
+            loc = tuple(c - s.start for c, s in zip(q, sl, strict=True))
+            lab, _ = ndi.label(sb[sl] >= level[n], structure=_FULL)
+            reached = np.unique(regions[box][sl][lab == lab[loc]])
+            hosts = [host_max[int(r)] for r in reached if int(r) in host_max]
+            if not hosts or wide[n] >= frac * max(hosts):
+                continue
+            # Its own blob, one voxel clear of every region (else it would merge back).
+            sl = tuple(slice(max(0, c - r), min(m, c + r + 1))
+                       for c, r, m in zip(p, half, suv.shape, strict=True))
+            loc = tuple(c - s.start for c, s in zip(p, sl, strict=True))
+            bsl = tuple(slice(s.start - b.start, s.stop - b.start)
+                        for s, b in zip(sl, box, strict=True))
+            clear = ~ndi.binary_dilation(regions[sl] > 0, structure=_FULL)
+            blob = ((curv[bsl] >= 0.5 * curv[q]) & clear & ~self.organ[sl] & ~self.blood[sl])
+            lab, _ = ndi.label(blob, structure=_FULL)
+            if not lab[loc]:
+                continue
+            regions[sl][lab == lab[loc]] = next_id
+            peak = float(ball_stat(suv, np.array([p]), spacing, th["peak_radius_mm"], np.mean)[0])
+            cands.append(_Candidate(p, float(wide[n]), peak, region_id=next_id))
+            next_id += 1
+            centre = index_to_mm(self.ct, np.asarray(p, dtype=float))
+            self.notes.append(
+                f"focus at ({centre[0]:.0f}, {centre[1]:.0f}, {centre[2]:.0f}) mm found on the "
+                f"flank of a hotter lesion (SUVmax {wide[n]:.1f} against {max(hosts):.1f}; "
+                f"curvature {z[n]:.1f} noise SD): not a maximum of its own at PET resolution")
 
     def _organ_seeds(self, sb: np.ndarray, box: tuple[slice, ...]) -> list[_Candidate]:
         """Maxima inside physiological organs whose SUVpeak-sphere SUVmax reaches the
