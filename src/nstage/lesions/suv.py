@@ -462,7 +462,8 @@ def ball_maxima(values: np.ndarray, other: np.ndarray, candidate: np.ndarray,
     and ``ndi.maximum_filter(other, footprint=ball)`` (mode ``"reflect"``) restricted to
     ``candidate``, without filtering the whole array: a voxel must first be the maximum of
     the ball's 3x3x3 core (necessary, since the centre lies in both), which leaves few
-    voxels to test against the whole ball.
+    voxels to test against the whole ball; when the candidates are that few already, each
+    is tested against its ball directly.
 
     Parameters
     ----------
@@ -485,9 +486,12 @@ def ball_maxima(values: np.ndarray, other: np.ndarray, candidate: np.ndarray,
         is_max = candidate & (values == ndi.maximum_filter(values, footprint=ball))
         peaks = np.argwhere(is_max)
         return peaks, ndi.maximum_filter(other, footprint=ball)[tuple(peaks.T)]
-    core = ball[tuple(slice(r - 1, r + 2) for r in h)]
-    is_max = candidate & (values == ndi.maximum_filter(values, footprint=core))
-    peaks = np.argwhere(is_max)
+    if np.count_nonzero(candidate) * np.count_nonzero(ball) < values.size:
+        # Few candidates: testing each against its whole ball is cheaper than any filter.
+        peaks = np.argwhere(candidate)
+    else:
+        core = ball[tuple(slice(r - 1, r + 2) for r in h)]
+        peaks = np.argwhere(candidate & (values == ndi.maximum_filter(values, footprint=core)))
     if peaks.size == 0:
         return peaks, np.zeros(0, dtype=other.dtype)
     offsets = np.argwhere(ball) - h
@@ -609,29 +613,44 @@ class _Grower:
         every other region so that it is measured and staged as a lesion of its own.
         """
         th, suv, spacing = self.th, self.suv, self.spacing
-        lesion_ids = sorted({c.region_id for c in cands if c.region_id} - self.background_ids)
+        lesion_ids = {c.region_id for c in cands if c.region_id} - self.background_ids
         if self.flank_noise is None or not lesion_ids:
             return
         sigma_mm = float(th["seed_smoothing_mm"])
         sb = self.smooth[box]
         curv = curvature(sb, spacing, sigma_mm)
-        start = np.array([s.start for s in box])
-        candidate = ((curv > 0) & (sb >= th["seed_smoothed_min_fraction"] * self.threshold)
+        fn = self.flank_noise
+        # Above the noise, voxel by voxel (a maximum must be too), before looking for maxima:
+        # it leaves a few small spots, so the maxima are searched in their box only.
+        sd = fn.sd_ref * np.sqrt(np.maximum(sb, 0.05) / max(fn.ref_suv, 0.05))
+        candidate = ((curv >= th["shoulder_noise_sd"] * sd)
+                     & (sb >= th["seed_smoothed_min_fraction"] * self.threshold)
                      & (regions[box] == 0) & ~self.organ[box] & ~self.blood[box])
-        peaks, _ = ball_maxima(curv, sb, candidate, self.ball)
+        if not candidate.any():
+            return
+        sub = _pad(bounding_box(candidate), list(np.array(self.ball.shape) // 2), sb.shape)
+        peaks, _ = ball_maxima(curv[sub], sb[sub], candidate[sub], self.ball)
         if len(peaks) == 0:
             return
+        peaks = peaks + np.array([s.start for s in sub])
+        start = np.array([s.start for s in box])
+        level = sb[tuple(peaks.T)]
+        z = curv[tuple(peaks.T)] / sd[tuple(peaks.T)]
         pts = peaks + start
         wide = ball_stat(suv, pts, spacing, th["peak_radius_mm"], np.max)
         seed_thr = np.where(high_bg[tuple(pts.T)], liver_threshold, self.threshold)
-        level = sb[tuple(peaks.T)]
-        z = np.array([curv[tuple(q)] / max(self.flank_noise.sd(v), 1e-6)
-                      for q, v in zip(peaks, level, strict=True)])
-        keep = (wide >= th["seed_max_fraction"] * seed_thr) & (z >= th["shoulder_noise_sd"])
+        keep = wide >= th["seed_max_fraction"] * seed_thr
         if not keep.any():
             return
-        host_max = dict(zip(lesion_ids, ndi.maximum(suv[box], regions[box], lesion_ids),
-                            strict=True))
+        objects = ndi.find_objects(regions)
+        host_max: dict[int, float] = {}
+
+        def lesion_max(rid: int) -> float:
+            if rid not in host_max:
+                sl = objects[rid - 1]
+                host_max[rid] = float(suv[sl][regions[sl] == rid].max())
+            return host_max[rid]
+
         reach = [int(np.ceil(40.0 / s)) for s in spacing]
         half = [int(np.ceil(15.0 / s)) for s in spacing]
         frac = float(th["shoulder_max_host_fraction"])
@@ -645,7 +664,7 @@ class _Grower:
             loc = tuple(c - s.start for c, s in zip(q, sl, strict=True))
             lab, _ = ndi.label(sb[sl] >= level[n], structure=_FULL)
             reached = np.unique(regions[box][sl][lab == lab[loc]])
-            hosts = [host_max[int(r)] for r in reached if int(r) in host_max]
+            hosts = [lesion_max(int(r)) for r in reached if int(r) in lesion_ids]
             if not hosts or wide[n] >= frac * max(hosts):
                 continue
             # Its own blob, one voxel clear of every region (else it would merge back).
