@@ -651,6 +651,8 @@ class _Grower:
                 host_max[rid] = float(suv[sl][regions[sl] == rid].max())
             return host_max[rid]
 
+        # Search boxes only: a shoulder lies within about one PET FWHM of its lesion's edge
+        # (40 mm reaches it), and a node's curvature blob is smaller than 30 mm.
         reach = [int(np.ceil(40.0 / s)) for s in spacing]
         half = [int(np.ceil(15.0 / s)) for s in spacing]
         frac = float(th["shoulder_max_host_fraction"])
