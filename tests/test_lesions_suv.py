@@ -111,6 +111,30 @@ def test_a_node_hidden_on_the_primarys_flank_is_its_own_lesion(seed):
     assert not any("flank" in n for n in lm.notes), lm.notes
 
 
+def test_native_pet_maximum_is_read_where_the_ct_grid_misses_it():
+    """A PET on its own 4 mm grid with one hot voxel (SUV 3.0) and a CT grid of 5 mm slices
+    whose voxel centres straddle it: the CT-grid sample misses the maximum, the native reading
+    finds it within the sphere and not beyond it, wherever the two grids' origins lie."""
+    from nstage.lesions.suv import native_ball_max, native_points_at_least
+
+    pet = sitk.Image((20, 20, 20), sitk.sitkFloat32)
+    pet.SetSpacing((4.0, 4.0, 4.0))
+    pet.SetOrigin((-40.0, -40.0, -40.0))
+    pet[10, 10, 10] = 3.0  # x = y = z = 0 mm
+    ct = sitk.Image((64, 64, 16), sitk.sitkInt16)
+    ct.SetSpacing((1.25, 1.25, 5.0))
+    ct.SetOrigin((-40.0, -40.0, -37.5))  # slices at z = ..., -2.5, +2.5, ...: none at 0
+    on_ct = sitk.GetArrayFromImage(sitk.Resample(pet, ct, sitk.Transform(), sitk.sitkLinear))
+    assert on_ct.max() < 2.5
+    centre = np.rint(np.array(ct.TransformPhysicalPointToContinuousIndex((0.0, 0.0, 2.5))[::-1]))
+    far = np.rint(np.array(ct.TransformPhysicalPointToContinuousIndex((0.0, 10.0, 2.5))[::-1]))
+    got = native_ball_max(pet, ct, np.array([centre, far], dtype=int), 6.2)
+    assert got[0] == pytest.approx(3.0) and got[1] == pytest.approx(0.0)
+    pts = native_points_at_least(pet, ct, 2.5)
+    assert len(pts) == 1
+    assert np.allclose(index_to_mm(ct, pts[0].astype(float)), (0.0, 0.0, 2.5), atol=2.5)
+
+
 def test_floor_override_raises_the_threshold():
     syn = make_synthetic()
     lm = segment_suv(syn.ct, syn.pet, syn.anatomy, thresholds={"detection": {"suv_floor": 7.0}})

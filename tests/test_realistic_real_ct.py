@@ -92,6 +92,24 @@ def test_granulomatous_hila_beside_the_primary_are_read_as_a_reactive_pair(real_
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_granulomatous_hila_on_5_mm_ct_slices_are_read_as_a_reactive_pair(real_data, seed):
+    """A0001 (5 mm CT slices, PET on its own 4 mm grid): 12 mm hilar nodes of activity 4.6 on
+    both sides of a left upper-lobe primary, blurred native SUVmax 2.8-3.6. Resampled onto the
+    coarser CT slices a node can lose about 15% of its maximum (seed 5: the right node's native
+    2.88 reads 2.44, under the 2.5 threshold), so the seed test also reads the native PET, as
+    the positivity rule does. Both found and judged as a pair (CLINICAL.md 3: both below 4,
+    within 1.5x): reactive, N0. With the right one lost, the left one alone (11L, ipsilateral,
+    SUVmax 3.4, p 0.7) would be counted: N1."""
+    syn, r = real_staged(RealCase("A0001", ("granulomatous-hila",), (), seed), real_path)
+    msg = describe(r)
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == ("N0", "N0", []), msg
+    for les in syn.lesions:
+        found = near(r["negative_node_candidates"], les["centre_mm"], 8.0)
+        assert found and "symmetric" in found[0]["reason"], msg
+    validate_result(r)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_hilar_node_on_the_primarys_flank_is_found(real_data, seed):
     """LUNG1-002: a 10R node (12 mm, activity 6, blurred SUVmax about 4) at the bronchus
     intermedius, 4 mm above the top of the right lower-lobe tumour (GTV-1, SUV 10): a shoulder

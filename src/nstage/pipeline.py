@@ -306,6 +306,7 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
                 work_ct, work_pet, anatomy, backend=options.lesions,
                 model_dir=options.lesion_model, folds=options.folds, device=options.device,
                 thresholds=thresholds, checkpoint=options.lesion_checkpoint,
+                pet_native=study.pet,
             )
     except BaseException:
         side.cancel()

@@ -23,7 +23,7 @@ __all__ = ["BACKENDS", "LesionMask", "SuppressedUptake", "segment"]
 def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str = "auto",
             model_dir: Path | str | None = None, folds: Sequence[int | str] | None = None,
             device: str = "auto", thresholds: dict | None = None,
-            checkpoint: str = "final") -> LesionMask:
+            checkpoint: str = "final", pet_native: sitk.Image | None = None) -> LesionMask:
     """FDG-avid lesion mask on the working CT grid.
 
     Parameters
@@ -46,6 +46,8 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
         Overrides of ``resources/thresholds.json`` for the SUV backend.
     checkpoint : {"final", "best"}
         nnU-Net checkpoint of each fold.
+    pet_native : SimpleITK.Image, optional
+        The PET (SUVbw) on its own grid: the SUV backend reads seeds' SUVmax on it too.
 
     Raises
     ------
@@ -69,4 +71,4 @@ def segment(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy, backend: str 
                               checkpoint=checkpoint)
     from nstage.lesions.suv import segment_suv
 
-    return segment_suv(ct, pet_suv, anatomy, thresholds)
+    return segment_suv(ct, pet_suv, anatomy, thresholds, pet_native=pet_native)

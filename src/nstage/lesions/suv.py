@@ -22,7 +22,9 @@ Method (every number from ``resources/thresholds.json``, section ``detection``)
 4. Seeds are local maxima of the SUV smoothed to the scale of a 1 ml sphere (the PERCIST
    SUVpeak volume; a Gaussian of the same second moment) whose raw local SUVmax reaches the
    threshold (``seed_max_fraction`` of it: the PET resampled onto the CT grid loses a little
-   of a small node's maximum). A seed must stand out from its local background (median SUV 5-12 mm around its
+   of a small node's maximum; given the native PET, its voxels within the 1 ml sphere are
+   read too, as the positivity rule reads SUVmax, since a CT grid coarser than the PET loses
+   up to about 15%). A seed must stand out from its local background (median SUV 5-12 mm around its
    half-maximum core): SUVpeak (mean of the 1 ml sphere at the seed) - background >=
    ``max(min_contrast_suv, contrast_noise_sd x noise SD at the background)``. A single noisy
    voxel >= 2.5 inside the blood pool or the heart raises the 1 ml mean by a fraction of
@@ -77,7 +79,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import Anatomy
 from nstage.errors import GeometryError
-from nstage.geometry import index_to_mm, spacing_zyx
+from nstage.geometry import index_to_mm, mm_to_index, spacing_zyx
 from nstage.lesions import physiology
 from nstage.lesions.base import LesionMask, SuppressedUptake
 from nstage.morphology import ball, bounding_box, dilate
@@ -127,7 +129,8 @@ class _Candidate:
 
 
 def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
-                thresholds: dict | None = None) -> LesionMask:
+                thresholds: dict | None = None,
+                pet_native: sitk.Image | None = None) -> LesionMask:
     """FDG-avid lesion mask from SUV thresholds (backend ``"suv"``).
 
     Parameters
@@ -140,6 +143,11 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
         Label map on the same grid (TotalSegmentator names).
     thresholds : dict, optional
         ``{section: {key: value}}`` overrides of ``resources/thresholds.json``.
+    pet_native : SimpleITK.Image, optional
+        The PET (SUVbw) on its own grid. A seed's SUVmax is then also read from the native
+        voxels within its SUVpeak sphere, as the positivity rule reads it: resampling onto a
+        CT grid coarser than the PET along an axis (5 mm slices against 4 mm) loses up to
+        about 15% of a small node's maximum.
 
     Returns
     -------
@@ -187,7 +195,7 @@ def segment_suv(ct: sitk.Image, pet_suv: sitk.Image, anatomy: Anatomy,
     high_bg = anatomy.mask(*HIGH_BACKGROUND)
     suppressed: list[SuppressedUptake] = []
     grower = _Grower(suv, spacing, organ, blood, threshold, th, noise, ct, suppressed,
-                     anatomy.mask("lung"), flank_noise)
+                     anatomy.mask("lung"), flank_noise, pet_native)
     regions, cands = grower.grow_all(high_bg, liver_threshold)
     notes.extend(grower.notes)
     ctx = physiology.Context(ct=ct, suv=suv, hu=hu, anatomy=anatomy, spacing=spacing, th=th,
@@ -453,6 +461,48 @@ def ball_stat(values: np.ndarray, points: np.ndarray, spacing: tuple[float, floa
     return out
 
 
+def native_points_at_least(pet: sitk.Image, ct: sitk.Image, level: float) -> np.ndarray:
+    """CT array indices ``(n, 3)`` of the nearest CT voxel to each native PET voxel of at
+    least ``level`` whose centre lies on the CT grid."""
+    arr = sitk.GetArrayViewFromImage(pet)
+    kji = np.argwhere(np.asarray(arr) >= level)
+    if kji.size == 0:
+        return np.zeros((0, 3), dtype=int)
+    idx = np.rint(mm_to_index(ct, index_to_mm(pet, kji))).astype(int)
+    inside = np.all((idx >= 0) & (idx < np.array(ct.GetSize()[::-1])), axis=1)
+    return idx[inside]
+
+
+def native_ball_max(pet: sitk.Image, ct: sitk.Image, points: np.ndarray,
+                    radius_mm: float) -> np.ndarray:
+    """Highest native PET value whose voxel centre lies within ``radius_mm`` of each point
+    (CT array indices, ``(n, 3)``); -inf where none does (outside the PET).
+
+    Any orientation of the two grids (the distance is measured in mm LPS).
+    """
+    out = np.full(len(points), -np.inf)
+    if len(points) == 0:
+        return out
+    arr = sitk.GetArrayViewFromImage(pet)
+    shape = np.array(arr.shape)
+    reach = np.ceil(radius_mm / np.array(spacing_zyx(pet))).astype(int)
+    centres = index_to_mm(ct, np.asarray(points, dtype=float))
+    for n, (xyz, c) in enumerate(zip(centres, mm_to_index(pet, centres), strict=True)):
+        lo = np.clip(np.floor(c).astype(int) - reach, 0, shape)
+        hi = np.clip(np.ceil(c).astype(int) + reach + 1, 0, shape)
+        if np.any(hi <= lo):
+            continue
+        kji = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)],
+                                   indexing="ij"), axis=-1).reshape(-1, 3)
+        near = np.sum((index_to_mm(pet, kji) - xyz) ** 2, axis=1) <= radius_mm ** 2
+        if near.any():
+            vals = np.asarray(arr[tuple(kji[near].T)], dtype=np.float64)
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                out[n] = float(vals.max())
+    return out
+
+
 def ball_maxima(values: np.ndarray, other: np.ndarray, candidate: np.ndarray,
                 ball: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Candidate voxels that are the maximum of ``values`` over ``ball``, and the maximum of
@@ -525,10 +575,11 @@ class _Grower:
     """
 
     def __init__(self, suv, spacing, organ, blood, threshold, th, noise, ct, suppressed, lung,
-                 flank_noise: NoiseModel | None = None):
+                 flank_noise: NoiseModel | None = None, pet_native: sitk.Image | None = None):
         self.suv, self.spacing, self.organ, self.blood = suv, spacing, organ, blood
         self.lung = lung
         self.flank_noise = flank_noise
+        self.pet_native = pet_native
         self.notes: list[str] = []
         self.threshold, self.th, self.noise, self.ct = threshold, th, noise, ct
         self.suppressed = suppressed
@@ -545,6 +596,10 @@ class _Grower:
         suv, th = self.suv, self.th
         regions = np.zeros(suv.shape, dtype=np.int32)
         hot = suv >= th["seed_max_fraction"] * self.threshold
+        if self.pet_native is not None:
+            # A node whose maximum only the native PET shows (see below) is searched too.
+            hot[tuple(native_points_at_least(self.pet_native, self.ct,
+                                             th["seed_max_fraction"] * self.threshold).T)] = True
         if not hot.any():
             return regions, []
         # Seeds are searched only in the bounding box of supra-threshold voxels.
@@ -573,6 +628,12 @@ class _Grower:
         wide_max = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.max)
         seed_thr = np.where(high_bg[tuple(seeds.T)], liver_threshold, self.threshold)
         keep = wide_max >= th["seed_max_fraction"] * seed_thr
+        if self.pet_native is not None and not keep.all():
+            # On a CT grid coarser than the PET the resampled maximum can fall short: the
+            # native voxels within the sphere decide too.
+            low = np.flatnonzero(~keep)
+            native = native_ball_max(self.pet_native, self.ct, seeds[low], th["peak_radius_mm"])
+            keep[low] = native >= th["seed_max_fraction"] * seed_thr[low]
         seeds, raw_max = seeds[keep], raw_max[keep]
         peak_means = ball_stat(suv, seeds, self.spacing, th["peak_radius_mm"], np.mean)
         order = np.argsort(-peak_means, kind="stable")
