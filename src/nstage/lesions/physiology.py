@@ -34,7 +34,9 @@ Order of the judgement (:func:`judge`):
    - muscle: mostly inside a muscle mask (TotalSegmentator names);
    - bone marrow: mostly inside the spine mask and mild (SUVpeak <= ``marrow_max_suv``),
      in several regions alike (``marrow_min_regions``) or spanning ``marrow_min_extent_mm``:
-     a focal bone lesion stays a lesion;
+     a focal bone lesion stays a lesion; a piece of a marrow component more than 3 mm from
+     the spine with a pattern of its own (the oesophagus in front of it, grown together with
+     the marrow at PET resolution) is recorded as that structure (:func:`_beside_the_spine`);
 
    a physiological component keeps a distinct focus that is hotter than the rest
    (``focus_prominence``) and node-shaped, outlined against the component's own level;
@@ -251,6 +253,8 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
     pending: list[tuple[_Region, list]] = []
     for view, seeds in comps:
         shape = _shape_pattern(view, ctx, n_marrow)
+        if shape is not None and shape[0] == "bone marrow":
+            view = _beside_the_spine(view, ctx, n_marrow, records, recognised)
         if shape is not None:
             structure, reason = shape
             kept = _foci_in(view, seeds, ctx)
@@ -353,6 +357,33 @@ def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
         if not view.mask.any():
             return
     records.append(view.record(structure, reason))
+
+
+def _beside_the_spine(view: _Region, ctx: Context, n_marrow: int,
+                      records: list[SuppressedUptake], recognised) -> _Region:
+    """A marrow component without the physiological uptake it grew into beside the spine.
+
+    Marrow uptake lies in the bone; a component that is mostly marrow can hold uptake of
+    another structure that touches the spine (the oesophagus in front of it, grown into the
+    vertebral marrow at PET resolution). Each piece more than 3 mm from the spine (the margin
+    of the marrow pattern) that has a physiological pattern of its own is recorded as that
+    structure and taken out; what is left is the marrow component, whose distinct foci are
+    still judged as lesions (:func:`_foci_in`).
+    """
+    spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
+    outside = view.mask & ~_near(view, spine, 3.0, ctx)
+    lab, n = ndi.label(outside, structure=_FULL)
+    rest = view.mask.copy()
+    for i in range(1, n + 1):
+        piece = _Region(lab == i, view.box, ctx)
+        if piece.volume_ml < ctx.th["min_volume_ml"]:
+            continue
+        shape = _shape_pattern(piece, ctx, n_marrow, myocardium=False)
+        if shape is not None and shape[0] != "bone marrow":
+            records.append(piece.record(*shape))
+            recognised(piece, shape[0])
+            rest &= ~piece.mask
+    return view if (rest == view.mask).all() else _Region(rest, view.box, ctx)
 
 
 def _foci_in(view: _Region, seeds: list, ctx: Context) -> np.ndarray:
