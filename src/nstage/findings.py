@@ -19,7 +19,14 @@ from skimage.measure import regionprops
 from skimage.segmentation import watershed
 
 from nstage.anatomy.base import GROUPS, Anatomy
-from nstage.geometry import Point, index_to_mm, mm_to_index, spacing_zyx, voxel_volume_ml
+from nstage.geometry import (
+    Point,
+    index_to_mm,
+    mm_to_index,
+    nearest_index,
+    spacing_zyx,
+    voxel_volume_ml,
+)
 from nstage.morphology import bounding_box, dilate, fill_holes_axial
 from nstage.thresholds import resolve
 
@@ -414,8 +421,7 @@ def _native_maxima(lesions: list[Lesion], labels: np.ndarray, n: int, ct: sitk.I
     kji = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)],
                                indexing="ij"), axis=-1).reshape(-1, 3)
     xyz = index_to_mm(pet, kji)
-    ct_idx = np.rint(mm_to_index(ct, xyz)).astype(int)
-    ok = np.all((ct_idx >= 0) & (ct_idx < np.array(labels.shape)), axis=1)
+    ct_idx, ok = nearest_index(ct, xyz)
     lab = np.zeros(len(kji), dtype=np.int32)
     lab[ok] = labels[tuple(ct_idx[ok].T)]
     vals = np.asarray(arr, dtype=np.float64).reshape(-1)

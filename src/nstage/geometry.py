@@ -56,6 +56,14 @@ def mm_to_index(image: sitk.Image, xyz: np.ndarray | Sequence[float]) -> np.ndar
     return ijk[..., ::-1]
 
 
+def nearest_index(image: sitk.Image, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Array indices ``[k, j, i]`` (int, shape (n, 3)) of the voxel nearest to each physical
+    point ``(x, y, z)`` mm (shape (n, 3)), and whether that voxel lies in the image."""
+    idx = np.rint(mm_to_index(image, xyz)).astype(int)
+    inside = np.all((idx >= 0) & (idx < np.array(image.GetSize()[::-1])), axis=1)
+    return idx, inside
+
+
 def voxel_volume_ml(image: sitk.Image) -> float:
     """Volume of one voxel in millilitres (cm^3)."""
     return float(np.prod(image.GetSpacing())) / 1000.0

@@ -370,8 +370,7 @@ def _beside_the_spine(view: _Region, ctx: Context, n_marrow: int,
     structure and taken out; what is left is the marrow component, whose distinct foci are
     still judged as lesions (:func:`_foci_in`).
     """
-    spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
-    outside = view.mask & ~_near(view, spine, 3.0, ctx)
+    outside = view.mask & ~_near_spine(view, ctx)
     lab, n = ndi.label(outside, structure=_FULL)
     rest = view.mask.copy()
     for i in range(1, n + 1):
@@ -710,11 +709,19 @@ def _marrow_like(view: _Region) -> bool:
     ctx = view.ctx
     if view.suv_peak > ctx.th["marrow_max_suv"] or not ctx.crop_mask(view.box, "spine").any():
         return False
+    near = _near_spine(view, ctx)
+    if not near.any():
+        return False
+    return float((view.mask & near).sum()) / float(view.mask.sum()) >= 0.6
+
+
+def _near_spine(view: _Region, ctx: Context) -> np.ndarray:
+    """Voxels of the region's box within 3 mm of the spine mask (the marrow pattern's
+    margin: partial volume at the cortex)."""
     spine = ctx.crop_mask(_padded_mm(view, ctx, 3.0), "spine")
     if not spine.any():
-        return False
-    near = _near(view, spine, 3.0, ctx)
-    return float((view.mask & near).sum()) / float(view.mask.sum()) >= 0.6
+        return np.zeros(view.mask.shape, dtype=bool)
+    return _near(view, spine, 3.0, ctx)
 
 
 def _padded_mm(view: _Region, ctx: Context, margin_mm: float) -> tuple[slice, ...]:

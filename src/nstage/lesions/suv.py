@@ -79,7 +79,7 @@ from skimage.segmentation import watershed
 
 from nstage.anatomy.base import Anatomy
 from nstage.errors import GeometryError
-from nstage.geometry import index_to_mm, mm_to_index, spacing_zyx
+from nstage.geometry import index_to_mm, mm_to_index, nearest_index, spacing_zyx
 from nstage.lesions import physiology
 from nstage.lesions.base import LesionMask, SuppressedUptake
 from nstage.morphology import ball, bounding_box, dilate
@@ -468,8 +468,7 @@ def native_points_at_least(pet: sitk.Image, ct: sitk.Image, level: float) -> np.
     kji = np.argwhere(np.asarray(arr) >= level)
     if kji.size == 0:
         return np.zeros((0, 3), dtype=int)
-    idx = np.rint(mm_to_index(ct, index_to_mm(pet, kji))).astype(int)
-    inside = np.all((idx >= 0) & (idx < np.array(ct.GetSize()[::-1])), axis=1)
+    idx, inside = nearest_index(ct, index_to_mm(pet, kji))
     return idx[inside]
 
 

@@ -615,12 +615,11 @@ def _physiology(spec: PhantomSpec, table: TissueTable, grid: Grid, labels: np.nd
 
 def _blurred_max_over(clean: sitk.Image, clean_arr: np.ndarray, points_mm: np.ndarray) -> float:
     """Noise-free PET maximum at the PET voxels nearest to ``points_mm`` (world mm)."""
-    from nstage.geometry import mm_to_index
+    from nstage.geometry import nearest_index
 
     if not len(points_mm):
         return float("nan")
-    idx = np.rint(mm_to_index(clean, points_mm)).astype(int)
-    ok = np.all((idx >= 0) & (idx < np.array(clean_arr.shape)), axis=1)
+    idx, ok = nearest_index(clean, np.asarray(points_mm, dtype=float))
     if not ok.any():
         return float("nan")
     idx = idx[ok]
