@@ -50,7 +50,10 @@ Order of the judgement (:func:`judge`):
    lies (neck / supraclavicular, paravertebral) and its mirror image across the midline in
    the reason. A focal soft-tissue focus in or grown together with brown fat, outlined
    against the fat's own level, compact (``node_max_elongation``, ``node_max_diameter_mm``),
-   is kept: a supraclavicular node inside brown fat is still found.
+   is kept: a supraclavicular node inside brown fat is still found. A part grown together
+   with recognised brown fat whose core is not fat (lobules round muscle and vessels, split
+   off by the watershed) is that brown fat unless its SUVpeak stands out from the fat's own
+   level by ``min_contrast_suv`` (:func:`_within_fat`).
 
 :func:`organ_uptake` lists supra-threshold uptake inside the organs that seed nothing (heart,
 kidneys, bladder, bowel, ...), and any focal maximum in them: a node inside an oversized
@@ -278,8 +281,19 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
                     recognised(part, shape[0])
                 else:
                     pending.append((part, part_seeds))
+    # Brown fat first: a part grown together with it is judged against its level below.
+    fats: list[_Region] = []
+    deferred: list[tuple[_Region, list]] = []
     for part, part_seeds in pending:
         shape = _continues(part, linear, ctx)
+        if shape is not None:
+            records.append(part.record(*shape))
+        elif _brown_fat(part, ctx) is not None:
+            fats += _judge_fat(part, part_seeds, ctx, out, records)
+        else:
+            deferred.append((part, part_seeds))
+    for part, part_seeds in deferred:
+        shape = _within_fat(part, fats, ctx)
         if shape is not None:
             records.append(part.record(*shape))
         else:
@@ -336,18 +350,20 @@ def _judge_background(regions: np.ndarray, ids: set[int], ctx: Context,
 
 
 def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
-               records: list[SuppressedUptake]) -> None:
-    """Brown fat or lesion, for one seed's region (adds to ``out`` / ``records``)."""
+               records: list[SuppressedUptake]) -> list[_Region]:
+    """Brown fat or lesion, for one seed's region (adds to ``out`` / ``records``); returns
+    what was recorded as brown fat."""
     found = _brown_fat(view, ctx)
     if found is None:
         kept, fat_rest = _trim_brown_fat(view, seeds, ctx)
         out[view.box] |= kept
-        if fat_rest is not None:
-            records.append(fat_rest.record(
-                "brown fat", f"SUVmax {fat_rest.suv_max:.1f}, fat-density uptake around a "
-                f"focal soft-tissue node (kept as a lesion){_where_fat(fat_rest, ctx)}: brown "
-                "adipose tissue"))
-        return
+        if fat_rest is None:
+            return []
+        records.append(fat_rest.record(
+            "brown fat", f"SUVmax {fat_rest.suv_max:.1f}, fat-density uptake around a "
+            f"focal soft-tissue node (kept as a lesion){_where_fat(fat_rest, ctx)}: brown "
+            "adipose tissue"))
+        return [fat_rest]
     structure, reason = found
     kept = _focus_in_fat(view, ctx)
     if kept is not None:
@@ -355,8 +371,50 @@ def _judge_fat(view: _Region, seeds: list, ctx: Context, out: np.ndarray,
         reason += "; a focal node-shaped soft-tissue focus in it is kept as a lesion"
         view = _Region(view.mask & ~kept, view.box, ctx)
         if not view.mask.any():
-            return
+            return []
     records.append(view.record(structure, reason))
+    return [view]
+
+
+def _within_fat(part: _Region, fats: list[_Region], ctx: Context
+                ) -> tuple[str, str] | None:
+    """A region grown together with recognised brown fat that does not stand out from it.
+
+    Brown fat is lobulated: PET blur spreads its uptake over the muscle and vessels between
+    the lobules, so a piece of it split off by a watershed can have a core of soft tissue and
+    fail the fat-core test (:func:`_brown_fat`). Touching recognised brown fat, it is the same
+    uptake unless its SUVpeak stands out by ``min_contrast_suv`` from the fat's own level (the
+    median SUV of that brown fat's fat-density voxels, as for a node inside brown fat,
+    :func:`_focus_in_fat`): a node there is hotter than the fat round it and stays a lesion.
+    """
+    if not fats:
+        return None
+    grown = dilate(part.mask, _FULL)
+    levels: list[np.ndarray] = []
+    for fat in fats:
+        inter = [slice(max(a.start, b.start), min(a.stop, b.stop))
+                 for a, b in zip(part.box, fat.box, strict=True)]
+        if any(s.start >= s.stop for s in inter):
+            continue
+        mine = tuple(slice(s.start - a.start, s.stop - a.start)
+                     for s, a in zip(inter, part.box, strict=True))
+        theirs = tuple(slice(s.start - b.start, s.stop - b.start)
+                       for s, b in zip(inter, fat.box, strict=True))
+        if not (grown[mine] & fat.mask[theirs]).any():
+            continue
+        hu = ctx.hu[fat.box]
+        levels.append(fat.suv[fat.mask & (hu < ctx.th["brown_fat_hu_max"]) & (hu >= -190)])
+    values = np.concatenate(levels) if levels else np.zeros(0)
+    if values.size < 3:
+        return None
+    level = float(np.median(values))
+    contrast = float(ctx.th["min_contrast_suv"])
+    if part.suv_peak - level >= contrast:
+        return None
+    return ("brown fat",
+            f"SUVmax {part.suv_max:.1f}, SUVpeak {part.suv_peak:.1f}, grown together with brown "
+            f"fat (its fat at SUV {level:.1f}) and not standing out from it by {contrast:.1f} "
+            f"SUV{_where_fat(part, ctx)}: the same brown adipose tissue uptake")
 
 
 def _beside_the_spine(view: _Region, ctx: Context, n_marrow: int,
