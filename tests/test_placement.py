@@ -246,6 +246,32 @@ def test_symmetric_mild_hilar_pair_is_flagged_even_touching_the_primary():
     assert flags == {2: True, 3: True, 4: False}
 
 
+def test_symmetric_hilar_cut_off_allows_for_the_pet_noise():
+    """SUVmax < 4.0 (Hellwig 2007, ``symmetric_hilar_max_suv``) is read within one per-voxel
+    noise SD (``symmetric_hilar_noise_sd``): with blood pool 1.5 and its noise SD 0.15, the SD
+    at SUV 4 is 0.15 x sqrt(4 / 1.5) = 0.245, so nodes below 4.245 are mild. A right 3.1 with a
+    left 4.1 (ratio 1.32 <= 1.5) is a reactive pair; the left at 4.6 is hotter than the noise
+    explains and is judged alone; without a noise estimate the cut-off is the plain 4.0."""
+    primary = _lesion(1, (-60.0, 5.0, -20.0), short=25.0, volume=8.0, suv_max=9.0,
+                      suv_mean=6.0, inside={"lung": 0.9, "lung_right": 0.9},
+                      zones={"lung_filled": 0.9})
+
+    def hilar(id_, x, suv):
+        return dataclasses.replace(measured(x, 6.0, -20.0, lung=0.0), id=id_, suv_max=suv,
+                                   short_axis_mm=10.0, zones={"hilar": 1.0})
+
+    noisy = {"blood_pool": 1.5, "noise_sd_blood_pool": 0.15}
+    pair = [primary, hilar(2, -28.0, 3.1), hilar(3, 45.0, 4.1)]
+    within = place(pair, chest(), reference_suv=noisy)
+    assert [p.symmetric_hilar for p in within.nodes] == [True, True]
+    assert any("below 4.24" in n for n in within.notes), within.notes
+    exact = place(pair, chest())
+    assert [p.symmetric_hilar for p in exact.nodes] == [False, False]
+    hot = place([primary, hilar(2, -28.0, 3.1), hilar(3, 45.0, 4.6)], chest(),
+                reference_suv=noisy)
+    assert [p.symmetric_hilar for p in hot.nodes] == [False, False]
+
+
 def test_no_lesions():
     placed = place([], chest())
     assert placed.primary is None and placed.nodes == () and placed.notes

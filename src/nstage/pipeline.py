@@ -326,7 +326,8 @@ def stage_study(study: Study, options: RunOptions = RunOptions(),
             lesion_mask, work_ct, work_pet, anatomy, thresholds, return_labels=True,
             pet_native=study.pet, context=context)
         placed = placement.place(lesions, lms, thresholds,
-                                 stations.station_settings(thresholds))
+                                 stations.station_settings(thresholds),
+                                 lesion_mask.reference_suv)
 
     with timer.step("staging"):
         node_results, nstage, probabilities = _stage(placed, lesion_mask.reference_suv,

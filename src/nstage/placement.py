@@ -227,7 +227,8 @@ def _zone_of(station: str) -> str:
 
 
 def place(lesions: list[Lesion], landmarks: Landmarks, thresholds: dict | None = None,
-          settings: StationSettings | None = None) -> Placements:
+          settings: StationSettings | None = None,
+          reference_suv: dict | None = None) -> Placements:
     """Decide what every lesion is (see the module docstring for the rules).
 
     Parameters
@@ -240,6 +241,9 @@ def place(lesions: list[Lesion], landmarks: Landmarks, thresholds: dict | None =
         Overrides of ``resources/thresholds.json``.
     settings : StationSettings, optional
         :func:`nstage.stations.station_settings` of the same thresholds.
+    reference_suv : dict, optional
+        ``LesionMask.reference_suv``: its ``blood_pool`` and ``noise_sd_blood_pool`` (SUV) give
+        the PET noise for the symmetric-hilar cut-off; without them the cut-off is exact.
 
     Returns
     -------
@@ -299,7 +303,7 @@ def place(lesions: list[Lesion], landmarks: Landmarks, thresholds: dict | None =
     for les, why in node_lesions:
         placed = _node(les, why, primary_les, landmarks, s, cth)
         {"node": nodes, "primary_part": parts}.get(placed.kind, others).append(placed)
-    nodes = _flag_symmetric_hilar(nodes, pth, notes)
+    nodes = _flag_symmetric_hilar(nodes, pth, notes, reference_suv)
     return Placements(primary, second, tuple(sorted(nodes, key=lambda p: p.id)),
                       tuple(lung_lesions), tuple(parts), tuple(sorted(others, key=lambda p: p.id)),
                       tuple(notes))
@@ -367,18 +371,38 @@ def _node(les: Lesion, why: str, primary: Lesion | None, landmarks: Landmarks,
                      assignment, contiguous_with_primary=touches)
 
 
-def _flag_symmetric_hilar(nodes: list[Placement], pth: dict, notes: list[str]) -> list[Placement]:
+def mild_hilar_limit(pth: dict, reference_suv: dict | None) -> float:
+    """Highest SUVmax (SUV) still read as mildly avid for the symmetric-hilar rule.
+
+    ``symmetric_hilar_max_suv`` plus ``symmetric_hilar_noise_sd`` per-voxel noise SDs at that
+    level (the study's noise model: ``noise_sd_blood_pool`` scaled by sqrt(SUV / blood pool),
+    as count noise scales); the cut-off alone where the noise is not known. An SUVmax is the
+    hottest of a node's noisy voxels, so a mild node's reading lies above its uptake by about
+    that noise; within it the node is not distinguishable from the cut-off.
+    """
+    cut = float(pth["symmetric_hilar_max_suv"])
+    ref = reference_suv or {}
+    sd, bp = ref.get("noise_sd_blood_pool"), ref.get("blood_pool")
+    if not sd or not bp or not (sd > 0 and bp > 0):
+        return cut
+    return cut + float(pth["symmetric_hilar_noise_sd"]) * float(sd) * math.sqrt(cut / bp)
+
+
+def _flag_symmetric_hilar(nodes: list[Placement], pth: dict, notes: list[str],
+                          reference_suv: dict | None = None) -> list[Placement]:
     """Flag bilateral, similar, mildly avid hilar uptake (stations 10-11) as likely reactive.
 
-    Each mild hilar node (SUVmax below ``symmetric_hilar_max_suv``) is flagged when the other
-    hilum holds a mild node within ``symmetric_hilar_ratio`` of it: a hotter node on one side
-    (a true metastasis beside a reactive pair) neither joins the pair nor hides it.
+    Each mild hilar node (SUVmax below ``symmetric_hilar_max_suv``, within the PET noise:
+    :func:`mild_hilar_limit`) is flagged when the other hilum holds a mild node within
+    ``symmetric_hilar_ratio`` of it: a hotter node on one side (a true metastasis beside a
+    reactive pair) neither joins the pair nor hides it.
     """
     def hilar(p: Placement) -> bool:
         return int(p.station.station.rstrip("RLap")) in (10, 11)
 
-    mild = {s: [p for p in nodes if hilar(p) and p.side == s
-                and p.lesion.suv_max < pth["symmetric_hilar_max_suv"]] for s in ("left", "right")}
+    limit = mild_hilar_limit(pth, reference_suv)
+    mild = {s: [p for p in nodes if hilar(p) and p.side == s and p.lesion.suv_max < limit]
+            for s in ("left", "right")}
     ratio = float(pth["symmetric_hilar_ratio"])
 
     def similar(a: Placement, b: Placement) -> bool:
@@ -391,7 +415,10 @@ def _flag_symmetric_hilar(nodes: list[Placement], pth: dict, notes: list[str]) -
         return nodes
     sides = {s: max((p.lesion.suv_max for p in pair if p.side == s), default=0.0)
              for s in ("right", "left")}
+    cut = float(pth["symmetric_hilar_max_suv"])
+    within = (f"; mild: below {limit:.2f}, the cut-off {cut:.1f} plus the PET noise"
+              if limit > cut else "")
     notes.append(f"symmetric mildly avid hilar uptake (SUVmax {sides['right']:.1f} right, "
-                 f"{sides['left']:.1f} left): read as reactive")
+                 f"{sides['left']:.1f} left{within}): read as reactive")
     ids = {p.id for p in pair}
     return [replace(p, symmetric_hilar=True) if p.id in ids else p for p in nodes]

@@ -127,8 +127,8 @@ def assess(lesion: Lesion, reference_suv: dict[str, float] | None,
         fails.append(f"dense/calcified core ({lesion.core_hu:.0f} HU >= "
                      f"{pth['calcified_hu']:.0f}): likely benign (granulomatous)")
     if symmetric_hilar:
-        fails.append(f"symmetric mildly avid hilar uptake (< {pth['symmetric_hilar_max_suv']:.1f}"
-                     " on both sides), likely reactive")
+        fails.append(f"symmetric mildly avid hilar uptake (SUVmax < {pth['symmetric_hilar_max_suv']:.1f}"
+                     " within the PET noise, on both sides), likely reactive")
     if not lesion.suv_max > pth["blood_pool_factor"] * bp:
         fails.append(f"not above {bp_txt}")
     if not lesion.suv_max >= pth["suv_max_min"]:
