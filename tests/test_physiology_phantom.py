@@ -59,6 +59,34 @@ def test_each_confounder_alone_leaves_n0(side, lobe, seed, confounder):
             assert found and "symmetric" in found[0]["reason"], msg
 
 
+# (side, lobe, seed): all confounders, no node. Seeds 6 and 9 (right lower): the left
+# granulomatous node (blurred SUVmax about 2.7-3.0, SUVpeak 1.9-2.2) is joined to the spine's
+# marrow and to the oesophageal uptake by warm tissue round the hot heart; as a "continuation"
+# of either it was suppressed, its right twin left alone and counted (10R ipsilateral: N1).
+# Marrow lies in bone and the oesophagus in front of the spine, not in the hilum: the pair is
+# found and read as reactive, N0.
+ALL_WITHOUT_NODES = [("right", "lower", 1), ("right", "lower", 6), ("right", "lower", 9),
+                     ("left", "upper", 1)]
+
+
+@pytest.mark.parametrize(("side", "lobe", "seed"), ALL_WITHOUT_NODES,
+                         ids=[f"{s}-{lo}-seed{n}" for s, lo, n in ALL_WITHOUT_NODES])
+def test_all_confounders_together_leave_n0(side, lobe, seed):
+    """Hot myocardium, brown fat, oesophagus, thymus, marrow and granulomatous hila together,
+    no node (CLINICAL.md 1: N0): both granulomatous nodes are found and read as a reactive
+    pair."""
+    ph, r = phantom_staged(PhantomSpec(primary_side=side, primary_lobe=lobe, seed=seed,
+                                       realistic=True, confounders=ALL_PHYSIOLOGY))
+    msg = describe(r)
+    assert (r["n_stage"], r["n_stage_9th"], counted(r)) == ("N0", "N0", []), msg
+    assert r["primary_tumor"] is not None and r["primary_tumor"]["side"] == side, msg
+    hila = [n for n in ph.truth["nodes"] if n.get("confounder") == "granulomatous-hila"]
+    assert len(hila) == 2
+    for node in hila:
+        found = near(r["negative_node_candidates"], node["centroid_mm"], 8.0)
+        assert found and "symmetric" in found[0]["reason"], msg
+
+
 # The gastro-oesophageal junction (mild blob, SUVmax about 3.5, 4-8 ml, 15-20 mm below the
 # left diaphragm dome and 4-9 mm from the lung) is uptake at the hiatus, not a node: below the
 # dome only the pulmonary ligament's lowest part is thoracic, and station 9 lies within the

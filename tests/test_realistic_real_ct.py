@@ -207,6 +207,12 @@ WITH_NODES = [
     ("LUNG1-002", 9, ("4R",), "N2", "N2a", ["4R"], None),
     ("A0002", 1, ("7",), "N2", "N2a", ["7"], None),
     ("A0002", 2, ("7",), "N2", "N2a", ["7"], None),
+    # Seed 6: a short piece of the oesophageal uptake at z = 136-144, in front of the aorta
+    # near the hiatus (0.12 ml of gas in its lumen on the CT), has no recognised oesophageal
+    # uptake beside it; it was suppressed only as a "continuation" of the spine's marrow
+    # through warm tissue. Marrow lies in bone; the gas in its lumen makes it oesophagus
+    # (a node holds no gas), not an 8L node (N3).
+    ("A0002", 6, ("7",), "N2", "N2a", ["7"], None),
     # Seed 1 puts the 4L node's smoothed maximum inside the classical aorta mask (node and blood
     # have one density without contrast); uptake at or above the seed threshold in a vessel
     # mask is not blood (lesions.suv), so the node still seeds and is found.

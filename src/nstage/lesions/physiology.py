@@ -43,7 +43,11 @@ Order of the judgement (:func:`judge`):
 4. a short piece of mild uptake split off recognised oesophageal or marrow uptake (at a bend,
    at the hiatus, or where an organ mask took the uptake in between) is the same uptake when
    joined to it without a saddle and not standing out from it (:func:`_continues`,
-   ``continuation_gap_mm``, ``continuation_bridge_mm``);
+   ``continuation_gap_mm``, ``continuation_bridge_mm``), and lies where that uptake can be
+   (marrow in the spine; the oesophagus next to its recognised uptake or along its course);
+   mild uptake round an enclosed pocket of gas that is neither lung nor airway is the
+   oesophageal wall round its lumen (:func:`_gas_lumen`, ``lumen_gas_hu``,
+   ``lumen_gas_min_ml``): a node holds no gas;
 5. brown fat, per seed's region (split by a watershed where it holds distinct foci): its core
    (SUV >= ``brown_fat_core_fraction`` x its max) largely of fat density
    (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003), with where it
@@ -285,7 +289,7 @@ def judge(regions: np.ndarray, cands: list, ctx: Context,
     fats: list[_Region] = []
     deferred: list[tuple[_Region, list]] = []
     for part, part_seeds in pending:
-        shape = _continues(part, linear, ctx)
+        shape = _continues(part, linear, ctx) or _gas_lumen(part, ctx)
         if shape is not None:
             records.append(part.record(*shape))
         elif _brown_fat(part, ctx) is not None:
@@ -538,7 +542,12 @@ def _continues(part: _Region, linear: dict[str, np.ndarray],
     foci apart, :func:`_distinct_foci`) nor to within ``focus_prominence`` of the blood pool
     (a path through blood joins everything), and does not stand out from it (SUVpeak below
     ``1 + focus_prominence`` times the recognised uptake it joins). A node against it is
-    hotter and stays a lesion.
+    hotter and stays a lesion. The piece must also lie where that uptake can be: marrow in
+    the spine, as the marrow pattern requires (:func:`_marrow_like`); oesophageal uptake
+    within ``continuation_gap_mm`` of it (at the hiatus the oesophagus leaves the spine and
+    the midline) or, joined only by a longer path, along its mask or in front of the spine
+    near the midline (:func:`_in_oesophageal_course`). A faint node that a warm path joins
+    to them (a hilar node through the heart's uptake) stays a lesion.
     """
     gap = float(ctx.th["continuation_gap_mm"])
     big = _padded_mm(part, ctx, max(gap, float(ctx.th["continuation_bridge_mm"])))
@@ -553,6 +562,11 @@ def _continues(part: _Region, linear: dict[str, np.ndarray],
     for structure, grid in linear.items():
         beside = joined & grid[big]
         if not beside.any():
+            continue
+        if structure == "bone marrow":
+            if not _marrow_like(part):
+                continue
+        elif not (near & grid[big]).any() and not _in_oesophageal_course(part, ctx):
             continue
         level = float(ctx.smooth[big][beside].max())
         if part.suv_peak < (1.0 + prom) * level:
@@ -689,6 +703,47 @@ def _oesophagus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     return ("oesophagus",
             f"SUVpeak {view.suv_peak:.1f} <= {th['oesophagus_max_suv']}, {where}, over "
             f"{ext[0]:.0f} mm (in-plane {width:.0f} mm): linear oesophageal uptake")
+
+
+def _gas_lumen(view: _Region, ctx: Context) -> tuple[str, str] | None:
+    """Mild uptake round gas that is neither lung nor airway: the wall of the oesophagus
+    round its lumen (a lymph node holds no gas).
+
+    Mild (SUVpeak <= ``oesophagus_max_suv``), mostly outside the lung, and holding at least
+    ``lumen_gas_min_ml`` of gas (below ``lumen_gas_hu``) in pieces that do not touch the lung
+    or airway masks (partial volume at the lung's edge touches them). This finds a short
+    piece of oesophageal uptake near the hiatus, where the oesophagus has left the spine and
+    the midline, that no other oesophageal uptake was recognised next to.
+    """
+    th = ctx.th
+    if view.suv_peak > th["oesophagus_max_suv"] or view.fraction_in("lung") > 0.3:
+        return None
+    gas = view.mask & (ctx.hu[view.box] < th["lumen_gas_hu"])
+    if float(gas.sum()) * ctx.voxel_ml < th["lumen_gas_min_ml"]:
+        return None
+    airways = dilate(ctx.crop_mask(view.box, "lung", "airway"), _FULL)
+    lab, _ = ndi.label(gas, structure=_FULL)
+    touching = np.unique(lab[gas & airways])
+    enclosed = gas & ~np.isin(lab, touching[touching > 0])
+    ml = float(enclosed.sum()) * ctx.voxel_ml
+    if ml < th["lumen_gas_min_ml"]:
+        return None
+    return ("oesophagus",
+            f"SUVpeak {view.suv_peak:.1f} <= {th['oesophagus_max_suv']}, round {ml:.2f} ml of "
+            f"gas (below {th['lumen_gas_hu']:.0f} HU) that is neither lung nor airway: uptake "
+            "in the wall of the oesophagus round its lumen")
+
+
+def _in_oesophageal_course(view: _Region, ctx: Context) -> bool:
+    """Where the oesophagus runs: mostly within ``oesophagus_margin_mm`` of its mask or, with
+    no mask there, in front of the spine near the midline (:func:`_in_front_of_spine`)."""
+    margin = float(ctx.th["oesophagus_margin_mm"])
+    oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
+    if oes.any():
+        near = view.mask & _near(view, oes, margin, ctx)
+        if float(near.sum()) / float(view.mask.sum()) >= 0.5:
+            return True
+    return _in_front_of_spine(view, ctx)
 
 
 def _slice_width_mm(view: _Region) -> float:
