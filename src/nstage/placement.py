@@ -383,7 +383,7 @@ def mild_hilar_limit(pth: dict, reference_suv: dict | None) -> float:
     cut = float(pth["symmetric_hilar_max_suv"])
     ref = reference_suv or {}
     sd, bp = ref.get("noise_sd_blood_pool"), ref.get("blood_pool")
-    if not sd or not bp or not (sd > 0 and bp > 0):
+    if not (sd and bp and sd > 0 and bp > 0):
         return cut
     return cut + float(pth["symmetric_hilar_noise_sd"]) * float(sd) * math.sqrt(cut / bp)
 

@@ -46,8 +46,8 @@ Order of the judgement (:func:`judge`):
    ``continuation_gap_mm``, ``continuation_bridge_mm``), and lies where that uptake can be
    (marrow in the spine; the oesophagus next to its recognised uptake or along its course);
    mild uptake round an enclosed pocket of gas that is neither lung nor airway is the
-   oesophageal wall round its lumen (:func:`_gas_lumen`, ``lumen_gas_hu``,
-   ``lumen_gas_min_ml``): a node holds no gas;
+   oesophageal wall round its lumen (:func:`_gas_lumen`, ``air_hu``, ``lumen_gas_min_ml``):
+   a node holds no gas;
 5. brown fat, per seed's region (split by a watershed where it holds distinct foci): its core
    (SUV >= ``brown_fat_core_fraction`` x its max) largely of fat density
    (``brown_fat_min_fat_fraction`` below ``brown_fat_hu_max``; Cohade 2003), with where it
@@ -710,7 +710,7 @@ def _gas_lumen(view: _Region, ctx: Context) -> tuple[str, str] | None:
     round its lumen (a lymph node holds no gas).
 
     Mild (SUVpeak <= ``oesophagus_max_suv``), mostly outside the lung, and holding at least
-    ``lumen_gas_min_ml`` of gas (below ``lumen_gas_hu``) in pieces that do not touch the lung
+    ``lumen_gas_min_ml`` of gas (below ``air_hu``) in pieces that do not touch the lung
     or airway masks (partial volume at the lung's edge touches them). This finds a short
     piece of oesophageal uptake near the hiatus, where the oesophagus has left the spine and
     the midline, that no other oesophageal uptake was recognised next to.
@@ -718,7 +718,7 @@ def _gas_lumen(view: _Region, ctx: Context) -> tuple[str, str] | None:
     th = ctx.th
     if view.suv_peak > th["oesophagus_max_suv"] or view.fraction_in("lung") > 0.3:
         return None
-    gas = view.mask & (ctx.hu[view.box] < th["lumen_gas_hu"])
+    gas = view.mask & (ctx.hu[view.box] < th["air_hu"])
     if float(gas.sum()) * ctx.voxel_ml < th["lumen_gas_min_ml"]:
         return None
     airways = dilate(ctx.crop_mask(view.box, "lung", "airway"), _FULL)
@@ -730,7 +730,7 @@ def _gas_lumen(view: _Region, ctx: Context) -> tuple[str, str] | None:
         return None
     return ("oesophagus",
             f"SUVpeak {view.suv_peak:.1f} <= {th['oesophagus_max_suv']}, round {ml:.2f} ml of "
-            f"gas (below {th['lumen_gas_hu']:.0f} HU) that is neither lung nor airway: uptake "
+            f"gas (below {th['air_hu']:.0f} HU) that is neither lung nor airway: uptake "
             "in the wall of the oesophagus round its lumen")
 
 
@@ -896,7 +896,7 @@ def _fat_fraction(mask: np.ndarray, view: _Region, ctx: Context) -> float:
     contains (classical anatomy) would otherwise leave only the tumour's partial-volume rim
     to judge, and that rim looks like fat."""
     h = ctx.hu[view.box][mask]
-    h = h[h > -500]  # air / lung voxels say nothing about fat vs soft tissue
+    h = h[h > ctx.th["air_hu"]]  # air / lung voxels say nothing about fat vs soft tissue
     if h.size < 3:
         return 0.0
     return float(np.mean((h < ctx.th["brown_fat_hu_max"]) & (h >= -190)))
