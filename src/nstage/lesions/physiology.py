@@ -689,11 +689,7 @@ def _oesophagus(view: _Region, ctx: Context) -> tuple[str, str] | None:
     if ext[0] < th["oesophagus_min_length_mm"] \
             or ext[0] < th["oesophagus_min_elongation"] * width:
         return None
-    margin = float(th["oesophagus_margin_mm"])
-    oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
-    frac = 0.0
-    if oes.any():
-        frac = float((view.mask & _near(view, oes, margin, ctx)).sum()) / float(view.mask.sum())
+    frac = _along_oesophagus_mask(view, ctx)
     if frac >= 0.5:
         where = f"{100 * frac:.0f}% along the oesophagus mask"
     elif width <= th["oesophagus_max_width_mm"] and _in_front_of_spine(view, ctx):
@@ -734,16 +730,20 @@ def _gas_lumen(view: _Region, ctx: Context) -> tuple[str, str] | None:
             "in the wall of the oesophagus round its lumen")
 
 
+def _along_oesophagus_mask(view: _Region, ctx: Context) -> float:
+    """Fraction of the region within ``oesophagus_margin_mm`` of the oesophagus mask (0 with
+    no mask near)."""
+    margin = float(ctx.th["oesophagus_margin_mm"])
+    oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
+    if not oes.any():
+        return 0.0
+    return float((view.mask & _near(view, oes, margin, ctx)).sum()) / float(view.mask.sum())
+
+
 def _in_oesophageal_course(view: _Region, ctx: Context) -> bool:
     """Where the oesophagus runs: mostly within ``oesophagus_margin_mm`` of its mask or, with
     no mask there, in front of the spine near the midline (:func:`_in_front_of_spine`)."""
-    margin = float(ctx.th["oesophagus_margin_mm"])
-    oes = ctx.crop_mask(_padded_mm(view, ctx, margin), "esophagus")
-    if oes.any():
-        near = view.mask & _near(view, oes, margin, ctx)
-        if float(near.sum()) / float(view.mask.sum()) >= 0.5:
-            return True
-    return _in_front_of_spine(view, ctx)
+    return _along_oesophagus_mask(view, ctx) >= 0.5 or _in_front_of_spine(view, ctx)
 
 
 def _slice_width_mm(view: _Region) -> float:
